@@ -1,0 +1,1 @@
+"""Shared contracts (schemas, actions, lake layout) and the `pinrec` command line."""

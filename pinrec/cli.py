@@ -1,0 +1,97 @@
+"""`pinrec`: one console script for every layer, so Airflow tasks, ops and tests run the same code.
+
+Each sub-command group lives in its own module exposing `configure(parser)` and `run(args) -> int`.
+Those modules import heavy libraries (torch, pyspark, faiss) inside `run`, so `pinrec --help`
+and Airflow's DAG parsing stay fast. A group whose module does not exist yet is still listed and
+exits non-zero with "not implemented yet" rather than pretending to succeed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+# group -> (module, one-line help). Order is the order of the pipeline.
+GROUPS: dict[str, tuple[str, str]] = {
+    "data": ("jobs.data_cli", "import real datasets or synthesise events into the lake"),
+    "sequences": ("jobs.sequences", "daily Spark job: 365-day engagement sequences per user"),
+    "items": ("jobs.items", "daily job: the items table with content features"),
+    "train": ("jobs.train", "train a PinRec model (or a baseline) into models/<version>"),
+    "index": ("jobs.index", "daily job: embed items, build and publish the Faiss index"),
+    "score": ("jobs.score", "daily job: outcome-conditioned candidates per user and arm"),
+    "maintenance": ("jobs.maintenance", "compact and vacuum the Delta tables"),
+    "stream": ("streaming.cli", "speed layer: Kafka consumer into RocksDB, replay"),
+    "serve": ("serving.serve_cmd", "serving layer: the HTTP recommendations API"),
+    "recommend": ("serving.recommend_cmd", "print one user's merged recommendations"),
+    "eval": ("jobs.evaluate", "offline evaluation (leave-one-out, unordered recall)"),
+    "bench": ("bench.cli", "benchmarks: print a table and write JSON"),
+    "sql": ("jobs.sql", "run SQL over the lake tables (duckdb)"),
+    "demo": ("pinrec.demo", "run the whole pipeline end to end on the embedded default"),
+}
+
+EXIT_USER_ERROR = 2
+EXIT_NOT_IMPLEMENTED = 3
+
+
+class UserError(Exception):
+    """An error the user can act on: the message names the input, what is wrong and the fix."""
+
+
+def default_lake() -> str:
+    # The lake root is an endpoint, so the environment may set it; everything else is flags.
+    return os.environ.get("PINREC_LAKE", "lake")
+
+
+def add_lake_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lake", default=default_lake(),
+                   help="lake root folder (default: $PINREC_LAKE or ./lake)")
+
+
+def add_ds_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--ds", required=required, metavar="YYYY-MM-DD",
+                   help="the day to process: events with ts < ds+1 00:00 UTC are visible")
+
+
+def _not_implemented(group: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"pinrec {group}: not implemented yet", file=sys.stderr)
+        return EXIT_NOT_IMPLEMENTED
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pinrec",
+        description="PinRec: outcome-conditioned, multi-token generative retrieval pipeline.",
+    )
+    sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    for group, (module, help_) in GROUPS.items():
+        p = sub.add_parser(group, help=help_, description=help_)
+        if importlib.util.find_spec(module) is None:
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(_run=_not_implemented(group))
+            continue
+        mod = importlib.import_module(module)
+        mod.configure(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        print(f"pinrec {args.group}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"pinrec {args.group}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

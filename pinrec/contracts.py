@@ -1,0 +1,301 @@
+"""The data contracts every layer shares: event schema, action vocabulary, table schemas, ids.
+
+One source of truth (DESIGN.md §3). Pure: no I/O, no clock, no environment. The batch layer,
+the speed layer and serving all import from here, so a field added here is added everywhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import pyarrow as pa
+
+# --------------------------------------------------------------------------------------------
+# Vocabularies
+# --------------------------------------------------------------------------------------------
+
+ITEM_TYPES: tuple[str, ...] = ("pin", "query")
+SURFACES: tuple[str, ...] = ("homefeed", "related_pins", "search")
+QUERY_ACTION = "search"
+
+
+@dataclass(frozen=True)
+class ActionVocab:
+    """The actions a dataset knows, in a fixed order (index = action id used by the model).
+
+    `engagement_actions` are outcomes the model can be conditioned on; `QUERY_ACTION` marks
+    search-query tokens, which are inputs but never an outcome to ask for.
+    """
+
+    name: str
+    engagement_actions: tuple[str, ...]
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        return self.engagement_actions + (QUERY_ACTION,)
+
+    def action_id(self, action: str) -> int:
+        try:
+            return self.actions.index(action)
+        except ValueError:
+            raise ValueError(
+                f"unknown action {action!r} for vocabulary {self.name!r}; "
+                f"expected one of {list(self.actions)}"
+            ) from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "engagement_actions": list(self.engagement_actions)}
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> "ActionVocab":
+        return ActionVocab(d["name"], tuple(d["engagement_actions"]))
+
+
+# The paper's budget example spreads over these five (Figure 3 caption).
+PINTEREST_ACTIONS = ActionVocab(
+    "pinterest", ("repin", "grid_click", "long_grid_click", "outbound_click", "other")
+)
+VOCABS: dict[str, ActionVocab] = {"pinterest": PINTEREST_ACTIONS}
+
+# MovieLens ratings as outcomes: 5 = strong positive (a save), 4 = positive, <= 3 = weak.
+ACTION_BY_RATING = {5: "repin", 4: "grid_click", 3: "other", 2: "other", 1: "other"}
+
+
+def vocab(name: str) -> ActionVocab:
+    if name not in VOCABS:
+        raise ValueError(f"unknown action vocabulary {name!r}; known: {sorted(VOCABS)}")
+    return VOCABS[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Ids
+# --------------------------------------------------------------------------------------------
+
+_WS = re.compile(r"\s+")
+MAX_ID = (1 << 63) - 1
+
+
+def normalise_query(text: str) -> str:
+    return _WS.sub(" ", text.strip().lower())
+
+
+def query_item_id(text: str) -> int:
+    """A stable 63-bit id for a search query: the same text gives the same id on every host."""
+    digest = hashlib.blake2b(normalise_query(text).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & MAX_ID
+
+
+def stable_event_id(*parts: object) -> str:
+    """Deterministic event id from the fields that identify an event in a source dataset."""
+    raw = "\x1f".join(str(p) for p in parts).encode("utf-8")
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Engagement event (Kafka value JSON; same columns in the landing table)
+# --------------------------------------------------------------------------------------------
+
+TS_TYPE = pa.timestamp("us", tz="UTC")
+
+EVENTS_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("item_type", pa.string(), nullable=False),
+        pa.field("query_text", pa.string()),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("surface", pa.string(), nullable=False),
+        pa.field("ts", TS_TYPE, nullable=False),
+        pa.field("ds", pa.string(), nullable=False),  # partition: UTC date of ts, YYYY-MM-DD
+    ]
+)
+EVENT_REQUIRED = ("event_id", "user_id", "item_id", "item_type", "action", "surface", "ts")
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    user_id: int
+    item_id: int
+    item_type: str
+    action: str
+    surface: str
+    ts_us: int  # UTC microseconds since the epoch
+    query_text: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "item_id": self.item_id,
+            "item_type": self.item_type,
+            "action": self.action,
+            "surface": self.surface,
+            "ts": self.ts_us,
+        }
+        if self.query_text is not None:
+            d["query_text"] = self.query_text
+        return d
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why an input record was not accepted; goes to the dead-letter topic with the raw bytes."""
+
+    reason: str
+    raw: bytes = field(repr=False, default=b"")
+
+
+def validate_event_fields(d: Mapping[str, Any], vocab_: ActionVocab, max_ts_us: int) -> str | None:
+    """Return the reason an event dict is invalid, or None. Pure; `max_ts_us` is 'now + skew'."""
+    for name in EVENT_REQUIRED:
+        if name not in d or d[name] is None:
+            return f"missing required field {name!r}"
+    if not isinstance(d["event_id"], str) or not d["event_id"]:
+        return "field 'event_id' must be a non-empty string"
+    for name in ("user_id", "item_id", "ts"):
+        v = d[name]
+        if not isinstance(v, int) or isinstance(v, bool):
+            return f"field {name!r} must be an integer, got {type(v).__name__}"
+        if v < 0 or v > MAX_ID:
+            return f"field {name!r} out of range: {v}"
+    if d["item_type"] not in ITEM_TYPES:
+        return f"unknown item_type {d['item_type']!r}; expected one of {list(ITEM_TYPES)}"
+    if d["surface"] not in SURFACES:
+        return f"unknown surface {d['surface']!r}; expected one of {list(SURFACES)}"
+    if d["action"] not in vocab_.actions:
+        return f"unknown action {d['action']!r}; expected one of {list(vocab_.actions)}"
+    if (d["item_type"] == "query") != (d["action"] == QUERY_ACTION):
+        return "item_type 'query' goes with action 'search' and only with it"
+    qt = d.get("query_text")
+    if qt is not None and not isinstance(qt, str):
+        return "field 'query_text' must be a string"
+    if d["ts"] > max_ts_us:
+        return f"timestamp {d['ts']} is in the future (after {max_ts_us})"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Table schemas
+# --------------------------------------------------------------------------------------------
+
+SEQUENCES_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("event_ids", pa.list_(pa.string())),
+        pa.field("item_ids", pa.list_(pa.int64())),
+        pa.field("item_types", pa.list_(pa.string())),
+        pa.field("actions", pa.list_(pa.string())),
+        pa.field("surfaces", pa.list_(pa.string())),
+        pa.field("ts", pa.list_(TS_TYPE)),
+        pa.field("length", pa.int32(), nullable=False),
+        pa.field("cutoff_ts", TS_TYPE, nullable=False),
+        pa.field("ds", pa.string(), nullable=False),
+    ]
+)
+
+ITEMS_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("item_type", pa.string(), nullable=False),
+        pa.field("features", pa.list_(pa.float32())),
+        pa.field("first_seen", TS_TYPE),
+        pa.field("last_seen", TS_TYPE),
+        pa.field("engagements", pa.int64()),
+        pa.field("ds", pa.string(), nullable=False),
+    ]
+)
+
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        pa.field("ds", pa.string(), nullable=False),
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("arm", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("score", pa.float32()),
+        pa.field("outcome", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("budget", pa.string()),  # JSON of the arm's budget over actions
+        pa.field("generated_at", TS_TYPE),
+    ]
+)
+
+# Side features per item as the sources provide them (categorical attribute ids for real data,
+# a dense content vector for synthetic data); the `items` job turns them into `features`.
+ITEM_FEATURES_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("item_type", pa.string(), nullable=False),
+        pa.field("attributes", pa.list_(pa.int64())),
+        pa.field("content", pa.list_(pa.float32())),
+    ]
+)
+
+TABLE_SCHEMAS: dict[str, pa.Schema] = {
+    "item_features": ITEM_FEATURES_SCHEMA,
+    "events": EVENTS_SCHEMA,
+    "sequences": SEQUENCES_SCHEMA,
+    "items": ITEMS_SCHEMA,
+    "candidates": CANDIDATES_SCHEMA,
+}
+PARTITION_COLUMNS: dict[str, list[str]] = {
+    "item_features": [],
+    "events": ["ds"],
+    "sequences": ["ds"],
+    "items": ["ds"],
+    "candidates": ["ds"],
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Dates. `ds` has one meaning everywhere: the UTC calendar day whose events are complete;
+# the daily jobs for `ds` see every event with ts < cutoff(ds) = (ds + 1 day) 00:00 UTC.
+# --------------------------------------------------------------------------------------------
+
+_DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def parse_ds(ds: str) -> datetime:
+    if not isinstance(ds, str) or not _DS.match(ds):
+        raise ValueError(f"--ds must look like YYYY-MM-DD, got {ds!r}")
+    try:
+        return datetime.strptime(ds, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    except ValueError as e:
+        raise ValueError(f"--ds {ds!r} is not a calendar date: {e}") from None
+
+
+def cutoff_us(ds: str) -> int:
+    """Exclusive upper bound (UTC µs) of the events a daily run for `ds` may see."""
+    return int(parse_ds(ds).timestamp() + 86400) * 1_000_000
+
+
+def ds_of_us(ts_us: int) -> str:
+    return datetime.fromtimestamp(ts_us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def validate_budget(budget: Mapping[str, float], vocab_: ActionVocab) -> dict[str, float]:
+    """An arm's budget: non-negative weights over engagement actions that sum to 1."""
+    if not budget:
+        raise ValueError("budget is empty; give weights over actions, e.g. {\"repin\": 1.0}")
+    out = {}
+    for a, w in budget.items():
+        if a not in vocab_.engagement_actions:
+            raise ValueError(
+                f"budget names unknown action {a!r}; expected some of {list(vocab_.engagement_actions)}"
+            )
+        if not isinstance(w, (int, float)) or w < 0:
+            raise ValueError(f"budget weight for {a!r} must be a non-negative number, got {w!r}")
+        out[a] = float(w)
+    total = sum(out.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"budget weights must sum to 1, got {total:.6f}: {out}")
+    return out

@@ -1,0 +1,1 @@
+"""The speed layer: event parsing, the Kafka consumer loop and the RocksDB realtime store."""
