@@ -5,6 +5,7 @@
     <lake>/models/CURRENT          the serving model version (one line)
     <lake>/index/<version>/        immutable Faiss index versions (index.faiss + ids.npy + meta.json)
     <lake>/index/CURRENT           the serving index version
+    <lake>/candidates/CURRENT      the `ds` of the candidates partition serving reads
     <lake>/runs/                   reports, plots, bench output
 
 Versions are never modified after they are published; serving follows CURRENT, which is
@@ -94,3 +95,13 @@ def current(lake: Lake, kind: str) -> Path | None:
     """The folder of the serving version of `kind`, or None when nothing was published yet."""
     version = read_pointer(lake.artifacts(kind) / "CURRENT")
     return lake.version_dir(kind, version) if version else None
+
+
+def publish_candidates(lake: Lake, ds: str) -> None:
+    """Serving reads the candidates partition named here, so a day whose quality gate failed
+    (its partition written but not published) never reaches users."""
+    write_pointer(lake.root / "candidates" / "CURRENT", ds)
+
+
+def published_candidates(lake: Lake) -> str | None:
+    return read_pointer(lake.root / "candidates" / "CURRENT")
