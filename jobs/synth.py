@@ -132,7 +132,7 @@ def _day_events(cfg: SynthConfig, world: World, interests: np.ndarray, user0: in
     day_start = _epoch_us(cfg.start) + day * DAY_US
     session_start = rng.integers(0, DAY_US - 3_600_000_000, len(active))
     ts = day_start + np.repeat(session_start, counts) + pos * 45_000_000 + rng.integers(0, 30_000_000, e)
-    seq = pa.array(np.arange(e, dtype=np.int64) + user0 * 1_000)  # unique within (seed, day)
+    seq = pa.array(np.arange(e, dtype=np.int64))  # unique within (seed, day, chunk)
     event_id = pc.binary_join_element_wise(f"syn{cfg.seed}-d{day}-u{user0}-", pc.cast(seq, pa.string()), "")
     qtext = np.where(is_query, world.query_texts[cluster, q], None)
     ds = _ds(cfg.start, day)

@@ -21,6 +21,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "train": ("jobs.train", "train a PinRec model (or a baseline) into models/<version>"),
     "index": ("jobs.index", "daily job: embed items, build and publish the Faiss index"),
     "score": ("jobs.score", "daily job: outcome-conditioned candidates per user and arm"),
+    "gate": ("jobs.gate", "daily DAG checks: landing sensor, params, quality gate, publish"),
     "maintenance": ("jobs.maintenance", "compact and vacuum the Delta tables"),
     "stream": ("streaming.cli", "speed layer: Kafka consumer into RocksDB, replay"),
     "serve": ("serving.serve_cmd", "serving layer: the HTTP recommendations API"),
@@ -71,8 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     for group, (module, help_) in GROUPS.items():
         p = sub.add_parser(group, help=help_, description=help_)
         if importlib.util.find_spec(module) is None:
-            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-            p.set_defaults(_run=_not_implemented(group))
+            p.set_defaults(_run=_not_implemented(group), _stub=True)
             continue
         mod = importlib.import_module(module)
         mod.configure(p)
@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # A stub accepts any flags, so a DAG or script written ahead of a job fails with
+    # "not implemented yet", not with an argparse complaint.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_stub", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args) or 0)
     except (UserError, ValueError, FileNotFoundError) as e:
