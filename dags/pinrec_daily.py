@@ -1,0 +1,208 @@
+"""pinrec_daily: the batch layer for one day, wiring only.
+
+Every task runs one `pinrec` sub-command with `--ds {{ ds }} --lake <lake>`, the same entry
+points ops and tests run by hand; nothing heavy is imported here, so the file parses in
+milliseconds.
+
+What `ds` means (once, for the whole project): the UTC calendar day whose events are complete.
+The run for ds=D covers the data interval [D 00:00, D+1 00:00) UTC, starts after D+1 00:00,
+and every job sees the events with ts < D+1 00:00 UTC. (The DAG uses
+CronDataIntervalTimetable, so logical date = data_interval_start = D.)
+
+    wait_for_landing ─┐
+    validate_params ──┴> sequences > items > train > index > score > quality_gate > publish
+                                                                            publish > serving_health
+                                                                            publish > maintenance_day > maintenance
+
+A failed quality gate stops the run before `publish`: the previous model, index and
+candidates keep serving. train and score share the one-slot `gpu` pool.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.providers.standard.sensors.bash import BashSensor
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "pinrec_daily"
+GPU_POOL = "gpu"
+DEFAULT_ARMS = {
+    # The paper's Figure 3 example budget, and a repin-only arm to compare against.
+    "balanced": {"repin": 0.4, "grid_click": 0.4, "outbound_click": 0.1,
+                 "long_grid_click": 0.05, "other": 0.05},
+    "repin": {"repin": 1.0},
+}
+# Endpoints come from the environment (or Airflow Variables of the same name, which win).
+DEFAULT_BIN = os.environ.get("PINREC_BIN") or str(Path(sys.executable).with_name("pinrec"))
+DEFAULT_LAKE = os.environ.get("PINREC_LAKE", "/opt/pinrec/lake")
+
+PINREC = "{{ var.value.get('PINREC_BIN', %s) }}" % repr(DEFAULT_BIN)
+LAKE = "{{ var.value.get('PINREC_LAKE', %s) }}" % repr(DEFAULT_LAKE)
+COMMON = "--ds {{ ds }} --lake " + LAKE
+MODEL_VERSION = "d{{ ds_nodash }}"  # one model version per ds: re-running a ds replaces it
+ARMS_FILE = LAKE + "/runs/params/{{ ds }}/arms.json"  # written by `pinrec gate params`
+
+
+def days_since_epoch(ds: str) -> int:
+    return (datetime.strptime(ds, "%Y-%m-%d") - datetime(1970, 1, 1)).days
+
+
+def train_mode(ds: str, full_every_days: int) -> str:
+    """Full retrain every `full_every_days` days (counted from 1970-01-01), warm start otherwise;
+    a function of ds alone, so a backfill picks the same mode as the original run."""
+    return "full" if days_since_epoch(ds) % max(1, int(full_every_days)) == 0 else "warm"
+
+
+def shell_quote(value) -> str:
+    # str() first: `tojson` returns markupsafe.Markup, whose `+` would HTML-escape the quotes.
+    return shlex.quote(str(value))
+
+
+def on_task_failure(context) -> None:
+    """Say what failed and how to re-run it, in the task log and the scheduler's."""
+    ti = context["ti"]
+    ds = context["ds"]
+    cmd = getattr(context.get("task"), "bash_command", None)
+    log.error(
+        "pinrec_daily FAILED: task %s for ds=%s (try %s). Log: %s\n"
+        "  re-run from the UI: Grid > run %s > task %s > Clear (downstream included), or\n"
+        "  airflow tasks clear %s -t '^%s$' -s %s -e %s --downstream --yes\n"
+        "  the same step by hand: %s",
+        ti.task_id, ds, ti.try_number, getattr(ti, "log_url", "-"), context.get("run_id"),
+        ti.task_id, DAG_ID, ti.task_id, ds, ds, cmd or "(python task)",
+    )
+
+
+def pinrec(sub: str, extra: str = "") -> str:
+    return f"{PINREC} {sub} {COMMON} {extra}".rstrip()
+
+
+default_args = {
+    "owner": "pinrec",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": timedelta(hours=2),
+    "on_failure_callback": on_task_failure,
+}
+
+params = {
+    "arms": Param(DEFAULT_ARMS, type="object",
+                  description="Arms: name -> budget over actions (repin, grid_click, "
+                              "long_grid_click, outbound_click, other); each budget's weights "
+                              "are non-negative and sum to 1."),
+    "lookback_days": Param(365, type="integer", minimum=1, maximum=365,
+                           description="Days of history in each user's sequence."),
+    "variant": Param("mt_oc", type="string", enum=["uc", "oc", "mt_oc"],
+                     description="Model variant: unconditioned, outcome-conditioned, or "
+                                 "multi-token + outcome-conditioned."),
+    "preset": Param("small", type="string", enum=["small", "paper"],
+                    description="Model size preset."),
+    "full_retrain_every_days": Param(7, type="integer", minimum=1,
+                                     description="Full retrain cadence; other days warm-start "
+                                                 "from the serving model."),
+    "max_recall_drop": Param(0.05, type="number", minimum=0, maximum=0.99,
+                             description="Quality gate: fail when the new model's unordered "
+                                         "recall@10 is more than this fraction below the "
+                                         "serving model's."),
+    "maintenance_weekday": Param(6, type="integer", minimum=0, maximum=6,
+                                 description="Weekday of ds (0 = Monday) on which compaction "
+                                             "and vacuum run."),
+}
+
+with DAG(
+    dag_id=DAG_ID,
+    description="PinRec batch layer: sequences, items, train, index, score, quality gate, publish",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args,
+    params=params,
+    render_template_as_native_obj=False,
+    user_defined_macros={"train_mode": train_mode},
+    user_defined_filters={"shquote": shell_quote},
+    tags=["pinrec", "batch"],
+    doc_md=__doc__,
+) as dag:
+    wait_for_landing = BashSensor(
+        task_id="wait_for_landing",
+        bash_command=pinrec("gate landing"),
+        retry_exit_code=99,  # `pinrec gate landing` exits 99 while the partition is missing
+        mode="reschedule",
+        poke_interval=300,
+        timeout=12 * 3600,
+    )
+    validate_params = BashOperator(
+        task_id="validate_params",
+        bash_command=pinrec("gate params", "--params-json {{ params | tojson | shquote }}"),
+        retries=0,  # a bad parameter does not get better by waiting
+    )
+    sequences = BashOperator(
+        task_id="sequences",
+        bash_command=pinrec("sequences", "--lookback-days {{ params.lookback_days }}"),
+    )
+    items = BashOperator(task_id="items", bash_command=pinrec("items"))
+    train = BashOperator(
+        task_id="train",
+        bash_command=pinrec(
+            "train",
+            "--variant {{ params.variant }} --preset {{ params.preset }} "
+            f"--version {MODEL_VERSION} "
+            "{% if train_mode(ds, params.full_retrain_every_days) == 'warm' %}--warm-start{% endif %}",
+        ),
+        pool=GPU_POOL,
+    )
+    index = BashOperator(task_id="index", bash_command=pinrec("index", f"--model-version {MODEL_VERSION}"))
+    score = BashOperator(
+        task_id="score",
+        bash_command=pinrec("score", f"--model-version {MODEL_VERSION} --arms {ARMS_FILE}"),
+        pool=GPU_POOL,
+    )
+    quality_gate = BashOperator(
+        task_id="quality_gate",
+        bash_command=pinrec("gate check", f"--candidate-model {MODEL_VERSION} "
+                                          "--variant {{ params.variant }} "
+                                          "--max-drop {{ params.max_recall_drop }}"),
+        retries=0,  # a failed gate is a decision, not a transient error
+    )
+    publish = BashOperator(task_id="publish",
+                           bash_command=pinrec("gate publish", f"--model-version {MODEL_VERSION}"))
+
+    @task.short_circuit(task_id="maintenance_day", ignore_downstream_trigger_rules=False)
+    def maintenance_day(ds=None, params=None) -> bool:
+        return datetime.strptime(ds, "%Y-%m-%d").weekday() == int(params["maintenance_weekday"])
+
+    maintenance = BashOperator(task_id="maintenance", bash_command=pinrec("maintenance"))
+
+    @task(task_id="serving_health", retries=1)
+    def serving_health() -> str:
+        """Read the serving API's health after publishing (it reloads CURRENT on its own);
+        skipped when no PINREC_SERVING_URL is configured (a batch-only deployment)."""
+        import json
+        import urllib.request
+
+        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk import Variable
+
+        url = Variable.get("PINREC_SERVING_URL", default=os.environ.get("PINREC_SERVING_URL"))
+        if not url:
+            raise AirflowSkipException("PINREC_SERVING_URL is not set: no serving API to check")
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=10) as r:
+            body = r.read().decode()
+        log.info("serving health: %s", body)
+        return json.loads(body).get("status", "unknown") if body.startswith("{") else body
+
+    [wait_for_landing, validate_params] >> sequences >> items >> train >> index >> score
+    score >> quality_gate >> publish
+    publish >> serving_health()
+    publish >> maintenance_day() >> maintenance

@@ -1,0 +1,154 @@
+"""DagBag tests for dags/: imports, tasks and edges, params schema, pools, parse-time budget,
+and the commands each task renders (the contract between the DAG and the `pinrec` CLI)."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+DAGS = REPO / "dags"
+
+EXPECTED_EDGES = {
+    "wait_for_landing": {"sequences"},
+    "validate_params": {"sequences"},
+    "sequences": {"items"},
+    "items": {"train"},
+    "train": {"index"},
+    "index": {"score"},
+    "score": {"quality_gate"},
+    "quality_gate": {"publish"},
+    "publish": {"serving_health", "maintenance_day"},
+    "maintenance_day": {"maintenance"},
+    "maintenance": set(),
+    "serving_health": set(),
+}
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow_home")
+    os.environ["AIRFLOW_HOME"] = str(home)
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS), known_pools={"default_pool", "gpu"})
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags["pinrec_daily"]
+
+
+def test_no_import_errors_and_expected_dags(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dags) == {"pinrec_daily"}
+
+
+def test_each_dag_file_parses_under_one_second(dagbag):
+    stats = {s.file: s.duration.total_seconds() for s in dagbag.dagbag_stats}
+    assert stats, "DagBag recorded no files"
+    for file, seconds in stats.items():
+        assert seconds < 1.0, f"{file} took {seconds:.2f}s to parse (budget 1s)"
+
+
+def test_tasks_and_edges(dag):
+    edges = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert edges == EXPECTED_EDGES
+
+
+def test_schedule_catchup_pools_and_retries(dag):
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    pools = {t.task_id: t.pool for t in dag.tasks}
+    assert pools["train"] == pools["score"] == "gpu"
+    assert {t for t, p in pools.items() if p == "gpu"} == {"train", "score"}
+    for t in dag.tasks:
+        assert t.execution_timeout is not None, t.task_id
+        assert t.on_failure_callback, t.task_id
+    assert dag.get_task("sequences").retries == 2
+    assert dag.get_task("sequences").retry_exponential_backoff
+    # decisions are not retried: a bad param or a failed gate does not improve by waiting
+    assert dag.get_task("quality_gate").retries == 0
+    assert dag.get_task("validate_params").retries == 0
+
+
+def test_params_schema(dag):
+    from jobs.gate import validate_params
+
+    p = dag.params
+    assert set(p.keys()) == {"arms", "lookback_days", "variant", "preset",
+                             "full_retrain_every_days", "max_recall_drop", "maintenance_weekday"}
+    defaults = {k: p[k] for k in p.keys()}
+    checked = validate_params(defaults)  # the defaults must pass the gate's own validation
+    assert set(checked.arms) == {"balanced", "repin"}
+    assert p.get_param("variant").schema["enum"] == ["uc", "oc", "mt_oc"]
+    assert p.get_param("arms").schema["type"] == "object"
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        p.get_param("lookback_days").resolve(0)
+    with pytest.raises(ParamValidationError):
+        p.get_param("variant").resolve("gpt")
+
+
+class _Vars:
+    """The `var` template object with no Variables set: every lookup takes its default."""
+
+    class value:
+        @staticmethod
+        def get(key, default=None):
+            return default
+
+
+def render(dag, task_id: str, ds: str = "2026-01-07", **param_overrides) -> str:
+    task = dag.get_task(task_id)
+    params = {k: dag.params[k] for k in dag.params.keys()} | param_overrides
+    ctx = {"ds": ds, "ds_nodash": ds.replace("-", ""), "params": params, "var": _Vars}
+    return task.render_template(task.bash_command, ctx, jinja_env=dag.get_template_env())
+
+
+def test_rendered_commands(dag):
+    from pinrec.cli import GROUPS
+
+    for task_id in ("wait_for_landing", "validate_params", "sequences", "items", "train",
+                    "index", "score", "quality_gate", "publish", "maintenance"):
+        argv = shlex.split(render(dag, task_id))
+        assert Path(argv[0]).name == "pinrec", argv
+        assert argv[1] in GROUPS, argv
+        assert argv[argv.index("--ds") + 1] == "2026-01-07"
+        assert "--lake" in argv
+    train = shlex.split(render(dag, "train"))
+    assert train[train.index("--version") + 1] == "d20260107"
+    score = shlex.split(render(dag, "score"))
+    assert score[score.index("--model-version") + 1] == "d20260107"
+    assert score[score.index("--arms") + 1].endswith("/runs/params/2026-01-07/arms.json")
+
+
+def test_params_reach_the_validator_as_json(dag):
+    arms = {"odd 'quoted' arm": {"repin": 0.25, "other": 0.75}}
+    argv = shlex.split(render(dag, "validate_params", arms=arms))
+    sent = json.loads(argv[argv.index("--params-json") + 1])
+    assert sent["arms"] == arms
+    assert sent["lookback_days"] == 365
+
+
+def test_train_mode_full_on_cadence_warm_otherwise(dag):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pinrec_daily_mod", DAGS / "pinrec_daily.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    days_since_epoch, train_mode = mod.days_since_epoch, mod.train_mode
+
+    full_days = [d for d in range(1, 29) if train_mode(f"2026-02-{d:02d}", 7) == "full"]
+    assert len(full_days) == 4 and all(b - a == 7 for a, b in zip(full_days, full_days[1:]))
+    ds = f"2026-02-{full_days[0]:02d}"
+    assert days_since_epoch(ds) % 7 == 0
+    assert "--warm-start" not in render(dag, "train", ds=ds)
+    assert "--warm-start" in render(dag, "train", ds=f"2026-02-{full_days[0] + 1:02d}")
+    assert train_mode("2026-02-03", 1) == "full"
