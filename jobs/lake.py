@@ -2,13 +2,30 @@
 
 Every job reads and writes tables through `LakeTables`, never through file paths, because a
 Delta folder read as plain Parquet returns files that were logically removed (DESIGN.md §4).
-This module holds the embedded default back end, delta-rs (`deltalake`); the batch-layer issue
-adds MERGE, maintenance and the delta-spark back end behind the same methods.
+This module holds the embedded default back end, delta-rs (`deltalake`); `jobs/lake_spark.py`
+holds the delta-spark back end with the same methods, used when the Delta jars are on Spark's
+classpath (`open_tables`). Both offer: replace partitions, append, MERGE upsert with a literal
+partition predicate, read as Arrow or Spark, history, compact, vacuum.
+
+Concurrency: Delta commits are optimistic. A writer that loses a race gets `CommitFailedError`;
+every write here re-reads the table and retries a bounded number of times (`RetryPolicy`), which
+is safe because each write is idempotent (replace a partition, or upsert by key). Writers on
+disjoint partitions do not conflict at all because every predicate names its partitions as
+literals, so the conflict checker can see that the files they touch are disjoint.
+
+Spark output is committed by delta-rs without rewriting the files (`commit_spark_output`): Spark
+writes Parquet (TIMESTAMP_MICROS) into the table folder and one transaction adds those files.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+import json
+import random
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -19,6 +36,38 @@ from pinrec.layout import Lake
 
 class TableNotFound(FileNotFoundError):
     pass
+
+
+T = TypeVar("T")
+MIN_SAFE_RETENTION_HOURS = 168  # Delta's default: a reader may hold a snapshot for a week
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries of a whole write when a concurrent writer won the commit race."""
+
+    attempts: int = 8
+    base_delay_s: float = 0.05
+    max_delay_s: float = 2.0
+
+
+def with_retry(op: Callable[[], T], what: str, policy: RetryPolicy = RetryPolicy()) -> T:
+    """Run `op`; on CommitFailedError re-run it (it re-reads the table) up to `policy.attempts`."""
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return op()
+        except CommitFailedError as e:
+            if attempt == policy.attempts:
+                raise RuntimeError(
+                    f"{what}: gave up after {attempt} attempts, a concurrent writer kept winning "
+                    f"the commit ({e}); re-run the job, it is idempotent"
+                ) from e
+            # Jitter so two losers do not collide again on the next attempt.
+            delay = min(policy.max_delay_s, policy.base_delay_s * 2 ** (attempt - 1))
+            time.sleep(delay * (0.5 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def conform(table: str, data: pa.Table) -> pa.Table:
@@ -34,18 +83,38 @@ def conform(table: str, data: pa.Table) -> pa.Table:
         raise ValueError(f"cannot write table {table!r}: columns do not fit its schema: {e}") from e
 
 
-def _ds_predicate(values: Sequence[str]) -> str:
-    for v in values:
-        if "'" in v:
-            raise ValueError(f"bad partition value {v!r}")
-    return "ds IN (" + ", ".join(f"'{v}'" for v in sorted(set(values))) + ")"
+def _literal(v: str) -> str:
+    if "'" in v or "\\" in v:
+        raise ValueError(f"bad partition value {v!r}")
+    return f"'{v}'"
+
+
+def _ds_predicate(values: Sequence[str], alias: str | None = None) -> str:
+    col = f"{alias}.ds" if alias else "ds"
+    return f"{col} IN (" + ", ".join(_literal(v) for v in sorted(set(values))) + ")"
+
+
+def merge_predicate(keys: Sequence[str], partitions: Sequence[str]) -> str:
+    """`t.ds IN ('…') AND t.k = s.k …`: the literal partition list keeps disjoint writers apart."""
+    if not keys:
+        raise ValueError("merge needs at least one key column")
+    on = " AND ".join(f"t.{k} = s.{k}" for k in ["ds", *[k for k in keys if k != "ds"]])
+    return f"{_ds_predicate(partitions, 't')} AND {on}"
+
+
+def _check_partitions(table: str, data: pa.Table, parts: Sequence[str]) -> None:
+    stray = set(data.column("ds").unique().to_pylist()) - set(parts)
+    if stray:
+        raise ValueError(f"rows for partitions {sorted(stray)} outside {list(parts)} in {table!r}")
 
 
 @dataclass(frozen=True)
 class LakeTables:
-    """Delta tables under `lake.root/tables`, through delta-rs."""
+    """Delta tables under `lake.root/tables`, through delta-rs (the embedded default back end)."""
 
     lake: Lake
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    backend = "deltalake"
 
     def uri(self, table: str) -> str:
         return str(self.lake.table(table))
@@ -63,6 +132,7 @@ class LakeTables:
             )
         return DeltaTable(self.uri(table))
 
+    # ---------------------------------------------------------------------------- writes
     def replace_partitions(self, table: str, data: pa.Table, partitions: Iterable[str]) -> int:
         """Atomically replace the given `ds` partitions with `data` (idempotent re-runs).
 
@@ -73,31 +143,102 @@ class LakeTables:
 
         parts = sorted(set(partitions))
         data = conform(table, data)
-        stray = set(data.column("ds").unique().to_pylist()) - set(parts)
-        if stray:
-            raise ValueError(f"rows for partitions {sorted(stray)} outside {parts} in {table!r}")
-        kwargs = dict(partition_by=PARTITION_COLUMNS[table], mode="overwrite")
-        if self.exists(table):
-            kwargs["predicate"] = _ds_predicate(parts)
-        write_deltalake(self.uri(table), data, **kwargs)
+        _check_partitions(table, data, parts)
+
+        def op():
+            kwargs = dict(partition_by=PARTITION_COLUMNS[table], mode="overwrite")
+            if self.exists(table):
+                kwargs["predicate"] = _ds_predicate(parts)
+            write_deltalake(self.uri(table), data, **kwargs)
+
+        with_retry(op, f"replace {table} {parts}", self.retry)
         return self._table(table).version()
 
     def overwrite(self, table: str, data: pa.Table) -> int:
         """Replace the whole table (for small unpartitioned side tables such as item_features)."""
         from deltalake import write_deltalake
 
-        write_deltalake(self.uri(table), conform(table, data), mode="overwrite",
-                        partition_by=PARTITION_COLUMNS[table] or None)
+        data = conform(table, data)
+        with_retry(lambda: write_deltalake(self.uri(table), data, mode="overwrite",
+                                           partition_by=PARTITION_COLUMNS[table] or None),
+                   f"overwrite {table}", self.retry)
         return self._table(table).version()
 
     def append(self, table: str, data: pa.Table) -> int:
         from deltalake import write_deltalake
 
-        write_deltalake(
-            self.uri(table), conform(table, data), partition_by=PARTITION_COLUMNS[table], mode="append"
-        )
+        data = conform(table, data)
+        with_retry(lambda: write_deltalake(self.uri(table), data, mode="append",
+                                           partition_by=PARTITION_COLUMNS[table]),
+                   f"append {table}", self.retry)
         return self._table(table).version()
 
+    def merge(self, table: str, data: pa.Table, keys: Sequence[str], partitions: Iterable[str]) -> int:
+        """Upsert `data` by `keys` into the named `ds` partitions: matched rows are updated, new
+        ones inserted. The first write of an absent table creates it. Returns the new version."""
+        from deltalake import write_deltalake
+
+        parts = sorted(set(partitions))
+        data = conform(table, data)
+        _check_partitions(table, data, parts)
+        predicate = merge_predicate(keys, parts)
+
+        def op():
+            if not self.exists(table):
+                try:
+                    write_deltalake(self.uri(table), data.slice(0, 0), mode="error",
+                                    partition_by=PARTITION_COLUMNS[table] or None)
+                except Exception:  # noqa: BLE001 - a concurrent writer created it first
+                    if not self.exists(table):
+                        raise
+            (self._table(table).merge(data, predicate, source_alias="s", target_alias="t")
+             .when_matched_update_all().when_not_matched_insert_all().execute())
+
+        with_retry(op, f"merge into {table} {parts}", self.retry)
+        return self._table(table).version()
+
+    def commit_spark_output(self, table: str, files_dir: Path, ds: str) -> int:
+        """Commit the Parquet files Spark wrote under `files_dir` (inside the table folder) as the
+        new content of partition `ds`, without rewriting them. Idempotent: the transaction
+        removes every file the partition had before."""
+        from deltalake import DeltaTable, Schema
+        from deltalake.transaction import create_table_with_add_actions
+
+        root = self.lake.table(table)
+        files_dir = Path(files_dir)
+        if root not in files_dir.parents:
+            raise ValueError(f"{files_dir} must lie inside the table folder {root}")
+        for junk in list(files_dir.glob(".*.crc")) + list(files_dir.glob("_*")):
+            junk.unlink()
+        actions = [_add_action(root, f, {"ds": ds}) for f in sorted(files_dir.glob("*.parquet"))]
+        schema = TABLE_SCHEMAS[table]
+        partition_by = PARTITION_COLUMNS[table]
+
+        def op():
+            if not self.exists(table):
+                try:
+                    create_table_with_add_actions(self.uri(table), Schema.from_arrow(schema),
+                                                  actions, mode="error", partition_by=partition_by)
+                    return
+                except Exception:  # noqa: BLE001 - lost the race to create; fall through
+                    if not self.exists(table):
+                        raise
+            DeltaTable(self.uri(table)).create_write_transaction(
+                actions, mode="overwrite", schema=schema, partition_by=partition_by,
+                partition_filters=[("ds", "=", ds)])
+
+        try:
+            with_retry(op, f"commit spark output to {table} ds={ds}", self.retry)
+        except BaseException:
+            shutil.rmtree(files_dir, ignore_errors=True)  # never-committed files: nothing reads them
+            raise
+        return self._table(table).version()
+
+    def staging_dir(self, table: str, ds: str) -> Path:
+        """A fresh folder inside the table for one run's Spark output (unique per run)."""
+        return self.lake.table(table) / f"ds={ds}" / f"run-{uuid.uuid4().hex[:12]}"
+
+    # ---------------------------------------------------------------------------- reads
     def dataset(self, table: str, ds: Sequence[str] | None = None) -> pads.Dataset:
         """A pyarrow dataset over the live files of the table (optionally some partitions)."""
         dt = self._table(table)
@@ -107,6 +248,34 @@ class LakeTables:
 
     def read(self, table: str, ds: Sequence[str] | None = None, columns=None, filter=None) -> pa.Table:
         return self.dataset(table, ds).to_table(columns=columns, filter=filter)
+
+    def live_files(self, table: str, ds: Sequence[str] | None = None) -> list[str]:
+        """Absolute paths of the files of the current snapshot (never the folder listing)."""
+        dt = self._table(table)
+        if ds is not None and not ds:
+            return []
+        uris = dt.file_uris([("ds", "in", list(ds))] if ds is not None else None)
+        return [u[len("file://"):] if u.startswith("file://") else u for u in uris]
+
+    def read_spark(self, spark, table: str, ds: Sequence[str] | None = None, columns=None):
+        """A Spark DataFrame over the live files of the snapshot, without the partition column
+        (Parquet files of a partitioned Delta table do not hold it; filter with `ds` instead)."""
+        from jobs.spark import spark_schema
+
+        parts = set(PARTITION_COLUMNS[table])
+        schema = spark_schema(pa.schema([f for f in TABLE_SCHEMAS[table] if f.name not in parts]))
+        files = self.live_files(table, ds)
+        df = (spark.read.schema(schema).parquet(*files) if files
+              else spark.createDataFrame([], schema))
+        return df.select(*columns) if columns else df
+
+    def write_spark_partition(self, table: str, df, ds: str) -> int:
+        """Replace partition `ds` with a Spark DataFrame: Spark writes Parquet into the table
+        folder, delta-rs commits those files as they are."""
+        staging = self.staging_dir(table, ds)
+        cols = [f.name for f in TABLE_SCHEMAS[table] if f.name not in PARTITION_COLUMNS[table]]
+        df.select(*cols).write.mode("errorifexists").parquet(str(staging))
+        return self.commit_spark_output(table, staging, ds)
 
     def partitions(self, table: str) -> list[str]:
         if not self.exists(table):
@@ -122,3 +291,47 @@ class LakeTables:
 
     def history(self, table: str, limit: int | None = None) -> list[dict]:
         return self._table(table).history(limit)
+
+    # ---------------------------------------------------------------------------- maintenance
+    def optimize(self, table: str, ds: Sequence[str] | None = None,
+                 target_size: int | None = None) -> dict:
+        """Compact small files (per partition); returns delta-rs metrics. Data is unchanged."""
+        filters = [("ds", "in", list(ds))] if ds else None
+        return with_retry(lambda: self._table(table).optimize.compact(
+            partition_filters=filters, target_size=target_size), f"optimize {table}", self.retry)
+
+    def vacuum(self, table: str, retention_hours: int = MIN_SAFE_RETENTION_HOURS,
+               dry_run: bool = False, allow_unsafe: bool = False) -> list[str]:
+        """Delete files no live snapshot within `retention_hours` references. Below a week a
+        reader holding an older snapshot could lose files mid-read, so that needs `allow_unsafe`."""
+        if retention_hours < MIN_SAFE_RETENTION_HOURS and not allow_unsafe:
+            raise ValueError(
+                f"vacuum retention {retention_hours} h is below the safe {MIN_SAFE_RETENTION_HOURS} h; "
+                f"pass --unsafe-retention only when no reader or writer is running"
+            )
+        return self._table(table).vacuum(retention_hours=retention_hours, dry_run=dry_run,
+                                         enforce_retention_duration=not allow_unsafe)
+
+
+def _add_action(root: Path, f: Path, partition_values: dict[str, str]):
+    import pyarrow.parquet as pq
+    from deltalake.transaction import AddAction
+
+    st = f.stat()
+    stats = json.dumps({"numRecords": pq.read_metadata(f).num_rows})
+    return AddAction(path=str(f.relative_to(root)), size=st.st_size,
+                     partition_values=partition_values,
+                     modification_time=int(st.st_mtime * 1000), data_change=True, stats=stats)
+
+
+def open_tables(lake: Lake, spark=None):
+    """The back end for this run: delta-spark when a session with the Delta jars is given,
+    else delta-rs. Both expose the same methods, so jobs never branch on the back end."""
+    if spark is not None:
+        from jobs.spark import delta_available
+
+        if delta_available(spark):
+            from jobs.lake_spark import SparkDeltaTables
+
+            return SparkDeltaTables(lake, spark)
+    return LakeTables(lake)

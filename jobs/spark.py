@@ -1,0 +1,125 @@
+"""The Spark session helper: one place that knows how PinRec talks to Spark.
+
+Runs on `local[N]` here and on a cluster unchanged: the master and any Spark conf come from
+`SparkConfig` (the `--master` / `--spark-conf` flags), never from code. Defaults are tuned for a
+small machine (DESIGN.md §4): few shuffle partitions, UI off, driver bound to 127.0.0.1.
+
+Spark writes Parquet timestamps as TIMESTAMP_MICROS in UTC so delta-rs can commit the files as
+they are (no INT96, no rewrite). The Delta Spark jars are optional: when `delta_jars` are given
+(the compose stack mounts them) the session gets the Delta extension and catalog, and
+`delta_available(spark)` tells the lake adapter it may use the delta-spark back end.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[2]"
+    app_name: str = "pinrec"
+    shuffle_partitions: int = 4
+    driver_memory: str = "3g"
+    delta_jars: tuple[str, ...] = ()
+    conf: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @staticmethod
+    def from_args(args: argparse.Namespace) -> "SparkConfig":
+        jars = tuple(j for j in (args.delta_jars or "").split(",") if j)
+        return SparkConfig(master=args.master, shuffle_partitions=args.shuffle_partitions,
+                           driver_memory=args.driver_memory, delta_jars=jars,
+                           conf=tuple(parse_conf(c) for c in args.spark_conf))
+
+
+def parse_conf(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--spark-conf expects KEY=VALUE, got {item!r}")
+    return key.strip(), value.strip()
+
+
+def add_spark_args(p: argparse.ArgumentParser) -> None:
+    d = SparkConfig()
+    p.add_argument("--master", default=os.environ.get("PINREC_SPARK_MASTER", d.master),
+                   help=f"Spark master URL (default: $PINREC_SPARK_MASTER or {d.master})")
+    p.add_argument("--shuffle-partitions", type=int, default=d.shuffle_partitions,
+                   help="spark.sql.shuffle.partitions (raise it on a cluster)")
+    p.add_argument("--driver-memory", default=d.driver_memory)
+    p.add_argument("--delta-jars", default=os.environ.get("PINREC_DELTA_JARS", ""),
+                   help="comma-separated Delta Spark jars; enables the delta-spark back end")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Spark conf, repeatable")
+
+
+def session_conf(cfg: SparkConfig) -> dict[str, str]:
+    """The Spark conf for `cfg` (pure, so it can be tested without a JVM)."""
+    conf = {
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.default.parallelism": str(cfg.shuffle_partitions),
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.memory": cfg.driver_memory,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.sql.parquet.compression.codec": "snappy",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Spark's _SUCCESS markers are not Parquet; delta-rs must only ever see data files.
+        "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+        "spark.hadoop.parquet.enable.summary-metadata": "false",
+        "spark.sql.adaptive.enabled": "true",
+    }
+    if cfg.delta_jars:
+        conf["spark.jars"] = ",".join(cfg.delta_jars)
+        conf["spark.sql.extensions"] = "io.delta.sql.DeltaSparkSessionExtension"
+        conf["spark.sql.catalog.spark_catalog"] = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+    conf.update(dict(cfg.conf))
+    return conf
+
+
+def get_session(cfg: SparkConfig = SparkConfig()):
+    """Start (or reuse) the Spark session for `cfg`."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
+    for k, v in session_conf(cfg).items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def delta_available(spark) -> bool:
+    """True when the Delta Spark classes are on the session's classpath."""
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+        return True
+    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException in its own type
+        return False
+
+
+def spark_type(t):
+    """The Spark type for an Arrow type of the contract schemas."""
+    import pyarrow as pa
+    from pyspark.sql import types as T
+
+    if pa.types.is_list(t):
+        return T.ArrayType(spark_type(t.value_type), True)
+    simple = {pa.string(): T.StringType(), pa.int64(): T.LongType(), pa.int32(): T.IntegerType(),
+              pa.float32(): T.FloatType(), pa.float64(): T.DoubleType(), pa.bool_(): T.BooleanType()}
+    if pa.types.is_timestamp(t):
+        return T.TimestampType()
+    if t in simple:
+        return simple[t]
+    raise TypeError(f"no Spark type for Arrow type {t}")
+
+
+def spark_schema(schema):
+    """Spark StructType for an Arrow schema (nullability kept)."""
+    from pyspark.sql import types as T
+
+    return T.StructType([T.StructField(f.name, spark_type(f.type), f.nullable) for f in schema])
