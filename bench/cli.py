@@ -1,0 +1,51 @@
+"""`pinrec bench <name>`: a thin dispatcher over the benchmark modules.
+
+Each benchmark lives in `bench/<module>.py` and exposes `configure(parser)` and `run(args) -> int`,
+like the job modules; it prints a table and writes JSON with `--json`. To add one, write the
+module and add one line to BENCHES. Modules are imported only when listed here and found, so a
+missing one shows "not implemented yet" instead of breaking `pinrec bench --help`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> (module, one-line help)
+BENCHES: dict[str, tuple[str, str]] = {
+    "synth": ("bench.synth_bench", "synthetic event generation rate and peak memory"),
+    "sequences": ("bench.sequences_bench", "sequences job: full 365-day rebuild vs incremental update"),
+    "score": ("bench.score_bench", "scoring job end to end: users/s, prefill share of peak"),
+    "train": ("bench.train_bench", "training throughput and share of peak"),
+    "prefill": ("bench.prefill_bench", "GPU prefill vs HF GPT-2 of the same size"),
+    "multitoken": ("bench.multitoken_bench", "multi-token generation speed-up"),
+    "consumer": ("bench.consumer_bench", "speed layer: Kafka consumer into RocksDB"),
+    "serve": ("bench.serve_bench", "serve-time merge latency"),
+    "quality": ("bench.quality_bench", "offline quality bars (Beauty, multi-action)"),
+}
+
+
+def _not_implemented(name: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"pinrec bench {name}: not implemented yet", file=sys.stderr)
+        return 3
+
+    return run
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", metavar="NAME", required=True)
+    for name, (module, help_) in BENCHES.items():
+        bp = sub.add_parser(name, help=help_, description=help_)
+        if importlib.util.find_spec(module) is None:
+            bp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            bp.set_defaults(_bench_run=_not_implemented(name))
+            continue
+        mod = importlib.import_module(module)
+        mod.configure(bp)
+        bp.set_defaults(_bench_run=mod.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._bench_run(args) or 0)
