@@ -47,7 +47,8 @@ DEFAULT_LAKE = os.environ.get("PINREC_LAKE", "/opt/pinrec/lake")
 PINREC = "{{ var.value.get('PINREC_BIN', %s) }}" % repr(DEFAULT_BIN)
 LAKE = "{{ var.value.get('PINREC_LAKE', %s) }}" % repr(DEFAULT_LAKE)
 COMMON = "--ds {{ ds }} --lake " + LAKE
-MODEL_VERSION = "d{{ ds_nodash }}"  # one model version per ds: re-running a ds replaces it
+MODEL_VERSION = "d{{ ds_nodash }}-{{ params.variant }}-{{ params.preset }}"  # one per ds and model kind
+WARM_START_FLAGS = ""
 ARMS_FILE = LAKE + "/runs/params/{{ ds }}/arms.json"  # written by `pinrec gate params`
 
 
@@ -64,6 +65,12 @@ def train_mode(ds: str, full_every_days: int) -> str:
 def shell_quote(value) -> str:
     # str() first: `tojson` returns markupsafe.Markup, whose `+` would HTML-escape the quotes.
     return shlex.quote(str(value))
+
+
+def warm_start_flags(ds: str, full_every_days: int) -> str:
+    """Flags `pinrec train` gets on warm-start days. Empty for now: `pinrec train` has no
+    warm-start option yet, so every day is a full retrain until it does (see docs/ops.md)."""
+    return "" if train_mode(ds, full_every_days) == "full" else WARM_START_FLAGS
 
 
 def on_task_failure(context) -> None:
@@ -110,6 +117,8 @@ params = {
     "full_retrain_every_days": Param(7, type="integer", minimum=1,
                                      description="Full retrain cadence; other days warm-start "
                                                  "from the serving model."),
+    "train_max_seconds": Param(3600, type="integer", minimum=10,
+                               description="Wall-clock cap on one training run."),
     "max_recall_drop": Param(0.05, type="number", minimum=0, maximum=0.99,
                              description="Quality gate: fail when the new model's unordered "
                                          "recall@10 is more than this fraction below the "
@@ -129,7 +138,7 @@ with DAG(
     default_args=default_args,
     params=params,
     render_template_as_native_obj=False,
-    user_defined_macros={"train_mode": train_mode},
+    user_defined_macros={"train_mode": train_mode, "warm_start_flags": warm_start_flags},
     user_defined_filters={"shquote": shell_quote},
     tags=["pinrec", "batch"],
     doc_md=__doc__,
@@ -149,16 +158,21 @@ with DAG(
     )
     sequences = BashOperator(
         task_id="sequences",
-        bash_command=pinrec("sequences", "--lookback-days {{ params.lookback_days }}"),
+        bash_command=pinrec("sequences", "--window-days {{ params.lookback_days }}"),
     )
     items = BashOperator(task_id="items", bash_command=pinrec("items"))
+    # Model versions are immutable and named by ds, variant and preset, so a re-run of a ds
+    # reuses the version it trained (identical downstream tables) instead of failing on it.
     train = BashOperator(
         task_id="train",
-        bash_command=pinrec(
-            "train",
-            "--variant {{ params.variant }} --preset {{ params.preset }} "
-            f"--version {MODEL_VERSION} "
-            "{% if train_mode(ds, params.full_retrain_every_days) == 'warm' %}--warm-start{% endif %}",
+        bash_command=(
+            f"if [ -f {LAKE}/models/{MODEL_VERSION}/config.json ]; then "
+            f"echo 'model {MODEL_VERSION} exists (versions are immutable): reusing it'; else "
+            + pinrec("train", "--variant {{ params.variant }} --preset {{ params.preset }} "
+                              f"--version {MODEL_VERSION} "
+                              "--max-seconds {{ params.train_max_seconds }} --quiet "
+                              "{{ warm_start_flags(ds, params.full_retrain_every_days) }}")
+            + "; fi"
         ),
         pool=GPU_POOL,
     )
