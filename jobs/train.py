@@ -1,0 +1,177 @@
+"""`pinrec train`: train a PinRec variant (or a baseline) from a lake into models/<version>.
+
+Reads the `sequences` partition for `--ds` when given and present, else the imported `events`
+table; holds out each user's last engagement for validation recall (early stopping); writes an
+immutable version (safetensors + config.json + metrics.json) and publishes it with --publish.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, fields, replace
+
+from pinrec.cli import add_lake_arg
+
+VARIANT_CHOICES = ("uc", "oc", "mt_oc", "sasrec", "pinnerformer")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_lake_arg(p)
+    p.add_argument("--ds", help="train on the sequences partition of this day (falls back to events)")
+    add_model_args(p)
+    p.add_argument("--version", help="model version name (default: <variant>-<timestamp>)")
+    p.add_argument("--publish", action="store_true", help="point models/CURRENT at the new version")
+
+
+def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None:
+    p.add_argument("--variant", choices=variants, default="mt_oc")
+    p.add_argument("--preset", choices=("small", "paper"), default="small")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    p.add_argument("--max-seconds", type=float, default=None, help="wall-clock cap on training")
+    p.add_argument("--full-softmax", action="store_true", help="full softmax instead of sampled")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a PinRecConfig field, e.g. --set d_model=128 (repeatable)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def model_config(args, vocab):
+    from pinrec_model.model import PinRecConfig, preset
+
+    over = {"variant": args.variant, "n_actions": len(vocab.actions)}
+    if args.variant == "sasrec":
+        # SASRec: ID embeddings only, next-item, full-softmax cross-entropy.
+        over.update(use_features=False, full_softmax=True)
+    if args.full_softmax:
+        over["full_softmax"] = True
+    types = {f.name: f.type for f in fields(PinRecConfig)}
+    for kv in args.set:
+        if "=" not in kv:
+            raise ValueError(f"--set {kv!r}: expected KEY=VALUE")
+        k, v = kv.split("=", 1)
+        if k not in types:
+            raise ValueError(f"--set {k}: unknown config field; known: {sorted(types)}")
+        t = types[k]
+        over[k] = (v.lower() in ("1", "true", "yes")) if t in (bool, "bool") else \
+            int(v) if t in (int, "int") else float(v) if t in (float, "float") else v
+    return preset(args.preset, **over)
+
+
+def train_config(args):
+    from pinrec_model.training import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                       device=args.device, compile=args.compile, max_seconds=args.max_seconds,
+                       progress=not args.quiet)
+
+
+def read_training_data(lake, ds=None):
+    """(events-like arrow table, item_features table or None) from the lake."""
+    import pyarrow as pa
+
+    from jobs.lake import LakeTables
+
+    lt = LakeTables(lake)
+    feats = lt.read("item_features") if lt.exists("item_features") else None
+    if ds and lt.exists("sequences") and ds in lt.partitions("sequences"):
+        return events_from_sequences(lt.read("sequences", [ds])), feats
+    if not lt.exists("events"):
+        raise ValueError(f"lake {lake.root} has no events table: run `pinrec data import ...` or "
+                         f"`pinrec data synth ... --lake {lake.root}` first")
+    ev = lt.read("events", columns=["user_id", "item_id", "item_type", "query_text", "action", "surface", "ts"])
+    return ev, feats
+
+
+def events_from_sequences(seq):
+    """The sequences contract (one row per user, arrays) -> one row per token."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(seq.column("item_ids")).to_numpy(zero_copy_only=False)
+    users = np.repeat(seq.column("user_id").to_numpy(), lengths)
+    flat = lambda c: pc.list_flatten(seq.column(c))
+    return pa.table({"user_id": users, "item_id": flat("item_ids"), "item_type": flat("item_types"),
+                     "query_text": pa.nulls(int(lengths.sum()), pa.string()), "action": flat("actions"),
+                     "surface": flat("surfaces"), "ts": flat("ts")})
+
+
+@dataclass
+class Prepared:
+    catalog: object
+    seqs: object  # UserSeqs
+
+
+def prepare(events, item_features, vocab):
+    from pinrec_model.data import build_catalog, build_user_seqs
+
+    cat = build_catalog(events, item_features)
+    return Prepared(cat, build_user_seqs(events, cat, vocab))
+
+
+def holdout_validation(prep: Prepared, users, holdout: int, max_len: int, max_users: int = 2000):
+    """A validation closure: next-item recall@10 of the token `holdout` from each user's end,
+    from the tokens before it; users with a pin there, at most `max_users` (fixed sample)."""
+    import numpy as np
+
+    from pinrec_model.metrics import hit_rate, next_item_ranks
+
+    s = prep.seqs
+    lens = s.lengths()[users]
+    ok = users[lens > holdout]
+    tpos = s.offsets[ok] + s.lengths()[ok] - holdout
+    pin = prep.catalog.type_ids[s.rows[tpos]] == 1
+    ok, tpos = ok[pin], tpos[pin]
+    ok, tpos = ok[:max_users], tpos[:max_users]
+    hist = s.subset(ok, keep_last=np.full(len(ok), holdout))
+
+    def validate(model, ct):
+        r = next_item_ranks(model, ct, hist, s.rows[tpos], s.actions[tpos], max_len)
+        return hit_rate(r, 10)
+
+    return validate
+
+
+def train_on(prep: Prepared, cfg, tc, holdout: int, users=None):
+    """Train on each user's tokens but the last `holdout`; validate on the token at -holdout."""
+    import numpy as np
+
+    from pinrec_model.data import make_examples
+    from pinrec_model.training import fit, lookahead
+
+    s = prep.seqs
+    users = np.arange(len(s.user_ids)) if users is None else users
+    train_seqs = s.subset(users, keep_last=np.full(len(users), holdout))
+    ex = make_examples(train_seqs, cfg.max_len, lookahead(cfg))
+    val = holdout_validation(prep, users, holdout, cfg.max_len) if holdout > 0 else None
+    return fit(cfg, tc, prep.catalog, ex, val)
+
+
+def run(args) -> int:
+    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.layout import Lake, publish
+    from pinrec_model.api import save_model
+
+    lake = Lake.at(args.lake)
+    vocab = PINTEREST_ACTIONS
+    cfg = model_config(args, vocab)
+    tc = train_config(args)
+    events, feats = read_training_data(lake, args.ds)
+    prep = prepare(events, feats, vocab)
+    t0 = time.perf_counter()
+    res = train_on(prep, cfg, tc, holdout=1)
+    version = args.version or f"{args.variant}-{time.strftime('%Y%m%dT%H%M%S')}-s{args.seed}"
+    metrics = {"val_recall@10": res.best_val, "history": res.history, "train_seconds": time.perf_counter() - t0,
+               "users": int(len(prep.seqs.user_ids)), "items": int(len(prep.catalog))}
+    vdir = save_model(lake.version_dir("models", version), res.model, res.cms, vocab, metrics,
+                      {"train": tc.__dict__, "ds": args.ds})
+    if args.publish:
+        publish(lake, "models", version)
+    print(json.dumps({"version": version, "path": str(vdir), "val_recall@10": res.best_val,
+                      "published": bool(args.publish)}))
+    return 0

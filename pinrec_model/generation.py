@@ -1,0 +1,123 @@
+"""Autoregressive generation (paper 4.3.1, 4.4.3): prefill a batch of histories into a KV
+cache, then decode steps that emit k embeddings per step (one per (offset, action) condition)
+and feed them back as tokens. Plus the pure parts around it: budget allocation over actions,
+compression of near-duplicate embeddings, and proportional allocation of N over what is left.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pinrec_model.model import GENERATED_SURFACE, KV, PinRec, time_features
+
+
+@dataclass
+class DecodeState:
+    cache: list[KV]  # per layer ([B, H, T, hd], [B, H, T, hd])
+    key_valid: torch.Tensor  # [B, T] bool
+    next_pos: torch.Tensor  # [B] position id of the next token
+    last_ts: torch.Tensor  # [B] seconds of the newest history token
+    h_last: torch.Tensor  # [B, d] hidden state of the newest token
+
+
+@torch.no_grad()
+def prefill(model: PinRec, emb, type_ids, actions, surfaces, ts_s, valid) -> DecodeState:
+    """Left-padded histories: emb [B, T, D], the rest [B, T] -> the decode state."""
+    pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+    x = model.input_tokens(emb, type_ids * valid, actions * valid, surfaces * valid,
+                           time_features(ts_s, valid, ts_s[:, -1]), pos)
+    h, cache = model.encode(x, None if bool(valid.all()) else valid)
+    return DecodeState(cache, valid, valid.sum(1), ts_s[:, -1], h[:, -1])
+
+
+@torch.no_grad()
+def decode(model: PinRec, st: DecodeState, gen: torch.Tensor, gen_actions: torch.Tensor) -> DecodeState:
+    """Feed k generated embeddings back as tokens: gen [B, k, D], gen_actions [B, k]."""
+    B, k, _ = gen.shape
+    dev = gen.device
+    ones = torch.ones(B, k, dtype=torch.long, device=dev)
+    ts = st.last_ts[:, None].expand(B, k)
+    vk = torch.ones(B, k, dtype=torch.bool, device=dev)
+    pos = (st.next_pos[:, None] + torch.arange(k, device=dev)[None]).clamp(max=model.cfg.max_positions - 1)
+    x = model.input_tokens(gen.to(model.in_proj.weight.dtype), ones, gen_actions, ones * GENERATED_SURFACE,
+                           time_features(ts, vk, st.last_ts), pos)
+    key_valid = torch.cat([st.key_valid, vk], dim=1)
+    h, cache = model.encode(x, key_valid, st.cache)
+    return DecodeState(cache, key_valid, st.next_pos + k, st.last_ts, h[:, -1])
+
+
+def step_offsets(k: int, t_lim: int) -> list[int]:
+    """k target offsets spread over [1, t_lim] (distinct while k <= t_lim)."""
+    return [1 + (j * t_lim) // k for j in range(k)]
+
+
+@torch.no_grad()
+def generate(model: PinRec, st: DecodeState, cond_actions: torch.Tensor, tokens_per_step: int):
+    """cond_actions [B, n] (action id of each embedding, generation order) -> [B, n, D].
+
+    ceil(n / k) steps: step s emits embeddings s*k .. s*k+k-1 from the newest hidden state, each
+    under its own (offset, action) condition, then feeds them back (no teacher forcing)."""
+    cfg = model.cfg
+    B, n = cond_actions.shape
+    k = tokens_per_step if cfg.offset_conditioned else 1
+    offsets = torch.tensor(step_offsets(k, cfg.t_lim), device=cond_actions.device)
+    out = []
+    for s in range(math.ceil(n / k)):
+        acts = cond_actions[:, s * k:(s + 1) * k]
+        kk = acts.shape[1]
+        h = st.h_last[:, None, :].expand(B, kk, -1)
+        e = model.output(h, acts, offsets[None, :kk].expand(B, kk))  # [B, kk, D]
+        out.append(e)
+        if s < math.ceil(n / k) - 1:
+            st = decode(model, st, e, acts)
+    return torch.cat(out, dim=1)
+
+
+# ------------------------------------------------------------------------------------------
+# Budgets, compression, allocation (pure numpy)
+# ------------------------------------------------------------------------------------------
+
+def largest_remainder(weights: np.ndarray, n: int) -> np.ndarray:
+    """Integers proportional to `weights` summing to n (Hamilton's method; ties -> lower index)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if n <= 0 or w.sum() <= 0:
+        return np.zeros(len(w), dtype=np.int64)
+    q = w / w.sum() * n
+    base = np.floor(q).astype(np.int64)
+    rest = n - base.sum()
+    order = np.lexsort((np.arange(len(w)), -(q - base)))
+    base[order[:rest]] += 1
+    return base
+
+
+def allocate_budget(budget: dict[str, float], n: int, stochastic: bool = False,
+                    rng: np.random.Generator | None = None) -> dict[str, int]:
+    """B(a) -> items per action: deterministic B(a)*N (largest remainder) or a multinomial draw."""
+    actions = list(budget)
+    w = np.array([budget[a] for a in actions], dtype=np.float64)
+    if stochastic:
+        counts = (rng or np.random.default_rng(0)).multinomial(n, w / w.sum())
+    else:
+        counts = largest_remainder(w, n)
+    return {a: int(c) for a, c in zip(actions, counts)}
+
+
+def compress(emb: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Fold each embedding, in generation order, into the first earlier kept embedding whose
+    cosine similarity exceeds `threshold`. emb [S, D] (unit rows) -> (kept indices, counts)."""
+    if threshold is None or len(emb) == 0:
+        return np.arange(len(emb)), np.ones(len(emb), dtype=np.int64)
+    kept, counts = [], []
+    for i, e in enumerate(emb):
+        if kept:
+            sims = emb[kept] @ e
+            j = int(np.argmax(sims))
+            if sims[j] > threshold:
+                counts[j] += 1
+                continue
+        kept.append(i)
+        counts.append(1)
+    return np.array(kept), np.array(counts, dtype=np.int64)

@@ -1,0 +1,96 @@
+"""Losses (paper Eq. 2, 3, 5) as separate, swappable parts: a count-min sketch for item
+frequencies, negative sampling, and the (sampled or full) softmax with logQ correction.
+
+s(i_hat, i_c) = lambda * <i_hat, i_c> - Q(i_c), where Q is the log of the expected number of
+times i_c appears among the candidates: log(M * p(i_c)) for in-batch candidates (p from the
+sketch) and log(R / N) for R uniform random negatives out of N items. Subtracting it from EVERY
+candidate, the positive included, is what removes the popularity bias of in-batch negatives.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pinrec_model.model import hash_ids
+
+NEG_INF = -1e9
+
+
+class CountMinSketch(nn.Module):
+    """depth x width counters, one hash per row; estimate = min over rows (never undercounts)."""
+
+    def __init__(self, width: int, depth: int):
+        super().__init__()
+        self.width, self.depth = width, depth
+        self.register_buffer("table", torch.zeros(depth, width, dtype=torch.float64))
+        self.register_buffer("total", torch.zeros((), dtype=torch.float64))
+
+    def _cols(self, ids: torch.Tensor) -> torch.Tensor:
+        # Different constants from the ID-embedding hash (seed offset), so the two collide apart.
+        return hash_ids(ids * 7 + 3, self.depth, self.width)  # [N, depth]
+
+    @torch.no_grad()
+    def update(self, ids: torch.Tensor) -> None:
+        cols = self._cols(ids.to(self.table.device))
+        for r in range(self.depth):
+            self.table[r].index_add_(0, cols[:, r], torch.ones(len(ids), dtype=torch.float64, device=self.table.device))
+        self.total += len(ids)
+
+    @torch.no_grad()
+    def count(self, ids: torch.Tensor) -> torch.Tensor:
+        cols = self._cols(ids.to(self.table.device))
+        rows = torch.arange(self.depth, device=self.table.device)[None, :]
+        return self.table[rows, cols].min(dim=1).values
+
+    @torch.no_grad()
+    def log_prob(self, ids: torch.Tensor) -> torch.Tensor:
+        """log p(id) with add-one smoothing (items not yet seen get a small, finite p)."""
+        return torch.log((self.count(ids) + 1.0) / (self.total + self.width)).float()
+
+
+def sampled_softmax_loss(
+    query: torch.Tensor,  # [M, D] output representations i_hat
+    pos: torch.Tensor,  # [M, W, D] window targets (W = 1 for next-token)
+    pos_ids: torch.Tensor,  # [M, W] raw item ids
+    pos_valid: torch.Tensor,  # [M, W] bool, at least one True per row
+    pos_q: torch.Tensor,  # [M, W] Q(i) of each positive
+    neg: torch.Tensor,  # [K, D] in-batch + random negatives
+    neg_ids: torch.Tensor,  # [K]
+    neg_q: torch.Tensor,  # [K] Q(i) of each negative
+    scale: float,
+) -> torch.Tensor:
+    """Mean over rows of min_w L_s(i_hat, i_w) (Eq. 5; Eq. 2 when W = 1).
+
+    With the negatives shared by all positives of a row, L_s is decreasing in the positive's
+    score, so the minimum over the window is L_s of the best-scoring positive."""
+    pos_s = scale * torch.einsum("md,mwd->mw", query, pos).float() - pos_q
+    pos_s = pos_s.masked_fill(~pos_valid, NEG_INF)
+    best = pos_s.max(dim=1).values  # [M]
+    neg_s = scale * (query @ neg.T).float() - neg_q[None, :]  # [M, K]
+    # A negative that IS one of the row's targets is not a negative: mask it.
+    same = torch.zeros_like(neg_s, dtype=torch.bool)
+    for w in range(pos_ids.shape[1]):
+        same |= (neg_ids[None, :] == pos_ids[:, w:w + 1]) & pos_valid[:, w:w + 1]
+    neg_s = neg_s.masked_fill(same, NEG_INF)
+    lse = torch.logsumexp(torch.cat([best[:, None], neg_s], dim=1), dim=1)
+    return (lse - best).mean()
+
+
+def full_softmax_loss(
+    query: torch.Tensor,  # [M, D]
+    catalog: torch.Tensor,  # [N, D] every candidate item
+    pos_rows: torch.Tensor,  # [M, W] catalog rows of the window targets
+    pos_valid: torch.Tensor,  # [M, W]
+    scale: float,
+) -> torch.Tensor:
+    """Cross-entropy over every catalog item, min over the window of positives."""
+    logits = scale * (query @ catalog.T).float()  # [M, N]
+    pos_s = logits.gather(1, pos_rows.clamp(min=0)).masked_fill(~pos_valid, NEG_INF)
+    best = pos_s.max(dim=1).values
+    return (torch.logsumexp(logits, dim=1) - best).mean()
+
+
+def random_negatives(n_items: int, k: int, generator: torch.Generator, device) -> torch.Tensor:
+    """k uniform catalog positions (with replacement): Q = log(k / n_items) for each."""
+    return torch.randint(0, n_items, (k,), generator=generator, device="cpu").to(device)

@@ -1,0 +1,94 @@
+"""Offline metrics: leave-one-out ranks (HR/NDCG@k over every item), the paper's unordered
+recall (Eq. 6) and diversity. Scoring runs on torch (CPU or GPU); metrics are numpy."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pinrec_model.data import PAD, UserSeqs, left_pad
+from pinrec_model.generation import prefill
+from pinrec_model.model import PinRec
+
+
+def hit_rate(ranks: np.ndarray, k: int) -> float:
+    """ranks are 1-based positions of the target among all items."""
+    return float(np.mean(ranks <= k)) if len(ranks) else float("nan")
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    if not len(ranks):
+        return float("nan")
+    return float(np.mean(np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)))
+
+
+@torch.no_grad()
+def history_state(model: PinRec, ct, arrays: dict, dev):
+    """Left-padded catalog-row arrays [B, T] -> decode state (prefill)."""
+    rows = torch.as_tensor(arrays["rows"], device=dev)
+    valid = rows >= 0
+    valid[:, -1] = True  # never an empty history: prefill needs one last state
+    r = rows.clamp(min=0)
+    uniq, inv = torch.unique(r, return_inverse=True)
+    emb = ct.embed(model, uniq)[inv]
+    t = lambda k: torch.as_tensor(arrays[k], device=dev)
+    return prefill(model, emb, ct.type_ids[r], t("actions"), t("surfaces"), t("ts_s"), valid)
+
+
+@torch.no_grad()
+def next_item_ranks(model: PinRec, ct, seqs: UserSeqs, target_rows: np.ndarray, target_actions: np.ndarray,
+                    max_len: int, exclude_history: bool = False, batch_size: int = 256) -> np.ndarray:
+    """1-based rank of each user's target among every catalog pin (ties count against us).
+
+    The query is the head at the last history position, conditioned on the target's action and
+    offset 1 (the paper conditions on the target's action for OC variants)."""
+    model.eval()
+    dev = ct.ids.device
+    pin_emb = ct.embed(model, ct.pin_rows).float()  # [P, D]
+    pin_pos = torch.full((len(ct.ids),), -1, dtype=torch.long, device=dev)
+    pin_pos[ct.pin_rows] = torch.arange(len(ct.pin_rows), device=dev)
+    out = []
+    for s in range(0, len(seqs.user_ids), batch_size):
+        idx = np.arange(s, min(s + batch_size, len(seqs.user_ids)))
+        arr = left_pad(seqs.subset(idx), max_len)
+        st = history_state(model, ct, arr, dev)
+        ta = torch.as_tensor(target_actions[idx], device=dev)
+        q = model.output(st.h_last, ta, torch.ones_like(ta)).float()
+        scores = q @ pin_emb.T  # [b, P]
+        tp = pin_pos[torch.as_tensor(target_rows[idx], device=dev)]
+        tgt = scores.gather(1, tp.clamp(min=0)[:, None])
+        if exclude_history:
+            hr = torch.as_tensor(arr["rows"], device=dev)
+            hp = torch.where(hr >= 0, pin_pos[hr.clamp(min=0)], -1)
+            hp = torch.where(hp == tp[:, None], -1, hp)  # never exclude the target itself
+            mask = torch.zeros_like(scores, dtype=torch.bool)
+            mask.scatter_(1, hp.clamp(min=0), hp >= 0)
+            scores = scores.masked_fill(mask, -1e9)
+        out.append((scores >= tgt).sum(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def unordered_recall(gen: np.ndarray, targets: list[np.ndarray], index: np.ndarray, target_emb: list[np.ndarray],
+                     k: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Eq. 6 as the text defines it: for each user, the share of its targets z for which some
+    generated embedding j ranks z within the top k of the index (rank = #index items scoring
+    >= the target). gen [U, S, D]; index [N, D]; target_emb[u] [Z_u, D].
+    Returns (per-user recall [U], per-user boolean hits per target)."""
+    rec, hits_all = np.zeros(len(gen)), []
+    for u in range(len(gen)):
+        if len(targets[u]) == 0:
+            rec[u] = np.nan
+            hits_all.append(np.zeros(0, bool))
+            continue
+        s_idx = gen[u] @ index.T  # [S, N]
+        kth = -np.partition(-s_idx, min(k, s_idx.shape[1]) - 1, axis=1)[:, min(k, s_idx.shape[1]) - 1]  # [S]
+        s_t = gen[u] @ target_emb[u].T  # [S, Z]
+        hits = (s_t >= kth[:, None]).any(axis=0)
+        hits_all.append(hits)
+        rec[u] = hits.mean()
+    return rec, hits_all
+
+
+def diversity(retrieved: list[np.ndarray]) -> float:
+    """Proportion of unique items among everything retrieved for the evaluation users."""
+    allr = np.concatenate([r.ravel() for r in retrieved]) if retrieved else np.zeros(0)
+    return float(len(np.unique(allr)) / len(allr)) if len(allr) else float("nan")

@@ -1,0 +1,307 @@
+"""The PinRec model (paper §4.1–4.3): item embedders, a GPT-2-style causal decoder with a KV
+cache, and the conditioned output head of Eq. 1. Read bottom-up: hashing -> item embedder ->
+attention -> block -> config -> PinRec. `forward`-style methods take tensors and return tensors:
+no I/O, no logging, no clock.
+
+Padding convention: sequences are LEFT-padded (the newest token is always at index T-1), so a
+batch of histories prefills together and every decode step appends at the same index.
+Index 0 of the type/action/surface/offset tables means "padding" or "none".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VARIANTS = ("uc", "oc", "mt_oc", "pinnerformer", "sasrec")
+N_TIME_FEATURES = 6
+GENERATED_SURFACE = 4  # surface id of tokens fed back during generation (1..3 are real surfaces)
+_P = 2147483647  # 2^31 - 1, the modulus of the ID hash family
+
+
+@dataclass(frozen=True)
+class PinRecConfig:
+    variant: str = "uc"  # uc | oc | mt_oc | pinnerformer | sasrec (the last two are baselines)
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    d_ff: int = 256
+    dropout: float = 0.1
+    emb_dim: int = 64  # D: the shared item / output representation space
+    max_len: int = 50  # history tokens the model reads
+    max_positions: int = 128  # history + generated tokens
+    feature_dim: int = 32
+    use_features: bool = True
+    id_dim: int = 64
+    id_buckets: int = 1 << 16  # rows of the shared hashed-ID table
+    id_hashes: int = 2  # k hash functions into that table, summed
+    n_actions: int = 6  # engagement actions + search (ids are 1..n_actions, 0 = none)
+    n_item_types: int = 2  # pin, query
+    n_surfaces: int = 3
+    logit_scale: float = 20.0  # lambda in s = lambda * <i_hat, i> - Q(i)
+    full_softmax: bool = False  # score against every catalog item instead of sampled negatives
+    logq_correction: bool = True
+    n_random_negatives: int = 256
+    max_in_batch_negatives: int = 1024
+    cms_width: int = 1 << 16
+    cms_depth: int = 4
+    t_lim: int = 8  # multi-token: target offsets t' - t are drawn from [1, t_lim] steps
+    window: int = 4  # Delta: the target window [t', t' + Delta]
+    window_unit: str = "steps"  # steps | seconds (coarse real timestamps need steps)
+    window_max_tokens: int = 16  # cap on targets per window when window_unit == seconds
+    tokens_per_step: int = 4  # default embeddings per generation step (MT variants)
+    num_embeddings: int = 16  # default embeddings generated per user
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
+        if self.window_unit not in ("steps", "seconds"):
+            raise ValueError(f"window_unit must be 'steps' or 'seconds', got {self.window_unit!r}")
+
+    @property
+    def multi_token(self) -> bool:
+        return self.variant in ("mt_oc", "pinnerformer")
+
+    @property
+    def action_conditioned(self) -> bool:
+        return self.variant in ("oc", "mt_oc")
+
+    @property
+    def offset_conditioned(self) -> bool:
+        return self.variant == "mt_oc"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict) -> "PinRecConfig":
+        known = PinRecConfig.__dataclass_fields__
+        return PinRecConfig(**{k: v for k, v in d.items() if k in known})
+
+
+PRESETS = {
+    "small": PinRecConfig(),
+    # The paper's size: GPT-2 small (12 layers, 768 hidden, 12 heads), 256-token histories.
+    "paper": PinRecConfig(d_model=768, n_layers=12, n_heads=12, d_ff=3072, emb_dim=256,
+                          max_len=256, max_positions=512, id_dim=256, id_buckets=1 << 20,
+                          n_random_negatives=1024, max_in_batch_negatives=4096),
+}
+
+
+def preset(name: str, **overrides) -> PinRecConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+# ------------------------------------------------------------------------------------------
+# Item representations (4.1)
+# ------------------------------------------------------------------------------------------
+
+def hash_ids(ids: torch.Tensor, n_hashes: int, buckets: int) -> torch.Tensor:
+    """[N] int64 item ids (any 63-bit value) -> [N, k] bucket indices.
+
+    Universal hashing ((a*lo + b*hi + c) mod p) on the id split into 31 + 32 bits, so every
+    product stays below 2^62 and int64 never overflows, on CPU and CUDA alike.
+    """
+    lo = ids & 0x7FFFFFFF
+    hi = ids >> 31
+    out = []
+    for k in range(n_hashes):
+        a, b, c = 1_000_003 + 7919 * k, 998_244_353 % (1 << 29) + 104_729 * k, 12_345 + 31 * k
+        out.append(((lo * a + hi * b + c) % _P) % buckets)
+    return torch.stack(out, dim=-1)
+
+
+class MLPEmbedder(nn.Module):
+    """One item type's f_t: 3 linear layers with ReLU and LayerNorm, L2-normalised output."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        h = max(d_out * 2, 64)
+        self.net = nn.Sequential(
+            nn.Linear(d_in, h), nn.ReLU(), nn.LayerNorm(h),
+            nn.Linear(h, h), nn.ReLU(), nn.LayerNorm(h),
+            nn.Linear(h, d_out),
+        )
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(v), dim=-1)
+
+
+class ItemTower(nn.Module):
+    """i = f_{T(i)}([content features, hashed ID embedding]) for pins and queries."""
+
+    def __init__(self, cfg: PinRecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.id_table = nn.Embedding(cfg.id_buckets, cfg.id_dim)
+        nn.init.normal_(self.id_table.weight, std=0.02)
+        d_in = cfg.id_dim + (cfg.feature_dim if cfg.use_features else 0)
+        self.embedders = nn.ModuleList([MLPEmbedder(d_in, cfg.emb_dim) for _ in range(cfg.n_item_types)])
+
+    def forward(self, ids: torch.Tensor, type_ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """ids, type_ids: [N] (type 1 = pin, 2 = query); feats: [N, F] -> [N, D]."""
+        v = self.id_table(hash_ids(ids, self.cfg.id_hashes, self.cfg.id_buckets)).sum(dim=1)
+        if self.cfg.use_features:
+            v = torch.cat([feats.to(v.dtype), v], dim=-1)
+        out = torch.zeros(len(ids), self.cfg.emb_dim, device=ids.device, dtype=v.dtype)
+        for t, emb in enumerate(self.embedders, start=1):
+            sel = type_ids == t
+            if t == 1:
+                sel = sel | (type_ids == 0)  # padding rows: embedded as pins, masked later
+            if sel.any():
+                out[sel] = emb(v[sel]).to(out.dtype)
+        return out
+
+
+# ------------------------------------------------------------------------------------------
+# Causal transformer (4.2)
+# ------------------------------------------------------------------------------------------
+
+KV = tuple[torch.Tensor, torch.Tensor]  # ([B, H, T, hd], [B, H, T, hd])
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: PinRecConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, past: KV | None):
+        """x: [B, Tn, d]; mask: [B, 1, Tn, Tpast+Tn] bool (True = may attend) or None (plain
+        causal, no padding, no past: the flash-attention path)."""
+        B, Tn, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        # [B, Tn, d] -> [B, H, Tn, hd]
+        q, k, v = (t.view(B, Tn, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None,
+            dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, Tn, d)), (k, v)
+
+
+class Block(nn.Module):
+    """GPT-2 pre-LN block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: PinRecConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.d_ff, cfg.d_model), nn.Dropout(cfg.dropout))
+
+    def forward(self, x, mask, past):
+        a, kv = self.attn(self.ln_1(x), mask, past)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), kv
+
+
+def attention_mask(key_valid: torch.Tensor, n_new: int) -> torch.Tensor:
+    """key_valid: [B, Ttot] bool -> [B, 1, n_new, Ttot] bool for the last n_new queries.
+
+    Causal, no attention to padding keys; each query may always see itself so that padding rows
+    have one key and softmax never sees an all-masked row (NaN)."""
+    t_tot = key_valid.shape[1]
+    q_pos = torch.arange(t_tot - n_new, t_tot, device=key_valid.device)[:, None]  # [n_new, 1]
+    k_pos = torch.arange(t_tot, device=key_valid.device)[None, :]  # [1, Ttot]
+    causal = k_pos <= q_pos
+    allowed = causal[None] & (key_valid[:, None, :] | (k_pos == q_pos)[None])
+    return allowed[:, None]
+
+
+def time_features(ts_s: torch.Tensor, valid: torch.Tensor, now_s: torch.Tensor) -> torch.Tensor:
+    """Raw-timestamp features after PinnerFormer: [B, T] seconds -> [B, T, 6].
+
+    log gap to the previous token, log age relative to the newest history token, and the
+    hour-of-day / day-of-week phase. Padding rows are zero."""
+    ts = ts_s.to(torch.float64)
+    prev = torch.cat([ts[:, :1], ts[:, :-1]], dim=1)
+    prev_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1)
+    # the first real token has no predecessor: padding must not leak in as a huge gap
+    gap = torch.where(prev_valid, torch.log1p((ts - prev).clamp(min=0)) / 10, torch.zeros_like(ts))
+    age = torch.log1p((now_s[:, None].to(torch.float64) - ts).clamp(min=0)) / 10
+    day = 2 * math.pi * torch.remainder(ts, 86400) / 86400
+    week = 2 * math.pi * torch.remainder(ts, 604800) / 604800
+    f = torch.stack([gap, age, torch.sin(day), torch.cos(day), torch.sin(week), torch.cos(week)], -1)
+    return (f * valid[..., None]).float()
+
+
+class PinRec(nn.Module):
+    def __init__(self, cfg: PinRecConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.items = ItemTower(cfg)
+        self.in_proj = nn.Linear(cfg.emb_dim, d)
+        self.action_in = nn.Embedding(cfg.n_actions + 1, d)
+        self.surface_in = nn.Embedding(cfg.n_surfaces + 2, d)  # + padding + generated
+        self.type_in = nn.Embedding(cfg.n_item_types + 1, d)
+        self.time_in = nn.Linear(N_TIME_FEATURES, d)
+        self.pos = nn.Embedding(cfg.max_positions, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_f = nn.LayerNorm(d)
+        # Output head O([h, Phi]) (Eq. 1): Phi is empty (UC), the action (OC) or offset + action.
+        d_cond = 0
+        if cfg.action_conditioned:
+            self.action_head = nn.Embedding(cfg.n_actions + 1, d)
+            d_cond += d
+        if cfg.offset_conditioned:
+            self.offset_head = nn.Embedding(cfg.t_lim + 1, d)
+            d_cond += d
+        self.head = nn.Sequential(nn.Linear(d + d_cond, 2 * d), nn.GELU(), nn.LayerNorm(2 * d),
+                                  nn.Linear(2 * d, cfg.emb_dim))
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))  # GPT-2 residual init
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding) and m.weight.shape[0] < (1 << 16):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def embed_items(self, ids, type_ids, feats) -> torch.Tensor:
+        """[N], [N], [N, F] -> [N, D] L2-normalised item representations."""
+        return self.items(ids, type_ids, feats)
+
+    def input_tokens(self, item_emb, type_ids, action_ids, surface_ids, time_feats, pos_ids):
+        """Sum of the token's parts: [B, T, D], [B, T] x4, [B, T, 6] -> [B, T, d]."""
+        x = (self.in_proj(item_emb) + self.type_in(type_ids) + self.action_in(action_ids)
+             + self.surface_in(surface_ids) + self.time_in(time_feats) + self.pos(pos_ids))
+        return self.drop(x)
+
+    def encode(self, x: torch.Tensor, key_valid: torch.Tensor | None,
+               past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:
+        """x: [B, Tn, d] new tokens; key_valid: [B, Tpast+Tn] or None when nothing is padded
+        and there is no past -> hidden states [B, Tn, d] and the updated KV cache."""
+        mask = None if key_valid is None else attention_mask(key_valid, x.shape[1])
+        cache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, mask, None if past is None else past[i])
+            cache.append(kv)
+        return self.ln_f(x), cache
+
+    def output(self, h: torch.Tensor, action_ids: torch.Tensor | None = None,
+               offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """O(h, Phi): h [..., d], action_ids / offsets [...] -> [..., D], L2-normalised."""
+        parts = [h]
+        if self.cfg.action_conditioned:
+            parts.append(self.action_head(action_ids))
+        if self.cfg.offset_conditioned:
+            parts.append(self.offset_head(offsets.clamp(1, self.cfg.t_lim)))
+        return F.normalize(self.head(torch.cat(parts, dim=-1)), dim=-1)

@@ -1,0 +1,258 @@
+"""The training loop: batches of windows -> targets (next-token or windowed multi-token) ->
+sampled/full softmax -> AdamW with warm-up, gradient clipping, bf16 autocast on GPU, optional
+torch.compile, validation recall each epoch with early stopping. Deterministic for a seed.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pinrec_model.data import Catalog, Examples
+from pinrec_model.losses import CountMinSketch, full_softmax_loss, sampled_softmax_loss
+from pinrec_model.model import PinRec, PinRecConfig, time_features
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    compile: bool = False
+    patience: int = 3  # epochs without a better validation recall before stopping
+    max_seconds: float | None = None  # wall-clock cap (CI)
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    model: PinRec
+    cms: CountMinSketch
+    history: list[dict] = field(default_factory=list)
+    best_val: float = float("nan")
+
+
+class CatalogTensors:
+    """The catalog on the training device."""
+
+    def __init__(self, cat: Catalog, device):
+        self.ids = torch.as_tensor(cat.ids, device=device)
+        self.type_ids = torch.as_tensor(cat.type_ids, device=device)
+        self.features = torch.as_tensor(cat.features, device=device)
+        self.pin_rows = torch.as_tensor(cat.pin_rows, device=device)
+
+    def embed(self, model: PinRec, rows: torch.Tensor) -> torch.Tensor:
+        """[N] catalog rows (>= 0) -> [N, D]."""
+        return model.embed_items(self.ids[rows], self.type_ids[rows], self.features[rows])
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def lookahead(cfg: PinRecConfig) -> int:
+    if not cfg.multi_token:
+        return 1
+    w = cfg.window + 1 if cfg.window_unit == "steps" else cfg.window_max_tokens
+    return cfg.t_lim + w
+
+
+def embed_tokens(model: PinRec, ct: CatalogTensors, rows, actions, surfaces, ts_s, item_emb=None):
+    """Left-padded token arrays [B, T] -> transformer inputs [B, T, d] and validity [B, T]."""
+    valid = rows >= 0
+    r = rows.clamp(min=0)
+    if item_emb is None:
+        uniq, inv = torch.unique(r, return_inverse=True)
+        emb = ct.embed(model, uniq)[inv]  # [B, T, D]
+    else:
+        emb = item_emb[r]
+    now = ts_s[:, -1]
+    pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+    x = model.input_tokens(emb, ct.type_ids[r] * valid, actions, surfaces,
+                           time_features(ts_s, valid, now), pos)
+    return x, valid
+
+
+def sample_targets(cfg: PinRecConfig, rows, actions, ts_s, is_pin, L: int, gen: torch.Generator):
+    """Targets for each input position i < L of windows [B, L + E].
+
+    Next-token: t' = i + 1. Multi-token (Eq. 5): t' - i ~ uniform on [1, min(t_lim, tokens
+    left)], and every pin in [t', t' + Delta] (steps or seconds) is a target.
+    Returns (target positions [B, L, W], valid [B, L, W], offset [B, L], primary action [B, L],
+    row valid [B, L])."""
+    B, width = rows.shape
+    dev = rows.device
+    i = torch.arange(L, device=dev)[None, :].expand(B, L)
+    tok_valid = rows >= 0
+    last = torch.where(tok_valid, torch.arange(width, device=dev)[None, :], -1).max(dim=1).values  # [B]
+    left = (last[:, None] - i).clamp(min=0)  # tokens after i
+    if cfg.multi_token:
+        u = torch.rand(B, L, generator=gen).to(dev)
+        span = left.clamp(max=cfg.t_lim).clamp(min=1)
+        offset = 1 + (u * span).long().clamp(max=cfg.t_lim - 1)
+        offset = torch.minimum(offset, span)
+    else:
+        offset = torch.ones(B, L, dtype=torch.long, device=dev)
+    tprime = (i + offset).clamp(max=width - 1)
+    if not cfg.multi_token:
+        wpos = tprime[..., None]
+    elif cfg.window_unit == "steps":
+        wpos = tprime[..., None] + torch.arange(cfg.window + 1, device=dev)
+    else:
+        wpos = tprime[..., None] + torch.arange(cfg.window_max_tokens, device=dev)
+    inside = wpos < width
+    wpos = wpos.clamp(max=width - 1)
+    gather = lambda a: a.gather(1, wpos.reshape(B, -1)).reshape(wpos.shape)
+    wvalid = inside & gather(tok_valid) & gather(is_pin)
+    if cfg.multi_token and cfg.window_unit == "seconds":
+        t0 = ts_s.gather(1, tprime)
+        wvalid &= (gather(ts_s) - t0[..., None]) <= cfg.window
+    prim_valid = tok_valid.gather(1, tprime) & is_pin.gather(1, tprime)
+    row_valid = tok_valid[:, :L] & (left > 0) & prim_valid & wvalid[..., 0]
+    return wpos, wvalid, offset, actions.gather(1, tprime), row_valid
+
+
+def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch: dict,
+                  gen: torch.Generator, L: int) -> torch.Tensor:
+    cfg = model.cfg
+    rows, actions, surfaces, ts = batch["rows"], batch["actions"], batch["surfaces"], batch["ts_s"]
+    is_pin = ct.type_ids[rows.clamp(min=0)] == 1
+    wpos, wvalid, offset, tact, row_valid = sample_targets(cfg, rows, actions, ts, is_pin, L, gen)
+    all_emb = ct.embed(model, ct.pin_rows) if cfg.full_softmax else None
+    if all_emb is not None:
+        # Every catalog row gets an embedding; queries (not candidates) go through the tower here.
+        full = torch.zeros(len(ct.ids), cfg.emb_dim, device=rows.device, dtype=all_emb.dtype)
+        qrows = torch.nonzero(ct.type_ids != 1).squeeze(1)
+        full[ct.pin_rows] = all_emb
+        if len(qrows):
+            full[qrows] = ct.embed(model, qrows).to(full.dtype)
+        x, valid = embed_tokens(model, ct, rows[:, :L], actions[:, :L], surfaces[:, :L], ts[:, :L], full)
+    else:
+        x, valid = embed_tokens(model, ct, rows[:, :L], actions[:, :L], surfaces[:, :L], ts[:, :L])
+    h, _ = model.encode(x, None if bool(valid.all()) else valid)
+    sel = row_valid
+    query = model.output(h[sel], tact[sel], offset[sel])  # [M, D]
+    B = rows.shape[0]
+    trow = rows.gather(1, wpos.reshape(B, -1)).reshape(wpos.shape)[sel]  # [M, W] catalog rows
+    tvalid = wvalid[sel]
+    if cfg.full_softmax:
+        # full-softmax positions index pins only: map catalog rows -> pin positions
+        pin_pos = torch.full((len(ct.ids),), 0, dtype=torch.long, device=rows.device)
+        pin_pos[ct.pin_rows] = torch.arange(len(ct.pin_rows), device=rows.device)
+        return full_softmax_loss(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.logit_scale)
+    prim = trow[:, 0]
+    cms.update(ct.ids[prim])
+    # In-batch negatives: the rows' primary targets (subsampled); random: uniform over pins.
+    if len(prim) > cfg.max_in_batch_negatives:
+        pick = torch.randperm(len(prim), generator=gen)[: cfg.max_in_batch_negatives].to(prim.device)
+        inb = prim[pick]
+    else:
+        inb = prim
+    rnd = ct.pin_rows[torch.randint(0, len(ct.pin_rows), (cfg.n_random_negatives,), generator=gen).to(rows.device)]
+    uniq, inv = torch.unique(torch.cat([trow.clamp(min=0).reshape(-1), inb, rnd]), return_inverse=True)
+    emb = ct.embed(model, uniq)
+    n_t = trow.numel()
+    pos = emb[inv[:n_t]].reshape(*trow.shape, -1)
+    neg = emb[inv[n_t:]]
+    neg_rows = torch.cat([inb, rnd])
+    if cfg.logq_correction:
+        m = float(len(inb))
+        pos_q = math.log(m) + cms.log_prob(ct.ids[trow.clamp(min=0)].reshape(-1)).reshape(trow.shape)
+        inb_q = math.log(m) + cms.log_prob(ct.ids[inb])
+        rnd_q = torch.full((len(rnd),), math.log(len(rnd) / len(ct.pin_rows)), device=rows.device)
+        neg_q = torch.cat([inb_q, rnd_q])
+    else:
+        pos_q = torch.zeros(trow.shape, device=rows.device)
+        neg_q = torch.zeros(len(neg_rows), device=rows.device)
+    return sampled_softmax_loss(query, pos, ct.ids[trow.clamp(min=0)], tvalid, pos_q.to(rows.device),
+                                neg, ct.ids[neg_rows], neg_q.to(rows.device), cfg.logit_scale)
+
+
+def lr_at(step: int, total: int, tc: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10 %."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    frac = (step - tc.warmup_steps) / max(1, total - tc.warmup_steps)
+    return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
+        validate: Callable[[PinRec, CatalogTensors], float] | None = None) -> TrainResult:
+    """Train a fresh model on `ex`; keep the weights of the best validation epoch."""
+    from tqdm import tqdm
+
+    torch.manual_seed(tc.seed)
+    np_rng = np.random.default_rng(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed)
+    dev = resolve_device(tc.device)
+    model = PinRec(cfg).to(dev)
+    cms = CountMinSketch(cfg.cms_width, cfg.cms_depth).to(dev)
+    ct = CatalogTensors(cat, dev)
+    if tc.compile:
+        for b in model.blocks:
+            b.compile()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "id_table" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "id_table" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=tc.lr)
+    arrays = {k: torch.as_tensor(getattr(ex, k)) for k in ("rows", "actions", "surfaces", "ts_s")}
+    n = len(ex.rows)
+    steps_per_epoch = max(1, math.ceil(n / tc.batch_size))
+    total = steps_per_epoch * tc.epochs
+    res = TrainResult(model, cms)
+    best, best_state, bad, step = -1.0, None, 0, 0
+    t_start = time.perf_counter()
+    for epoch in range(tc.epochs):
+        model.train()
+        perm = np_rng.permutation(n)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not tc.progress,
+                   leave=False)
+        tokens, t0, losses = 0, time.perf_counter(), []
+        for b in bar:
+            idx = torch.as_tensor(perm[b * tc.batch_size:(b + 1) * tc.batch_size])
+            batch = {k: v[idx].to(dev, non_blocking=True) for k, v in arrays.items()}
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, tc)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda")):
+                loss = training_loss(model, cms, ct, batch, gen, ex.n_inputs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            tokens += int((batch["rows"][:, : ex.n_inputs] >= 0).sum())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+            if tc.max_seconds and time.perf_counter() - t_start > tc.max_seconds:
+                break
+        val = float(validate(model, ct)) if validate else float("nan")
+        res.history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_recall@10": val,
+                            "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})
+        if tc.progress:
+            print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f} val recall@10 {val:.4f}", flush=True)
+        if validate is None or val > best:
+            best, bad = val, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= tc.patience:
+                break
+        if tc.max_seconds and time.perf_counter() - t_start > tc.max_seconds:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    res.best_val = best
+    return res
