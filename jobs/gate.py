@@ -110,6 +110,12 @@ def decide(candidate_recall: float, serving_recall: float | None, max_drop: floa
                         "previous model, index and candidates keep serving")
 
 
+def should_publish(ds: str, serving_ds: str | None) -> bool:
+    """Serving only moves forward in time: re-running today or a newer day publishes,
+    backfilling an older day does not (its tables are rebuilt, serving stays on the newer day)."""
+    return serving_ds is None or ds >= serving_ds
+
+
 def recall_from_eval_json(path: Path) -> float:
     data = json.loads(Path(path).read_text())
     if RECALL_KEY not in data:
@@ -235,12 +241,17 @@ def run_check(args) -> int:
 
 
 def run_publish(args) -> int:
-    from pinrec.layout import Lake, current, publish, publish_candidates
+    from pinrec.layout import Lake, current, publish, publish_candidates, published_candidates
     from jobs.lake import LakeTables
 
     lake = Lake.at(args.lake)
     if args.ds not in LakeTables(lake).partitions("candidates"):
         raise UserError(f"no candidates partition ds={args.ds}; run `pinrec score --ds {args.ds}` first")
+    serving_ds = published_candidates(lake)
+    if not should_publish(args.ds, serving_ds):
+        # A backfill of past days rebuilds their partitions but must not roll serving back.
+        print(f"not publishing ds={args.ds}: serving already uses the newer ds={serving_ds}")
+        return 0
     publish(lake, "models", args.model_version)
     index_version = args.index_version
     if index_version is None:

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from jobs.gate import EXIT_NOT_LANDED, decide, validate_params
+from jobs.gate import EXIT_NOT_LANDED, decide, should_publish, validate_params
 from pinrec.cli import UserError, main as pinrec
 from pinrec.contracts import CANDIDATES_SCHEMA
 from pinrec.layout import Lake, current, publish, published_candidates
@@ -146,3 +146,18 @@ def test_publish_refuses_without_candidates_and_check_without_model(tmp_path, ca
     assert current(lake, "models") is None
     assert pinrec(["gate", "check", "--ds", "2026-01-05", "--lake", str(lake.root),
                    "--candidate-model", "nope"]) == 2
+
+
+def test_publish_never_rolls_serving_back_to_an_older_day(tmp_path, capsys):
+    assert should_publish("2026-01-02", None)
+    assert should_publish("2026-01-02", "2026-01-02")  # re-running the serving day
+    assert not should_publish("2026-01-01", "2026-01-02")
+    lake = Lake.at(tmp_path / "lake")
+    for v, ds in (("d1", "2026-01-01"), ("d2", "2026-01-02")):
+        _model(lake, v, 0.1)
+        _candidates(lake, ds)
+    root = str(lake.root)
+    assert pinrec(["gate", "publish", "--ds", "2026-01-02", "--lake", root, "--model-version", "d2"]) == 0
+    assert pinrec(["gate", "publish", "--ds", "2026-01-01", "--lake", root, "--model-version", "d1"]) == 0
+    assert "newer ds=2026-01-02" in capsys.readouterr().out
+    assert (current(lake, "models").name, published_candidates(lake)) == ("d2", "2026-01-02")
