@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv constraints clean-venv
+.PHONY: demo test venv constraints clean-venv sysdeps airflow-passwords
 
 venv: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/pinrec demo
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(PY) -m pytest tests
 
 # Re-freeze the full transitive set after changing requirements*.txt.
@@ -27,3 +27,17 @@ constraints:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# System packages the tests use: Debian chromium for the Airflow UI browser test (PostgreSQL 15
+# and Java 17 are part of the machine image). Installs only what is missing; needs root or sudo.
+sysdeps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium \
+	  || echo "sysdeps: could not install chromium; the browser test will be skipped"; }
+
+# Random passwords for the compose stack's Airflow users (the simple auth manager's file).
+airflow-passwords:
+	@mkdir -p deploy/secrets
+	@test -f deploy/secrets/airflow-passwords.json || $(PY) -c "import json,secrets; print(json.dumps({u: secrets.token_urlsafe(18) for u in ('ops','analyst','admin')}))" > deploy/secrets/airflow-passwords.json
+	@chmod 600 deploy/secrets/airflow-passwords.json && echo "deploy/secrets/airflow-passwords.json ready"
