@@ -1,0 +1,150 @@
+"""`pinrec stream consume | replay | sweep | broker` — the speed layer's entry points."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pinrec.cli import UserError, add_lake_arg
+
+
+def default_bootstrap() -> str:
+    return os.environ.get("PINREC_KAFKA", "127.0.0.1:9092")
+
+
+def default_db(lake: str) -> str:
+    return os.environ.get("PINREC_REALTIME_DB") or str(Path(lake) / "realtime" / "rocksdb")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def common(sp, db=True):
+        add_lake_arg(sp)
+        sp.add_argument("--bootstrap", default=default_bootstrap(),
+                        help="Kafka bootstrap host:port (default: $PINREC_KAFKA or 127.0.0.1:9092)")
+        sp.add_argument("--topic", default="engagements")
+        if db:
+            sp.add_argument("--db", default=None,
+                            help="RocksDB folder (default: $PINREC_REALTIME_DB or <lake>/realtime/rocksdb)")
+
+    c = sub.add_parser("consume", help="consume the topic into RocksDB until SIGTERM/SIGINT")
+    common(c)
+    c.add_argument("--group", default="pinrec-speed-layer")
+    c.add_argument("--dlq-topic", default="engagements.dlq")
+    c.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    c.add_argument("--no-sweep", action="store_true",
+                   help="do not skip/sweep events older than the newest sequences cutoff")
+    c.add_argument("--sweep-every-s", type=float, default=300.0)
+    c.add_argument("--log-every-s", type=float, default=10.0)
+
+    r = sub.add_parser("replay", help="produce events from the lake, a file or a generator")
+    common(r, db=False)
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="JSON-lines file, one message per line (sent as-is)")
+    src.add_argument("--from-lake", nargs=2, metavar=("DS_FROM", "DS_TO"),
+                     help="events of these ds partitions (inclusive), in time order")
+    src.add_argument("--synthetic", type=int, metavar="N", help="N generated events")
+    r.add_argument("--rate", type=float, default=0.0, help="messages/s (0 = unpaced)")
+    r.add_argument("--limit", type=int, default=None)
+    r.add_argument("--users", type=int, default=10_000, help="with --synthetic")
+    r.add_argument("--seed", type=int, default=0, help="with --synthetic")
+    r.add_argument("--start-us", type=int, default=None,
+                   help="with --synthetic: first event ts (default: now - N ms)")
+
+    s = sub.add_parser("sweep", help="drop events older than the newest sequences cutoff "
+                       "(run while the consumer is stopped; the consumer also sweeps itself)")
+    add_lake_arg(s)
+    s.add_argument("--db", default=None)
+    s.add_argument("--cutoff-us", type=int, default=None, help="override the cutoff (UTC µs)")
+
+    b = sub.add_parser("broker", help="run a local Tansu broker on 127.0.0.1 until SIGTERM")
+    b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--storage", default="memory://tansu/",
+                   help="memory://tansu/ (lost on restart) or s3://tansu/ (needs AWS_ENDPOINT)")
+    b.add_argument("--topics", default="engagements:4,engagements.dlq:1",
+                   help="topics to create, name:partitions,...")
+
+
+def _consume(args) -> int:
+    from streaming.consumer import ConsumerConfig, run
+
+    cfg = ConsumerConfig(bootstrap=args.bootstrap, db_path=Path(args.db or default_db(args.lake)),
+                         topic=args.topic, dlq_topic=args.dlq_topic, group=args.group,
+                         metrics_port=args.metrics_port, log_every_s=args.log_every_s,
+                         lake=None if args.no_sweep else Path(args.lake),
+                         sweep_every_s=args.sweep_every_s)
+    m = run(cfg)
+    print(f"stopped: stored {m.events_stored} events, {m.dlq} to the DLQ, "
+          f"committed {dict(m.committed)}")
+    return 0
+
+
+def _replay(args) -> int:
+    import time
+
+    from streaming import replay as rp
+
+    cfg = rp.ReplayConfig(bootstrap=args.bootstrap, topic=args.topic, rate=args.rate,
+                          limit=args.limit)
+    if args.file:
+        if not Path(args.file).exists():
+            raise UserError(f"--file {args.file} does not exist")
+        msgs = rp.file_messages(args.file)
+    elif args.from_lake:
+        msgs = rp.event_messages(rp.lake_events(args.lake, *args.from_lake))
+    else:
+        start = args.start_us or int(time.time() * 1e6) - args.synthetic * 1000
+        msgs = rp.event_messages(rp.synthetic_events(args.synthetic, args.users, 100_000,
+                                                     start, args.seed))
+    t0 = time.perf_counter()
+    n = rp.produce(cfg, msgs, progress=lambda k: print(f"  {k} sent", file=sys.stderr))
+    dt = time.perf_counter() - t0
+    print(f"produced {n} messages to {args.topic} in {dt:.1f}s ({n / max(dt, 1e-9):.0f}/s)")
+    return 0
+
+
+def _sweep(args) -> int:
+    from streaming.store import RealtimeStore
+    from streaming.sweeper import batch_cutoff_us
+
+    cutoff = args.cutoff_us if args.cutoff_us is not None else batch_cutoff_us(args.lake)
+    if cutoff is None:
+        raise UserError(f"no sequences partition under {args.lake}; nothing defines a cutoff "
+                        "(run `pinrec sequences` first or pass --cutoff-us)")
+    store = RealtimeStore.open(args.db or default_db(args.lake))
+    try:
+        removed = store.sweep(cutoff)
+        left = store.count()
+    finally:
+        store.close()
+    print(f"swept {removed} events older than {cutoff}; {left} remain")
+    return 0
+
+
+def _broker(args) -> int:
+    import signal
+    import threading
+
+    from streaming.broker import Tansu, create_topics
+
+    topics = dict((t.split(":")[0], int(t.split(":")[1])) for t in args.topics.split(",") if t)
+    t = Tansu.start(port=args.port, storage=args.storage)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        create_topics(t.bootstrap, topics)
+        print(f"tansu pid {t.proc.pid} on {t.bootstrap} ({args.storage}); topics {topics}", flush=True)
+        stop.wait()
+    finally:
+        t.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return {"consume": _consume, "replay": _replay, "sweep": _sweep, "broker": _broker}[args.action](args)

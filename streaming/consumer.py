@@ -1,0 +1,214 @@
+"""The speed-layer consumer: Kafka topic -> RocksDB, at-least-once, idempotent, with a DLQ.
+
+Loop (confluent-kafka's example shape): poll a batch -> parse each message (pure) -> write all
+good events in ONE WriteBatch with the WAL -> send rejects to the dead-letter topic and flush ->
+only then commit the batch's offsets. A crash anywhere before the commit re-delivers the batch,
+and the re-delivery overwrites the same keys, so every event is stored exactly once.
+Offsets are also committed when partitions are revoked and on SIGTERM/SIGINT, then it closes.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pinrec.contracts import Event, vocab as vocab_by_name
+from streaming.events import MAX_MESSAGE_BYTES, parse
+from streaming.metrics import ConsumerMetrics, prometheus_text, serve_metrics
+from streaming.store import RealtimeStore
+
+log = logging.getLogger("pinrec.stream")
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    bootstrap: str
+    db_path: Path
+    topic: str = "engagements"
+    dlq_topic: str = "engagements.dlq"
+    group: str = "pinrec-speed-layer"
+    vocab: str = "pinterest"
+    max_future_s: float = 300.0          # clock skew allowed before "timestamp in the future"
+    max_bytes: int = MAX_MESSAGE_BYTES
+    poll_ms: int = 100
+    max_poll_records: int = 5000
+    # Tansu's group join takes about half of session_timeout_ms (DESIGN.md §4).
+    session_timeout_ms: int = 6000
+    heartbeat_ms: int = 2000
+    metrics_port: int | None = None      # serve /metrics on 127.0.0.1:port
+    log_every_s: float = 10.0
+    lake: Path | None = None             # when set, skip and sweep events older than the batch cutoff
+    sweep_every_s: float = 300.0
+    client_id: str = "pinrec-consumer"
+
+
+def dlq_headers(record, reason: str) -> list[tuple[str, bytes]]:
+    return [("reason", reason.encode("utf-8")),
+            ("source_topic", record.topic.encode()),
+            ("source_partition", str(record.partition).encode()),
+            ("source_offset", str(record.offset).encode())]
+
+
+def _commit_on_revoke(runner: "ConsumerRunner"):
+    from kafka import ConsumerRebalanceListener
+
+    class CommitOnRevoke(ConsumerRebalanceListener):
+        """Commit what was processed for partitions before they move to another member."""
+
+        def on_partitions_revoked(self, revoked):
+            runner.commit_processed(set(revoked))
+            runner.metrics.assigned = set()
+
+        def on_partitions_assigned(self, assigned):
+            runner.metrics.assigned = {(tp.topic, tp.partition) for tp in assigned}
+            log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+    return CommitOnRevoke()
+
+
+class ConsumerRunner:
+    def __init__(self, cfg: ConsumerConfig, metrics: ConsumerMetrics | None = None):
+        self.cfg = cfg
+        self.metrics = metrics or ConsumerMetrics()
+        self.vocab = vocab_by_name(cfg.vocab)
+        self.processed: dict = {}    # TopicPartition -> next offset to consume (processed)
+        self.committed: dict = {}
+        self.cutoff_us: int | None = None
+        self.consumer = self.producer = self.store = None
+
+    # -- the edges ------------------------------------------------------------------------
+    def _open(self) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        c = self.cfg
+        self.store = RealtimeStore.open(c.db_path)
+        self.producer = KafkaProducer(bootstrap_servers=c.bootstrap, acks="all", linger_ms=5,
+                                      client_id=c.client_id + "-dlq")
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=c.bootstrap, group_id=c.group, client_id=c.client_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=c.session_timeout_ms, heartbeat_interval_ms=c.heartbeat_ms,
+            max_poll_records=c.max_poll_records, fetch_max_bytes=64 << 20,
+            max_partition_fetch_bytes=8 << 20)
+        self.consumer.subscribe([c.topic], listener=_commit_on_revoke(self))
+
+    def _close(self) -> None:
+        try:
+            if self.consumer is not None:
+                self.commit_processed(None)
+                self.consumer.close(autocommit=False)
+        finally:
+            if self.producer is not None:
+                self.producer.flush()
+                self.producer.close()
+            if self.store is not None:
+                self.store.close()
+
+    def commit_processed(self, partitions) -> None:
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        todo = {tp: off for tp, off in self.processed.items()
+                if (partitions is None or tp in partitions) and self.committed.get(tp) != off}
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in todo.items()})
+        except KafkaError as e:
+            # The group moved on; another member re-reads these messages (idempotent writes).
+            log.warning("offset commit failed (%s); the batch will be re-delivered", e)
+            return
+        self.metrics.add_commit((time.perf_counter() - t0) * 1e3)
+        self.committed.update(todo)
+        for tp, o in todo.items():
+            self.metrics.committed[(tp.topic, tp.partition)] = o
+
+    def _refresh_cutoff(self) -> None:
+        from streaming.sweeper import batch_cutoff_us
+
+        cutoff = batch_cutoff_us(self.cfg.lake)
+        if cutoff is not None and cutoff != self.cutoff_us:
+            self.cutoff_us = cutoff
+            removed = self.store.sweep(cutoff)
+            self.metrics.swept += removed
+            log.info("batch cutoff %d: swept %d events", cutoff, removed)
+
+    # -- one batch --------------------------------------------------------------------------
+    def process(self, polled: dict, now_s: float) -> None:
+        """Parse, store, dead-letter, then commit one poll's records."""
+        max_ts = int((now_s + self.cfg.max_future_s) * 1e6)
+        good: list[Event] = []
+        produce_ms = []
+        for tp, records in polled.items():
+            for r in records:
+                p = parse(r.value, self.vocab, max_ts, self.cfg.max_bytes)
+                if isinstance(p, Event):
+                    if self.cutoff_us is not None and p.ts_us < self.cutoff_us:
+                        self.metrics.stale_skipped += 1
+                    else:
+                        good.append(p)
+                        produce_ms.append(r.timestamp)
+                else:
+                    self.producer.send(self.cfg.dlq_topic, key=r.key, value=r.value or b"",
+                                       headers=dlq_headers(r, p.reason))
+                    self.metrics.dlq += 1
+                    log.info("DLQ %s/%d@%d: %s", r.topic, r.partition, r.offset, p.reason)
+            if records:
+                self.processed[tp] = records[-1].offset + 1
+        self.store.apply(good)
+        visible_ms = time.time() * 1e3
+        self.metrics.add_visible([visible_ms - t for t in produce_ms])
+        self.producer.flush()  # the DLQ copy must exist before the offset moves past it
+        self.metrics.events_stored += len(good)
+        self.metrics.batches += 1
+        self.commit_processed(set(polled))
+
+    def run(self, stop: threading.Event) -> ConsumerMetrics:
+        self._open()
+        last_log = last_sweep = time.monotonic()
+        try:
+            if self.cfg.lake is not None:
+                self._refresh_cutoff()
+            while not stop.is_set():
+                polled = self.consumer.poll(timeout_ms=self.cfg.poll_ms,
+                                            max_records=self.cfg.max_poll_records)
+                if polled:
+                    if not self.metrics.started_s:
+                        self.metrics.started_s = time.time()
+                    self.process(polled, time.time())
+                mono = time.monotonic()
+                if mono - last_log >= self.cfg.log_every_s and self.metrics.started_s:
+                    s = self.metrics.snapshot(time.time())
+                    log.info("stored=%d (%.0f/s) dlq=%d commit_p99=%.1fms visible_p99=%.0fms",
+                             s["events_stored"], s["events_per_s"], s["dlq"],
+                             s["commit_ms_p99"], s["visible_ms_p99"])
+                    last_log = mono
+                if self.cfg.lake is not None and mono - last_sweep >= self.cfg.sweep_every_s:
+                    self._refresh_cutoff()
+                    last_sweep = mono
+        finally:
+            self._close()
+        return self.metrics
+
+
+def run(cfg: ConsumerConfig, stop: threading.Event | None = None,
+        metrics: ConsumerMetrics | None = None) -> ConsumerMetrics:
+    """Consume until `stop` is set or SIGTERM/SIGINT arrives (when on the main thread)."""
+    stop = stop or threading.Event()
+    runner = ConsumerRunner(cfg, metrics)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    srv = None
+    if cfg.metrics_port is not None:
+        srv = serve_metrics(cfg.metrics_port,
+                            lambda: prometheus_text(runner.metrics.snapshot(time.time())))
+    try:
+        return runner.run(stop)
+    finally:
+        if srv is not None:
+            srv.shutdown()
