@@ -211,7 +211,7 @@ with DAG(
         url = Variable.get("PINREC_SERVING_URL", default=os.environ.get("PINREC_SERVING_URL"))
         if not url:
             raise AirflowSkipException("PINREC_SERVING_URL is not set: no serving API to check")
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=10) as r:
+        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=10) as r:
             body = r.read().decode()
         log.info("serving health: %s", body)
         return json.loads(body).get("status", "unknown") if body.startswith("{") else body
