@@ -269,13 +269,18 @@ class LakeTables:
               else spark.createDataFrame([], schema))
         return df.select(*columns) if columns else df
 
-    def write_spark_partition(self, table: str, df, ds: str) -> int:
-        """Replace partition `ds` with a Spark DataFrame: Spark writes Parquet into the table
-        folder, delta-rs commits those files as they are."""
+    def stage_spark(self, table: str, df, ds: str) -> Path:
+        """Write a Spark DataFrame as Parquet into a fresh staging folder inside the table
+        (not yet part of it); `commit_spark_output` makes it partition `ds`."""
         staging = self.staging_dir(table, ds)
         cols = [f.name for f in TABLE_SCHEMAS[table] if f.name not in PARTITION_COLUMNS[table]]
         df.select(*cols).write.mode("errorifexists").parquet(str(staging))
-        return self.commit_spark_output(table, staging, ds)
+        return staging
+
+    def write_spark_partition(self, table: str, df, ds: str) -> int:
+        """Replace partition `ds` with a Spark DataFrame: Spark writes Parquet into the table
+        folder, delta-rs commits those files as they are."""
+        return self.commit_spark_output(table, self.stage_spark(table, df, ds), ds)
 
     def partitions(self, table: str) -> list[str]:
         if not self.exists(table):

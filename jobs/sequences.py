@@ -10,8 +10,11 @@ update is exact: a sequence keeps the most recent `max_len` events of the window
 The `max_len` most recent events of the new window are therefore among (previous capped
 sequence) + (day ds), because anything the previous cap dropped is older than everything it
 kept. So only users who were active on ds, or whose oldest kept event fell out of the window,
-are rebuilt (explode + the same `build_sequences`); every other row is copied with the new
-`cutoff_ts`/`ds`. That is what makes the daily update cheap: no 365-day shuffle.
+are rebuilt (explode + the same `build_sequences`, in Spark); every other row is copied with the
+new `cutoff_ts`/`ds`. With the delta-rs back end that copy is file to file in Arrow batches
+(`copy_untouched`), because Spark's row-wise Parquet writer spends ~10x longer re-encoding
+nested arrays that did not change; with delta-spark the copy stays in Spark. No 365-day
+shuffle either way, which is what makes the daily update cheap.
 
 De-duplication is by `event_id` (the idempotency key; at-least-once delivery repeats events
 with the same payload). When copies disagree, the smallest (ts, item, type, action, surface)
@@ -114,58 +117,110 @@ def explode_sequences(seqs):
             .select("user_id", *[F.col(f"z.{c}").alias(f) for c, f in ARRAY_COLUMNS]))
 
 
-def build_incremental(prev, day_events, ds: str, start_us: int, cutoff_us_: int, max_len: int):
-    """sequences@(ds-1) + events of day ds -> sequences@ds (same rows as a full rebuild)."""
+def build_incremental(prev, day_events, ds: str, start_us: int, cutoff_us_: int, max_len: int,
+                      copy_untouched: bool = True):
+    """sequences@(ds-1) + events of day ds -> sequences@ds (same rows as a full rebuild).
+
+    With `copy_untouched=False` only the rebuilt rows are returned; the caller copies the
+    others (see `untouched_mask`, the exact complement of the rows rebuilt here)."""
     from pyspark.sql import functions as F
 
     day = day_events.select("user_id", *EVENT_FIELDS)
-    active = F.broadcast(day.select("user_id").distinct())
-    stale = F.element_at("ts", 1) < _us_to_ts(start_us)  # oldest kept event left the window
-    untouched = prev.join(active, "user_id", "left_anti").where(~stale)
-    rebuild_prev = prev.join(active, "user_id", "left_semi").unionByName(
-        prev.join(active, "user_id", "left_anti").where(stale))
+    active = F.broadcast(day.select("user_id").distinct().withColumn("_active", F.lit(True)))
+    # One scan of prev: each row is either rebuilt or copied.
+    marked = prev.join(active, "user_id", "left").withColumn(
+        "_rebuild", F.col("_active").isNotNull()
+        | (F.element_at("ts", 1) < _us_to_ts(start_us)))  # oldest kept event left the window
+    rebuild_prev = marked.where("_rebuild").drop("_active", "_rebuild")
     rebuilt = build_sequences(explode_sequences(rebuild_prev).unionByName(day), ds, start_us,
                               cutoff_us_, max_len)
+    if not copy_untouched:
+        return rebuilt
+    untouched = marked.where(~F.col("_rebuild"))
     kept = _finish(untouched.select("user_id", *[c for c, _ in ARRAY_COLUMNS]), ds, cutoff_us_)
     return kept.unionByName(rebuilt)
+
+
+def untouched_mask(batch, active_ids, start_us: int):
+    """Arrow twin of the Spark split above: rows whose user was not active on ds and whose
+    oldest event is still inside the window."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    first = pc.list_element(batch.column("ts"), 0).cast(pa.int64())
+    return pc.and_(pc.invert(pc.is_in(batch.column("user_id"), value_set=active_ids)),
+                   pc.greater_equal(first, pa.scalar(start_us, pa.int64())))
+
+
+def copy_untouched(tables, prev_ds: str, active_ids, start_us: int, cutoff_us_: int,
+                   out_dir) -> int:
+    """Copy the untouched rows of sequences@prev_ds into `out_dir` with the new cutoff_ts,
+    batch by batch (bounded memory). Returns the number of rows copied."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pinrec.contracts import SEQUENCES_SCHEMA
+
+    schema = pa.schema([f for f in SEQUENCES_SCHEMA if f.name != "ds"])
+    cutoff = pa.scalar(cutoff_us_, pa.timestamp("us", tz="UTC"))
+    n = 0
+    scanner = tables.dataset("sequences", [prev_ds]).scanner(columns=schema.names, batch_size=65_536)
+    with pq.ParquetWriter(str(out_dir / "part-untouched.parquet"), schema,
+                          compression="snappy") as w:
+        for batch in scanner.to_batches():
+            kept = batch.filter(untouched_mask(batch, active_ids, start_us))
+            if kept.num_rows:
+                kept = kept.set_column(schema.get_field_index("cutoff_ts"), "cutoff_ts",
+                                       pa.repeat(cutoff, kept.num_rows))
+                w.write_batch(pa.RecordBatch.from_arrays(kept.columns, schema=schema))
+                n += kept.num_rows
+    return n
 
 
 # --------------------------------------------------------------------------------------------
 # Edges
 # --------------------------------------------------------------------------------------------
 
-def compute(spark, tables, cfg: SequencesConfig):
-    """Read inputs and return (mode used, sequences DataFrame for cfg.ds); writes nothing."""
-    start, cutoff = window_bounds(cfg.ds, cfg.window_days)
-    prev_ds = shift_ds(cfg.ds, -1)
-    have_prev = prev_ds in tables.partitions("sequences")
-    mode = cfg.mode
-    if mode == "auto":
-        mode = "incremental" if have_prev else "full"
-    if mode == "incremental":
-        if not have_prev:
-            raise ValueError(f"--mode incremental needs sequences for {prev_ds}; run that day "
-                             f"first or use --mode full")
-        prev = tables.read_spark(spark, "sequences", [prev_ds]).drop("ds", "length", "cutoff_ts")
-        day = tables.read_spark(spark, "events", [cfg.ds])
-        day = day.where(day.ts >= _us_to_ts(cutoff - DAY_US))
-        return mode, build_incremental(prev, day, cfg.ds, start, cutoff, cfg.max_len)
-    parts = set(window_partitions(cfg.ds, cfg.window_days)) & set(tables.partitions("events"))
-    events = tables.read_spark(spark, "events", sorted(parts))
-    return mode, build_sequences(events, cfg.ds, start, cutoff, cfg.max_len)
-
-
 def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
-    """Build and write sequences@ds; returns (mode, table version)."""
+    """Build and write sequences@ds; returns (mode used, table version)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
     from jobs.lake import open_tables
 
     tables = open_tables(Lake.at(cfg.lake), spark)
     if not tables.exists("events"):
         raise ValueError(f"no events table under {cfg.lake}; import or synthesise data first "
                          f"(`pinrec data synth --lake {cfg.lake}`)")
-    mode, df = compute(spark, tables, cfg)
-    version = tables.write_spark_partition("sequences", df.sortWithinPartitions("user_id"), cfg.ds)
-    return mode, version
+    start, cutoff = window_bounds(cfg.ds, cfg.window_days)
+    prev_ds = shift_ds(cfg.ds, -1)
+    have_prev = prev_ds in tables.partitions("sequences")
+    mode = cfg.mode if cfg.mode != "auto" else ("incremental" if have_prev else "full")
+    if mode == "full":
+        parts = set(window_partitions(cfg.ds, cfg.window_days)) & set(tables.partitions("events"))
+        df = build_sequences(tables.read_spark(spark, "events", sorted(parts)), cfg.ds, start,
+                             cutoff, cfg.max_len)
+        return mode, tables.write_spark_partition("sequences", df.sortWithinPartitions("user_id"), cfg.ds)
+    if not have_prev:
+        raise ValueError(f"--mode incremental needs sequences for {prev_ds}; run that day "
+                         f"first or use --mode full")
+    prev = tables.read_spark(spark, "sequences", [prev_ds]).drop("length", "cutoff_ts")
+    day = tables.read_spark(spark, "events", [cfg.ds])
+    day = day.where(day.ts >= _us_to_ts(cutoff - DAY_US))
+    arrow_copy = hasattr(tables, "stage_spark")
+    df = build_incremental(prev, day, cfg.ds, start, cutoff, cfg.max_len,
+                           copy_untouched=not arrow_copy)
+    if not arrow_copy:
+        return mode, tables.write_spark_partition("sequences", df.sortWithinPartitions("user_id"), cfg.ds)
+    staging = tables.stage_spark("sequences", df.sortWithinPartitions("user_id"), cfg.ds)
+    # The same `active` set as the Spark side: users with an event of ds inside the day.
+    day_start = pa.scalar(cutoff - DAY_US, pa.timestamp("us", tz="UTC"))
+    day_users = tables.read("events", [cfg.ds], columns=["user_id"],
+                            filter=pads.field("ts") >= day_start).column("user_id")
+    active = pc.unique(day_users.combine_chunks()) if day_users.num_chunks else pa.array([], pa.int64())
+    copy_untouched(tables, prev_ds, active, start, cutoff, staging)
+    return mode, tables.commit_spark_output("sequences", staging, cfg.ds)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
