@@ -1,0 +1,192 @@
+"""`pinrec bench model`: GPU bars for the `paper` preset (12 layers, 768 hidden, 12 heads).
+
+1. Training: tokens/s and model FLOPs utilisation of real training steps (sampled softmax,
+   bf16 autocast, compiled blocks) on synthetic sequences; FLOPs per step are counted by
+   torch's FlopCounterMode on one eager step, MFU = FLOPs/s / peak (741 TFLOP/s measured bf16).
+2. Prefill of 256-token histories, side by side in the same process: PinRec (compiled) vs
+   HuggingFace GPT2Model of the same size, eager and compiled, users/s and share of peak.
+Prints a table and writes JSON (--json). Needs CUDA for meaningful numbers (runs on CPU tiny).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--peak-tflops", type=float, default=741.0, help="measured bf16 matmul peak")
+    p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument("--train-steps", type=int, default=30)
+    p.add_argument("--variant", default="mt_oc")
+    p.add_argument("--prefill-batch", type=int, default=256)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--items", type=int, default=200_000)
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-prefill", action="store_true")
+    p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="a 2-layer model (CPU smoke run)")
+    p.add_argument("--json", dest="json_out")
+
+
+def _sync(dev):
+    import torch
+
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _cfg(args):
+    from pinrec_model.model import preset
+
+    over = dict(variant=args.variant, max_len=args.seq, dropout=0.0)
+    if args.tiny:
+        over.update(d_model=64, n_layers=2, n_heads=2, d_ff=256, emb_dim=32, id_dim=32, id_buckets=4096)
+    return preset("paper", **over)
+
+
+def _synthetic(args, cfg, dev):
+    import numpy as np
+    import torch
+
+    from pinrec_model.data import Catalog
+    from pinrec_model.training import CatalogTensors
+
+    rng = np.random.default_rng(0)
+    n = args.items
+    cat = Catalog(np.arange(1, n + 1, dtype=np.int64), np.ones(n, np.int64),
+                  rng.normal(size=(n, cfg.feature_dim)).astype(np.float32))
+    return cat, CatalogTensors(cat, dev)
+
+
+def bench_train(args, cfg, dev) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pinrec_model.losses import CountMinSketch
+    from pinrec_model.model import PinRec
+    from pinrec_model.training import lookahead, training_loss
+
+    cat, ct = _synthetic(args, cfg, dev)
+    B, L, E = args.train_batch, cfg.max_len, lookahead(cfg)
+    g = torch.Generator().manual_seed(0)
+    batch = {"rows": torch.randint(0, len(cat), (B, L + E), generator=g).to(dev),
+             "actions": torch.randint(1, 6, (B, L + E), generator=g).to(dev),
+             "surfaces": torch.randint(1, 4, (B, L + E), generator=g).to(dev),
+             "ts_s": (1_767_225_600 + torch.arange(L + E)[None].repeat(B, 1) * 60).to(dev)}
+    model = PinRec(cfg).to(dev)
+    cms = CountMinSketch(cfg.cms_width, cfg.cms_depth).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.startswith("cuda"))
+    amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda"))
+
+    def step():
+        with torch.autocast(**amp):
+            loss = training_loss(model, cms, ct, batch, g, L)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    with FlopCounterMode(display=False) as fc:
+        step()
+    flops = fc.get_total_flops()
+    for b in model.blocks:
+        b.compile()
+    for _ in range(3):
+        step()  # compile + warm-up
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(args.train_steps):
+        step()
+    _sync(dev)
+    dt = (time.perf_counter() - t0) / args.train_steps
+    tokens = B * L
+    n_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks."))
+    return {"variant": cfg.variant, "batch": B, "seq": L, "step_s": dt, "tokens_per_s": tokens / dt,
+            "flops_per_step": flops, "tflops": flops / dt / 1e12, "mfu": flops / dt / 1e12 / args.peak_tflops,
+            "transformer_params": n_params, "loss": float(step().detach())}
+
+
+def bench_prefill(args, cfg, dev) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pinrec_model.model import PinRec, time_features
+
+    B, T = args.prefill_batch, args.seq
+    model = PinRec(cfg).to(dev).eval().to(torch.bfloat16 if dev.startswith("cuda") else torch.float32)
+    dtype = model.in_proj.weight.dtype
+    g = torch.Generator().manual_seed(0)
+    # The item tower runs separately (its own service in the paper, 4.4.2): histories arrive as
+    # item embeddings, like HF's inputs_embeds.
+    emb = torch.nn.functional.normalize(torch.randn(B, T, cfg.emb_dim, generator=g), dim=-1).to(dev, dtype)
+    ints = {k: torch.randint(1, 4, (B, T), generator=g).to(dev) for k in ("acts", "surf")}
+    ints["types"] = torch.ones(B, T, dtype=torch.long, device=dev)
+    ts = (1_767_225_600 + torch.arange(T)[None].repeat(B, 1) * 60).to(dev)
+    valid = torch.ones(B, T, dtype=torch.bool, device=dev)
+    pos = torch.arange(T, device=dev)[None].expand(B, T)
+    acts = torch.full((B,), 1, device=dev)
+
+    def ours(emb):
+        x = model.input_tokens(emb, ints["types"], ints["acts"], ints["surf"],
+                               time_features(ts, valid, ts[:, -1]).to(dtype), pos)
+        h, _ = model.encode(x, None)  # full histories: no padding mask, flash attention
+        return model.output(h[:, -1], acts, torch.ones_like(acts))
+
+    results = {}
+
+    def timeit(name, fn, x, n=20):
+        with torch.no_grad():
+            for _ in range(3):
+                fn(x)
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn(x)
+            _sync(dev)
+        dt = (time.perf_counter() - t0) / n
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            (fn._torchdynamo_orig_callable if hasattr(fn, "_torchdynamo_orig_callable") else fn)(x)
+        fl = fc.get_total_flops()
+        results[name] = {"users_per_s": B / dt, "batch_s": dt, "gflop_per_user": fl / B / 1e9,
+                         "share_of_peak": fl / dt / 1e12 / args.peak_tflops}
+
+    timeit("pinrec_eager", ours, emb)
+    timeit("pinrec_compiled", torch.compile(ours), emb)
+    if not args.skip_hf:
+        from transformers import GPT2Config, GPT2Model
+
+        hf = GPT2Model(GPT2Config(n_layer=cfg.n_layers, n_embd=cfg.d_model, n_head=cfg.n_heads,
+                                  n_positions=cfg.max_positions, attn_pdrop=0, resid_pdrop=0, embd_pdrop=0))
+        hf = hf.to(dev).eval().to(dtype)
+        x = torch.randn(B, T, cfg.d_model, generator=g).to(dev, dtype)
+        hf_fn = lambda x: hf(inputs_embeds=x).last_hidden_state[:, -1]
+        timeit("hf_gpt2_eager", hf_fn, x)
+        timeit("hf_gpt2_compiled", torch.compile(hf_fn), x)
+    return results
+
+
+def run(args) -> int:
+    import torch
+
+    dev = args.device if (args.device != "cuda" or torch.cuda.is_available()) else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = _cfg(args)
+    out = {"device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu",
+           "peak_tflops": args.peak_tflops, "preset": "tiny" if args.tiny else "paper"}
+    if not args.skip_train:
+        out["train"] = bench_train(args, cfg, dev)
+        t = out["train"]
+        print(f"train {t['variant']}: {t['tokens_per_s']:,.0f} tokens/s, {t['tflops']:.0f} TFLOP/s, "
+              f"MFU {100 * t['mfu']:.1f}% of {args.peak_tflops:.0f}", flush=True)
+    if not args.skip_prefill:
+        out["prefill"] = bench_prefill(args, cfg, dev)
+        print(f"prefill {args.prefill_batch} x {args.seq} tokens:")
+        for k, v in out["prefill"].items():
+            print(f"  {k:<18} {v['users_per_s']:>10,.0f} users/s  {v['gflop_per_user']:.1f} GFLOP/user  "
+                  f"{100 * v['share_of_peak']:.1f}% of peak")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0

@@ -1,0 +1,214 @@
+"""`pinrec eval`: offline evaluation on the events of a lake (leave-one-out or unordered),
+training the variant first unless --model is given. Prints a table, writes JSON (--json) and,
+beside it, PNG plots (training curves, controllability matrix, tokens-per-step trade-off).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from jobs.train import add_model_args
+
+EVAL_VARIANTS = ("pop", "sasrec", "pinnerformer", "uc", "oc", "mt_oc")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from pinrec.cli import add_lake_arg
+
+    add_lake_arg(p)
+    p.add_argument("--events", help="evaluate on this Parquet file of events (EVENTS_SCHEMA columns) "
+                                    "instead of the lake's events table")
+    p.add_argument("--item-features", help="Parquet file of item_features to go with --events")
+    add_model_args(p, EVAL_VARIANTS)
+    p.add_argument("--protocol", choices=("loo", "unordered"), default="loo")
+    p.add_argument("--model", help="evaluate this model version folder instead of training one")
+    p.add_argument("--seeds", default=None, help="comma list: train and evaluate once per seed, "
+                                                 "report mean and spread (default: --seed)")
+    p.add_argument("--controllability", action="store_true",
+                   help="Figure 4: lift of the conditioned variant over UC per desired x actual action")
+    p.add_argument("--tokens-per-step", default=None, help="Figure 5 sweep, e.g. 1,2,4,8,16")
+    p.add_argument("--window", type=int, default=10, help="unordered: target tokens per eval user")
+    p.add_argument("--index-size", type=int, default=1_000_000, help="unordered: random items in the index")
+    p.add_argument("--num-embeddings", type=int, default=16, help="unordered: embeddings per user")
+    p.add_argument("--json", dest="json_out", help="write the result JSON here (plots beside it)")
+
+
+def load_events(args):
+    import pyarrow.parquet as pq
+
+    from jobs.train import read_training_data
+    from pinrec.layout import Lake
+
+    if args.events:
+        feats = pq.read_table(args.item_features) if args.item_features else None
+        return pq.read_table(args.events), feats
+    return read_training_data(Lake.at(args.lake))
+
+
+def _mean_std(runs: list[dict]) -> dict:
+    import numpy as np
+
+    out = {}
+    for k, v in runs[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals = np.array([r[k] for r in runs], dtype=float)
+            out[k] = float(vals.mean())
+            if len(runs) > 1:
+                out[f"{k}_std"] = float(vals.std(ddof=1))
+    return out
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from jobs.train import model_config, prepare, train_config
+    from pinrec.contracts import PINTEREST_ACTIONS
+
+    vocab = PINTEREST_ACTIONS
+    events, feats = load_events(args)
+    prep = prepare(events, feats, vocab)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    t0 = time.perf_counter()
+    if args.protocol == "loo":
+        runs = [_loo_once(args, prep, vocab, s) for s in seeds]
+    else:
+        runs = [_unordered_once(args, prep, vocab, s) for s in seeds]
+    result = {"protocol": args.protocol, "variant": args.variant, "preset": args.preset, "seeds": seeds,
+              **_mean_std([r["metrics"] for r in runs]), "per_seed": [r["metrics"] for r in runs],
+              "seconds": time.perf_counter() - t0}
+    for extra in ("controllability", "tokens_per_step", "config"):
+        if extra in runs[0]:
+            result[extra] = runs[0][extra]
+    result["training"] = [r.get("history", []) for r in runs]
+    if "diversity" not in result:
+        result["diversity"] = float("nan")
+    print_table(result)
+    if args.json_out:
+        out = Path(args.json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=float))
+        from pinrec_model.plots import write_plots
+
+        for p in write_plots(result, out.with_suffix("")):
+            print(f"plot: {p}")
+    return 0
+
+
+def _train(args, prep, vocab, seed, holdout, users=None, variant=None):
+    from dataclasses import replace
+
+    from jobs.train import model_config, train_config, train_on
+
+    a = argparse.Namespace(**{**vars(args), "variant": variant or args.variant, "seed": seed})
+    cfg = model_config(a, vocab)
+    return train_on(prep, cfg, replace(train_config(a), seed=seed), holdout, users), cfg
+
+
+def _load(args, prep):
+    from pinrec_model.api import load_model
+    from pinrec_model.training import CatalogTensors
+
+    m = load_model(args.model, args.device)
+    return m.model, CatalogTensors(prep.catalog, m.device)
+
+
+def _loo_once(args, prep, vocab, seed) -> dict:
+    from pinrec_model.offline import loo_eval_model, loo_eval_popularity, loo_split
+    from pinrec_model.training import CatalogTensors, resolve_device
+
+    users, test_pos = loo_split(prep.seqs, prep.catalog)
+    if args.variant == "pop":
+        return {"metrics": loo_eval_popularity(prep.seqs, prep.catalog, users, test_pos)}
+    if args.model:
+        model, ct = _load(args, prep)
+        history = []
+    else:
+        res, _ = _train(args, prep, vocab, seed, holdout=2)
+        model, history = res.model, res.history
+        ct = CatalogTensors(prep.catalog, resolve_device(args.device))
+    m = loo_eval_model(model, ct, prep.seqs, users, test_pos, model.cfg.max_len)
+    m["diversity"] = float("nan")
+    return {"metrics": m, "history": history, "config": model.cfg.to_json()}
+
+
+def _unordered_once(args, prep, vocab, seed) -> dict:
+    import numpy as np
+    import torch
+
+    from pinrec_model.offline import (controllability_matrix, eval_targets, generate_for_users, index_rows,
+                                      target_conditions, unordered_scores, unordered_split, unordered_summary)
+    from pinrec_model.training import CatalogTensors, resolve_device
+
+    split = unordered_split(prep.seqs, args.window, seed=0)
+    hist, t_rows, t_acts = eval_targets(prep.seqs, prep.catalog, split)
+    index = index_rows(prep.catalog, args.index_size)
+    if args.variant == "pop":
+        tr = prep.seqs.subset(split.train_users)
+        counts = np.bincount(tr.rows[tr.rows >= 0], minlength=len(prep.catalog)).astype(float)
+        top = index[np.argsort(-counts[index], kind="stable")[:10]]
+        hits = [np.isin(t, top) for t in t_rows]
+        rec = np.array([h.mean() if len(h) else np.nan for h in hits])
+        return {"metrics": unordered_summary(rec, [top] * len(t_rows))}
+    dev = resolve_device(args.device)
+    if args.model:
+        model, ct = _load(args, prep)
+        history = []
+    else:
+        res, _ = _train(args, prep, vocab, seed, holdout=1, users=split.train_users)
+        model, history = res.model, res.history
+        ct = CatalogTensors(prep.catalog, dev)
+    with torch.no_grad():
+        item_emb = ct.embed(model, torch.arange(len(prep.catalog), device=ct.ids.device)).float().cpu().numpy()
+    n_emb = 1 if args.variant == "pinnerformer" else args.num_embeddings
+    k = model.cfg.tokens_per_step if model.cfg.offset_conditioned else 1
+    cond = target_conditions(t_acts, n_emb)
+    gen, secs = generate_for_users(model, ct, hist, cond, k)
+    rec, hits, retrieved = unordered_scores(gen, item_emb, index, t_rows)
+    out = {"metrics": {**unordered_summary(rec, retrieved), "latency_s": secs, "embeddings": n_emb,
+                       "tokens_per_step": k}, "history": history, "config": model.cfg.to_json()}
+    names = {i + 1: a for i, a in enumerate(vocab.engagement_actions)}
+    if args.tokens_per_step:
+        sweep = {}
+        for kk in [int(x) for x in args.tokens_per_step.split(",")]:
+            g, s = generate_for_users(model, ct, hist, cond, kk)
+            g, s = generate_for_users(model, ct, hist, cond, kk)  # second run: warm caches
+            r, _, ret = unordered_scores(g, item_emb, index, t_rows)
+            sweep[str(kk)] = {"latency_s": s, **unordered_summary(r, ret), "embeddings": n_emb}
+        out["tokens_per_step"] = sweep
+    if args.controllability:
+        if not model.cfg.action_conditioned:
+            raise ValueError("--controllability needs a conditioned variant: use --variant oc or mt_oc")
+        uc_res, _ = _train(args, prep, vocab, seed, holdout=1, users=split.train_users, variant="uc")
+        uc_emb = ct.embed(uc_res.model, torch.arange(len(prep.catalog), device=ct.ids.device)).detach().float().cpu().numpy()
+        g_uc, _ = generate_for_users(uc_res.model, ct, hist, np.zeros_like(cond), 1)
+        _, hits_uc, ret_uc = unordered_scores(g_uc, uc_emb, index, t_rows)
+        by_desired = {}
+        present = sorted(set(np.concatenate(t_acts).tolist()) & set(names))
+        for a in present:
+            g_a, _ = generate_for_users(model, ct, hist, target_conditions(t_acts, n_emb, a), k)
+            by_desired[a] = unordered_scores(g_a, item_emb, index, t_rows)[1]
+        out["controllability"] = controllability_matrix(by_desired, hits_uc, t_acts, names)
+        rec_uc = np.array([h.mean() if len(h) else np.nan for h in hits_uc])
+        out["metrics"]["uc_recall@10"] = unordered_summary(rec_uc, ret_uc)["recall@10"]
+        out["metrics"]["lift_over_uc"] = out["metrics"]["recall@10"] / out["metrics"]["uc_recall@10"] - 1
+    return out
+
+
+def print_table(result: dict) -> None:
+    keys = [k for k in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20",
+                        "recall@10_excl_history", "ndcg@10_excl_history", "diversity", "latency_s",
+                        "uc_recall@10", "lift_over_uc") if k in result]
+    print(f"pinrec eval  protocol={result['protocol']}  variant={result['variant']}  seeds={result['seeds']}")
+    for k in keys:
+        std = result.get(f"{k}_std")
+        print(f"  {k:<26} {result[k]:.4f}" + (f"  ± {std:.4f}" if std is not None else ""))
+    if "controllability" in result:
+        print("  controllability (lift of OC over UC; rows desired, columns actual):")
+        for a, row in result["controllability"].items():
+            print(f"    {a:<16} " + "  ".join(f"{b}={v:+.3f}" for b, v in row.items()))
+    if "tokens_per_step" in result:
+        print("  tokens/step  latency_s  recall@10  diversity")
+        for k, v in result["tokens_per_step"].items():
+            print(f"    {k:>6}   {v['latency_s']:.4f}    {v['recall@10']:.4f}    {v['diversity']:.4f}")
