@@ -22,6 +22,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "multitoken": ("bench.multitoken_bench", "multi-token generation speed-up"),
     "consumer": ("bench.consumer_bench", "speed layer: Kafka consumer into RocksDB"),
     "serve": ("bench.serve_bench", "serve-time merge latency"),
+    "model": ("bench.model_bench", "H100: paper-preset training MFU and prefill vs HF GPT-2 (side by side)"),
     "quality": ("bench.quality_bench", "offline quality bars (Beauty, multi-action)"),
 }
 
