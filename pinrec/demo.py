@@ -1,55 +1,261 @@
-"""`pinrec demo`: the main job end to end on the embedded default, then where to look.
+"""`pinrec demo` (`make demo`): the whole pipeline end to end on the embedded default.
 
-Runs every stage that exists, in pipeline order, on a local lake folder; stages are plain
-`pinrec` sub-commands, the same entry points Airflow calls.
+1. synthesise a lake of events (or import a real dataset with --import SOURCE PATH)
+2. the batch day, exactly the chain `pinrec_daily` runs (dags/pinrec_daily.py), as `pinrec`
+   sub-commands: landing check, params, sequences, items, train, index, score, quality gate,
+   publish
+3. the speed layer: a Tansu broker, `pinrec stream consume`, and a replay of the next day's
+   events (fresh signals newer than the batch cutoff)
+4. serving: `pinrec serve`, then merged recommendations for a few users printed next to their
+   recent history
+5. a Markdown report with step timings and PNG plots under <out>/report/
+
+Every process it starts is stopped by pid before it returns, also on failure or Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pinrec.cli import add_lake_arg
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ARMS = {"balanced": {"repin": 0.4, "grid_click": 0.4, "outbound_click": 0.1,
+                     "long_grid_click": 0.05, "other": 0.05},
+        "repin": {"repin": 1.0}}
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    lake: str
-    users: int = 2_000
-    days: int = 60
+    out: Path
+    users: int = 1_000
+    days: int = 30
+    items: int = 2_000
     seed: int = 0
+    start: str = "2026-01-01"
+    variant: str = "mt_oc"
+    train_seconds: int = 90
+    show_users: int = 3
+    import_source: tuple[str, str] | None = None
+
+    @property
+    def lake(self) -> Path:
+        return self.out / "lake"
+
+    @property
+    def ds(self) -> str:
+        """The batch day: the day before the last synthetic day, whose events are replayed."""
+        from datetime import datetime, timedelta
+
+        first = datetime.strptime(self.start, "%Y-%m-%d")
+        return (first + timedelta(days=self.days - 2)).strftime("%Y-%m-%d")
+
+    @property
+    def fresh_ds(self) -> str:
+        from datetime import datetime, timedelta
+
+        return (datetime.strptime(self.ds, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d")
+
+    @property
+    def model_version(self) -> str:
+        return f"d{self.ds.replace('-', '')}-{self.variant}-small"
+
+
+@dataclass
+class Timings:
+    steps: list[tuple[str, float, str]] = field(default_factory=list)  # (name, seconds, status)
+
+    def add(self, name: str, seconds: float, status: str = "ok") -> None:
+        self.steps.append((name, seconds, status))
+        print(f"demo: {name:<28} {seconds:7.1f} s  {status}", flush=True)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    add_lake_arg(p)
-    p.add_argument("--users", type=int, default=2_000)
-    p.add_argument("--days", type=int, default=60)
+    p.add_argument("--out", default="demo-output", help="output folder (lake, logs, report)")
+    p.add_argument("--users", type=int, default=1_000)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--items", type=int, default=2_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-seconds", type=int, default=90, help="wall-clock cap on training")
+    p.add_argument("--import", dest="import_source", nargs=2, metavar=("SOURCE", "PATH"),
+                   help="import a real dataset instead of synthesising (see `pinrec data import`)")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = DemoConfig(args.lake, args.users, args.days, args.seed)
-    from pinrec.cli import main as pinrec
+    cfg = DemoConfig(out=Path(args.out).resolve(), users=args.users, days=args.days,
+                     items=args.items, seed=args.seed, train_seconds=args.train_seconds,
+                     import_source=tuple(args.import_source) if args.import_source else None)
+    procs = Procs(cfg.out / "logs")
+    timings = Timings()
+    t_all = time.perf_counter()
+    try:
+        return _run(cfg, procs, timings)
+    finally:
+        procs.stop_all()
+        timings.add("total", time.perf_counter() - t_all)
+        from pinrec.demo_report import write_report
 
-    steps = [["data", "synth", "--users", str(cfg.users), "--days", str(cfg.days),
-              "--seed", str(cfg.seed), "--lake", cfg.lake]]
-    timings = []
-    for step in steps:
-        t0 = time.perf_counter()
-        rc = pinrec(step)
-        timings.append((" ".join(step[:2]), time.perf_counter() - t0))
-        if rc != 0:
-            print(f"demo: step `pinrec {' '.join(step)}` failed with exit code {rc}")
-            return rc
-    root = Path(cfg.lake).resolve()
-    print("\nDemo finished. Step timings:")
-    for name, s in timings:
-        print(f"  {name:<20} {s:7.1f}s")
-    print(f"\nResults: the lake is at {root}")
-    print(f"  events table:  {root / 'tables' / 'events'}")
-    print(f"  query it:      .venv/bin/pinrec sql \"SELECT ds, count(*) FROM events GROUP BY ds\" "
-          f"--lake {root}")
+        report = write_report(cfg, timings.steps)
+        print(f"demo: report written to {report}")
+
+
+def pinrec_bin() -> str:
+    return os.environ.get("PINREC_BIN") or str(Path(sys.executable).with_name("pinrec"))
+
+
+def step(timings: Timings, name: str, argv: list[str], log_dir: Path) -> None:
+    """Run one `pinrec` sub-command as its own process, as an Airflow task does."""
+    t0 = time.perf_counter()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"\n$ pinrec {' '.join(argv)}", flush=True)
+    rc = subprocess.run([pinrec_bin(), *argv]).returncode
+    timings.add(name, time.perf_counter() - t0, "ok" if rc == 0 else f"exit {rc}")
+    if rc != 0:
+        raise SystemExit(f"demo: `pinrec {' '.join(argv)}` failed with exit code {rc}; "
+                         "fix the error above and run `make demo` again")
+
+
+def batch_day(cfg: DemoConfig, timings: Timings) -> None:
+    lake, ds, v, logs = str(cfg.lake), cfg.ds, cfg.model_version, cfg.out / "logs"
+    common = ["--ds", ds, "--lake", lake]
+    params = {"arms": ARMS, "variant": cfg.variant, "preset": "small"}
+    step(timings, "gate landing", ["gate", "landing", *common], logs)
+    step(timings, "gate params", ["gate", "params", *common, "--params-json", json.dumps(params)], logs)
+    step(timings, "sequences", ["sequences", *common], logs)
+    step(timings, "items", ["items", *common], logs)
+    if not (cfg.lake / "models" / v / "config.json").exists():
+        step(timings, "train", ["train", *common, "--variant", cfg.variant, "--preset", "small",
+                                "--version", v, "--max-seconds", str(cfg.train_seconds), "--quiet"], logs)
+    step(timings, "index", ["index", *common, "--model-version", v], logs)
+    arms_file = cfg.lake / "runs" / "params" / ds / "arms.json"
+    step(timings, "score", ["score", *common, "--model-version", v, "--arms", str(arms_file)], logs)
+    step(timings, "quality gate", ["gate", "check", *common, "--candidate-model", v,
+                                   "--variant", cfg.variant], logs)
+    step(timings, "publish", ["gate", "publish", *common, "--model-version", v], logs)
+
+
+def _run(cfg: DemoConfig, procs: "Procs", timings: Timings) -> int:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    logs = cfg.out / "logs"
+    if not (cfg.lake / "tables" / "events").exists():
+        if cfg.import_source:
+            step(timings, "data import", ["data", "import", *cfg.import_source, "--lake", str(cfg.lake)], logs)
+        else:
+            step(timings, "data synth", ["data", "synth", "--users", str(cfg.users), "--days",
+                                         str(cfg.days), "--items", str(cfg.items), "--seed",
+                                         str(cfg.seed), "--start", cfg.start, "--lake", str(cfg.lake)], logs)
+    batch_day(cfg, timings)
+
+    from streaming.broker import Tansu, create_topics, free_port
+
+    t0 = time.perf_counter()
+    broker = procs.keep("tansu", Tansu.start(log=logs / "tansu.log"))
+    create_topics(broker.bootstrap, {"engagements": 2, "engagements-dlq": 1})
+    db = cfg.out / "realtime" / "rocksdb"
+    metrics_port = free_port()
+    procs.spawn("consumer", [pinrec_bin(), "stream", "consume", "--lake", str(cfg.lake),
+                             "--bootstrap", broker.bootstrap, "--db", str(db),
+                             "--metrics-port", str(metrics_port)])
+    timings.add("start broker + consumer", time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    step(timings, "replay fresh events", ["stream", "replay", "--lake", str(cfg.lake), "--bootstrap",
+                                          broker.bootstrap, "--from-lake", cfg.fresh_ds, cfg.fresh_ds], logs)
+    seen = wait_consumed(metrics_port, expected=count_events(cfg.lake, cfg.fresh_ds), timeout_s=120)
+    timings.add("consumer caught up", time.perf_counter() - t0, f"{seen} events")
+
+    t0 = time.perf_counter()
+    token = secrets.token_urlsafe(16)
+    port = free_port()
+    procs.spawn("serve", [pinrec_bin(), "serve", "--lake", str(cfg.lake), "--db", str(db),
+                          "--host", "127.0.0.1", "--port", str(port)],
+                env={"PINREC_API_TOKEN": token})
+    wait_http(f"http://127.0.0.1:{port}/healthz", 120, procs.procs["serve"])
+    timings.add("start serving API", time.perf_counter() - t0)
+
+    from pinrec.demo_report import show_recommendations
+
+    show_recommendations(cfg, f"http://127.0.0.1:{port}", token)
     return 0
+
+
+def count_events(lake: Path, ds: str) -> int:
+    from jobs.lake import LakeTables
+    from pinrec.layout import Lake
+
+    return LakeTables(Lake.at(lake)).dataset("events", ds=[ds]).count_rows()
+
+
+def wait_consumed(port: int, expected: int, timeout_s: float) -> int:
+    """Count what the consumer handled (stored + skipped as stale + DLQ): Tansu's high
+    watermarks are wrong (DESIGN.md §4), so progress is counted, not computed from lag."""
+    deadline, seen = time.time() + timeout_s, 0
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+            seen = sum(float(line.split()[1]) for line in text.splitlines()
+                       if line.split(" ")[0] in ("pinrec_stream_events_stored_total",
+                                                 "pinrec_stream_stale_skipped_total",
+                                                 "pinrec_stream_dlq_total"))
+            if seen >= expected:
+                return int(seen)
+        except OSError:
+            pass
+        time.sleep(0.5)
+    print(f"demo: the consumer handled {int(seen)} of {expected} events in {timeout_s} s; going on")
+    return int(seen)
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: {proc.args[1:3]} exited with {proc.returncode}; see demo-output/logs")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (401 without a token is fine): it is up
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"demo: {url} did not answer in {timeout_s} s")
+
+
+class Procs:
+    """Long-running processes of the demo, each in its own process group, stopped by pid."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.objects: dict[str, object] = {}
+
+    def spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             env={**os.environ, **(env or {})})
+        self.procs[name] = p
+        return p
+
+    def keep(self, name: str, obj):
+        self.objects[name] = obj  # something with .stop(), e.g. the Tansu broker
+        return obj
+
+    def stop_all(self) -> None:
+        for name, p in reversed(list(self.procs.items())):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(timeout=5)
+        for obj in reversed(list(self.objects.values())):
+            obj.stop()
