@@ -19,6 +19,7 @@ writes Parquet (TIMESTAMP_MICROS) into the table folder and one transaction adds
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import time
@@ -39,6 +40,7 @@ class TableNotFound(FileNotFoundError):
 
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 MIN_SAFE_RETENTION_HOURS = 168  # Delta's default: a reader may hold a snapshot for a week
 
 
@@ -66,6 +68,7 @@ def with_retry(op: Callable[[], T], what: str, policy: RetryPolicy = RetryPolicy
                 ) from e
             # Jitter so two losers do not collide again on the next attempt.
             delay = min(policy.max_delay_s, policy.base_delay_s * 2 ** (attempt - 1))
+            log.warning("%s: commit conflict on attempt %d, retrying: %s", what, attempt, e)
             time.sleep(delay * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
