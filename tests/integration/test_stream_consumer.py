@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -143,7 +144,7 @@ def test_sigterm_commits_and_exits_cleanly(broker, tmp_path):
     n = 2000
     produce(ReplayConfig(broker.bootstrap, topic),
             event_messages(synthetic_events(n, 20, 100, start_us=now_us() - n * 1000)))
-    cmd = [sys.executable, "-m", "pinrec.cli", "stream", "consume", "--bootstrap", broker.bootstrap,
+    cmd = [str(Path(sys.executable).parent / "pinrec"), "stream", "consume", "--bootstrap", broker.bootstrap,
            "--topic", topic, "--dlq-topic", dlq, "--group", "term", "--db", str(tmp_path / "db"),
            "--no-sweep", "--log-every-s", "0.2", "--lake", str(tmp_path / "lake")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

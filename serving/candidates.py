@@ -1,0 +1,119 @@
+"""The serving store: the published `candidates` partition, loaded once into memory by user.
+
+Reading a Delta table per request is far too slow for a 5 ms budget, so the partition named
+by `candidates/CURRENT` is read once at start (and on reload) into flat numpy arrays with a
+(user, arm) -> row-range index. A production deployment would bulk-load the same rows into a
+key-value store; the lookup interface stays the same.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+POPULARITY = "popularity"
+
+
+@dataclass(frozen=True)
+class Rec:
+    item_id: int
+    score: float
+    outcome: str
+    source: str  # precomputed | regenerated | popularity
+
+
+@dataclass
+class CandidateStore:
+    ds: str | None
+    arms: dict[str, dict[str, float]]          # arm -> budget
+    model_version: str | None
+    index: dict[tuple[int, str], tuple[int, int]]
+    item_ids: np.ndarray
+    scores: np.ndarray
+    outcomes: np.ndarray
+    popular: list[int] = field(default_factory=list)
+
+    @staticmethod
+    def empty(popular: list[int] | None = None) -> "CandidateStore":
+        return CandidateStore(None, {}, None, {}, np.zeros(0, np.int64), np.zeros(0, np.float32),
+                              np.zeros(0, object), popular or [])
+
+    @staticmethod
+    def from_table(table, ds: str, popular: list[int] | None = None) -> "CandidateStore":
+        """`table`: one candidates partition (CANDIDATES_SCHEMA columns)."""
+        t = table.sort_by([("user_id", "ascending"), ("arm", "ascending"), ("rank", "ascending")])
+        users = t.column("user_id").to_numpy()
+        arms = np.asarray(t.column("arm").to_pylist(), dtype=object)
+        budgets = t.column("budget").to_pylist()
+        arm_budget: dict[str, dict[str, float]] = {}
+        index: dict[tuple[int, str], tuple[int, int]] = {}
+        start = 0
+        for i in range(1, len(users) + 1):
+            if i == len(users) or users[i] != users[start] or arms[i] != arms[start]:
+                index[(int(users[start]), str(arms[start]))] = (start, i)
+                if arms[start] not in arm_budget:
+                    arm_budget[str(arms[start])] = json.loads(budgets[start] or "{}")
+                start = i
+        versions = t.column("model_version").unique().to_pylist()
+        return CandidateStore(
+            ds=ds, arms=arm_budget, model_version=versions[0] if len(versions) == 1 else None,
+            index=index, item_ids=t.column("item_id").to_numpy(),
+            scores=t.column("score").fill_null(0.0).to_numpy(),
+            outcomes=np.asarray(t.column("outcome").to_pylist(), dtype=object),
+            popular=popular if popular is not None else most_frequent(t.column("item_id").to_numpy()))
+
+    def get(self, user_id: int, arm: str) -> list[Rec]:
+        span = self.index.get((user_id, arm))
+        if span is None:
+            return []
+        a, b = span
+        return [Rec(int(self.item_ids[i]), float(self.scores[i]), str(self.outcomes[i]), "precomputed")
+                for i in range(a, b)]
+
+    def popularity(self, n: int, exclude: set[int]) -> list[Rec]:
+        out = []
+        for rank, item in enumerate(self.popular):
+            if item not in exclude:
+                out.append(Rec(item, float(-rank), POPULARITY, POPULARITY))
+                if len(out) >= n:
+                    break
+        return out
+
+
+def most_frequent(item_ids: np.ndarray, k: int = 1000) -> list[int]:
+    if len(item_ids) == 0:
+        return []
+    ids, counts = np.unique(item_ids, return_counts=True)
+    order = np.lexsort((ids, -counts))[:k]
+    return [int(x) for x in ids[order]]
+
+
+def popular_items(tables, k: int = 1000) -> list[int] | None:
+    """Most engaged pins of the newest `items` partition, or None when there is no items table."""
+    ds = tables.latest_partition("items")
+    if ds is None:
+        return None
+    t = tables.read("items", [ds], columns=["item_id", "item_type", "engagements"])
+    t = t.filter(t.column("item_type").to_numpy(zero_copy_only=False) == "pin")
+    if t.num_rows == 0:
+        return None
+    ids = t.column("item_id").to_numpy()
+    eng = t.column("engagements").fill_null(0).to_numpy()
+    order = np.lexsort((ids, -eng))[:k]
+    return [int(x) for x in ids[order]]
+
+
+def load_candidate_store(lake_root) -> CandidateStore:
+    """The published candidates partition (or an empty store: everyone gets popularity)."""
+    from jobs.lake import LakeTables
+    from pinrec.layout import Lake, published_candidates
+
+    lake = Lake.at(lake_root)
+    tables = LakeTables(lake)
+    popular = popular_items(tables)
+    ds = published_candidates(lake)
+    if ds is None or not tables.exists("candidates"):
+        return CandidateStore.empty(popular)
+    cols = ["user_id", "arm", "rank", "item_id", "score", "outcome", "model_version", "budget"]
+    return CandidateStore.from_table(tables.read("candidates", [ds], columns=cols), ds, popular)

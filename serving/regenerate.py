@@ -1,0 +1,75 @@
+"""CPU regeneration: candidates generated at request time from the fresh (merged) sequence.
+
+Loads the published model (`models/CURRENT`), the item features (newest `items` partition)
+and the published Faiss index (`index/CURRENT`), then calls `pinrec_model.api` — the only
+model surface serving uses. When no model is published, regeneration is unavailable and the
+service says so in each response instead of failing.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pinrec.contracts import Event
+from serving.candidates import Rec
+
+
+@dataclass
+class Regenerator:
+    model: object          # pinrec_model.api.LoadedModel
+    features: object       # pinrec_model.api.ItemFeatures
+    retriever: object      # pinrec_model.retrieval.Retriever
+    version: str
+
+    def __post_init__(self):
+        self._lock = threading.Lock()  # torch on 2 cores: one generation at a time is fastest
+
+    def regenerate(self, user_id: int, history: Sequence[Event], budget: dict[str, float],
+                   n: int) -> list[Rec]:
+        from pinrec_model.api import History, generate_candidates
+
+        h = History(user_id=user_id,
+                    item_ids=np.array([e.item_id for e in history], dtype=np.int64),
+                    item_types=[e.item_type for e in history],
+                    actions=[e.action for e in history],
+                    surfaces=[e.surface for e in history],
+                    ts_us=np.array([e.ts_us for e in history], dtype=np.int64))
+        with self._lock:
+            cands = generate_candidates(self.model, [h], self.features, budget, n, self.retriever)[0]
+        return [Rec(c.item_id, c.score, c.outcome, "regenerated") for c in cands]
+
+
+def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, str]:
+    """(regenerator, why-not): None with the reason when nothing is published to regenerate with."""
+    import torch
+
+    from jobs.lake import LakeTables
+    from pinrec.layout import Lake, current
+    from pinrec_model.api import ItemFeatures, embed_items, load_model
+    from pinrec_model.retrieval import Retriever
+
+    torch.set_num_threads(threads)
+    lake = Lake.at(lake_root)
+    mdir = current(lake, "models")
+    if mdir is None or not Path(mdir).exists():
+        return None, "no published model (models/CURRENT); run `pinrec train --publish`"
+    tables = LakeTables(lake)
+    ds = tables.latest_partition("items")
+    if ds is None:
+        return None, "no items table; run `pinrec items`"
+    items = tables.read("items", [ds], columns=["item_id", "item_type", "features"])
+    features = ItemFeatures.from_table(items)
+    m = load_model(mdir, device="cpu")
+    idir = current(lake, "index")
+    if idir is not None and Path(idir).exists():
+        retriever = Retriever.load(idir)
+    else:  # no published index: embed the catalogue once at start (small catalogues only)
+        pins = items.filter(items.column("item_type").to_numpy(zero_copy_only=False) == "pin")
+        ids = pins.column("item_id").to_numpy()
+        emb = embed_items(m, ids, ["pin"] * len(ids), features.lookup(ids))
+        retriever = Retriever.build(ids, emb)
+    return Regenerator(m, features, retriever, m.version), ""
