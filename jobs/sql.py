@@ -1,0 +1,97 @@
+"""`pinrec sql "SELECT ..."`: SQL over the lake tables for analysts (duckdb).
+
+Every Delta table is registered as a view over its live Arrow dataset (`DeltaTable
+.to_pyarrow_dataset()` via the lake adapter), never over the folder, so files a later commit
+removed are never read. Tables: events, sequences, items, candidates, item_features.
+Ready queries live in docs/analysts.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pinrec.layout import TABLES, Lake
+
+
+def connect(lake: str):
+    """A duckdb connection with one view per existing lake table."""
+    import duckdb
+
+    from jobs.lake import LakeTables
+
+    tables = LakeTables(Lake.at(lake))
+    con = duckdb.connect()
+    found = [t for t in TABLES if tables.exists(t)]
+    if not found:
+        raise ValueError(f"no Delta tables under {lake}/tables; check --lake (or $PINREC_LAKE)")
+    for name in found:
+        con.register(name, tables.dataset(name))
+    return con
+
+
+def query(lake: str, sql: str):
+    """Run `sql` and return the result as a pyarrow Table."""
+    import duckdb
+
+    con = connect(lake)
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error as e:
+        raise ValueError(f"SQL failed: {e}") from None
+    finally:
+        con.close()
+
+
+def write_result(result, out: str) -> None:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        pcsv.write_csv(_flatten_lists(result), path)
+    elif path.suffix == ".parquet":
+        pq.write_table(result, path)
+    else:
+        raise ValueError(f"--out {out!r}: use a .csv or .parquet file name")
+
+
+def _flatten_lists(t):
+    """CSV has no lists: render list columns as JSON-like text."""
+    import pyarrow as pa
+
+    cols = []
+    for c in t.columns:
+        if pa.types.is_list(c.type):
+            c = pa.array([None if v is None else str(v) for v in c.to_pylist()], pa.string())
+        cols.append(c)
+    return pa.table(cols, names=t.column_names) if cols else t
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from pinrec.cli import add_lake_arg
+
+    p.add_argument("sql", help='the query, e.g. "SELECT arm, count(*) FROM candidates GROUP BY arm"; '
+                               "tables: " + ", ".join(TABLES))
+    add_lake_arg(p)
+    p.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing")
+    p.add_argument("--max-rows", type=int, default=50, help="rows to print (default 50)")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = query(args.lake, args.sql)
+    if args.out:
+        write_result(result, args.out)
+        print(f"{result.num_rows:,} rows -> {args.out}")
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", 50, "display.width", 200,
+                           "display.max_colwidth", 60):
+        df = result.slice(0, args.max_rows).to_pandas()
+        print(df.to_string(index=False) if len(df) else "(no rows)")
+    if result.num_rows > args.max_rows:
+        print(f"... {result.num_rows - args.max_rows:,} more rows (use --out or --max-rows)",
+              file=sys.stderr)
+    return 0
