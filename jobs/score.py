@@ -1,0 +1,292 @@
+"""`pinrec score --ds D --arms ARMS.json`: outcome-conditioned candidates for every user and arm.
+
+read (sequences@ds, items@ds, model version, its index) -> generate -> write candidates@ds.
+
+An arm is a named budget over engagement actions (an experiment group). For each batch of
+users the model prefills their histories once per arm, generates conditioned embeddings with
+multi-token steps, compresses near-duplicates, allocates the budget and retrieves from Faiss,
+excluding items already in the history (`pinrec_model.api.generate_candidates`). Users stream
+through in batches (bounded memory) with a progress bar; rows are spooled as Parquet into the
+table folder and committed in one transaction that replaces the partition, so a re-run leaves
+exactly the rows one run leaves. `generated_at` is the data cutoff of ds (the as-of time of the
+histories), not the wall clock, for the same reason. Publishing candidates to serving is not
+this job's business: the quality gate does it (`pinrec gate publish`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from pinrec.contracts import CANDIDATES_SCHEMA, TS_TYPE, ActionVocab, cutoff_us, parse_ds, validate_budget
+from pinrec.layout import Lake
+
+DEFAULT_ARMS = Path(__file__).resolve().parent / "arms" / "default.json"
+ROWS_PER_FILE = 2_000_000
+FILE_SCHEMA = pa.schema([f for f in CANDIDATES_SCHEMA if f.name != "ds"])
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    ds: str
+    lake: str
+    arms: str = str(DEFAULT_ARMS)
+    model_version: str | None = None  # default: models/CURRENT
+    index_version: str | None = None  # default: the index built for (ds, model), else CURRENT
+    n: int = 50  # candidates per user and arm
+    batch_size: int = 512
+    device: str = "auto"
+    tokens_per_step: int | None = None
+    compression_threshold: float | None = None
+    max_users: int | None = None  # for smoke runs and benchmarks
+
+    def __post_init__(self):
+        parse_ds(self.ds)
+        if self.n < 1 or self.batch_size < 1:
+            raise ValueError("--n and --batch-size must be positive")
+
+
+def load_arms(path: str | Path, vocab: ActionVocab) -> dict[str, dict[str, float]]:
+    """ARMS.json: {"arm name": {"action": weight, ...}, ...}, each budget validated."""
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--arms {p} does not exist; see {DEFAULT_ARMS} for the format") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--arms {p} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"--arms {p} must be a JSON object of arm name -> budget, e.g. "
+                         f'{{"balanced": {{"repin": 0.5, "grid_click": 0.5}}}}')
+    arms = {}
+    for name in sorted(raw):
+        if not isinstance(raw[name], dict):
+            raise ValueError(f"--arms {p}: arm {name!r} must map actions to weights")
+        try:
+            arms[name] = validate_budget(raw[name], vocab)
+        except ValueError as e:
+            raise ValueError(f"--arms {p}: arm {name!r}: {e}") from None
+    return arms
+
+
+def histories_from_batch(batch: pa.RecordBatch) -> list:
+    """sequences rows -> api.History (arrays via offsets, no per-element Python objects for ids)."""
+    from pinrec_model.api import History
+
+    users = batch.column("user_id").to_numpy()
+    item_col, ts_col = batch.column("item_ids"), batch.column("ts")
+    offs = item_col.offsets.to_numpy()
+    items = item_col.values.to_numpy(zero_copy_only=False)
+    ts = ts_col.values.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    ts_offs = ts_col.offsets.to_numpy()
+    types, acts, surfs = (batch.column(c).to_pylist() for c in ("item_types", "actions", "surfaces"))
+    return [History(int(users[i]), items[offs[i]:offs[i + 1]], types[i], acts[i], surfs[i],
+                    ts[ts_offs[i]:ts_offs[i + 1]]) for i in range(len(users))]
+
+
+def candidate_rows(histories, results, arm: str, budget_json: str, model_version: str,
+                   generated_at_us: int) -> pa.RecordBatch:
+    """Generated candidates of one arm for a batch of users -> rows of the candidates file."""
+    users, ranks, items, scores, outcomes = [], [], [], [], []
+    for h, cands in zip(histories, results):
+        for r, c in enumerate(cands, start=1):
+            users.append(h.user_id)
+            ranks.append(r)
+            items.append(c.item_id)
+            scores.append(c.score)
+            outcomes.append(c.outcome)
+    n = len(users)
+    return pa.RecordBatch.from_arrays([
+        pa.array(users, pa.int64()), pa.array([arm] * n, pa.string()), pa.array(ranks, pa.int32()),
+        pa.array(items, pa.int64()), pa.array(scores, pa.float32()), pa.array(outcomes, pa.string()),
+        pa.array([model_version] * n, pa.string()), pa.array([budget_json] * n, pa.string()),
+        pa.array(np.full(n, generated_at_us, np.int64), pa.int64()).cast(TS_TYPE)], schema=FILE_SCHEMA)
+
+
+class SpoolWriter:
+    """Parquet files of FILE_SCHEMA in one folder, rolled every ROWS_PER_FILE rows."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.writer, self.rows_in_file, self.files, self.rows = folder, None, 0, 0, 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None or self.rows_in_file >= ROWS_PER_FILE:
+            self.close()
+            self.writer = pq.ParquetWriter(str(self.folder / f"part-{self.files:05d}.parquet"),
+                                           FILE_SCHEMA, compression="snappy")
+            self.files += 1
+            self.rows_in_file = 0
+        self.writer.write_batch(batch)
+        self.rows_in_file += batch.num_rows
+        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+@dataclass
+class Timings:
+    """Seconds per phase of the scoring loop (the bench prints these)."""
+
+    read: float = 0.0
+    generate: float = 0.0
+    write: float = 0.0
+    users: int = 0
+
+
+def score_batches(m, batches: Iterable[pa.RecordBatch], features, retriever, arms: dict,
+                  cfg: ScoreConfig, model_version: str, spool: SpoolWriter,
+                  timings: Timings, progress=None) -> Iterator[int]:
+    """The scoring loop shared by the job and the bench: yields users done per batch."""
+    from pinrec_model.api import generate_candidates
+
+    generated_at = cutoff_us(cfg.ds)
+    budgets = {a: json.dumps(b, sort_keys=True) for a, b in arms.items()}
+    t0 = time.perf_counter()
+    for batch in batches:
+        histories = histories_from_batch(batch)
+        t1 = time.perf_counter()
+        timings.read += t1 - t0
+        out = []
+        for arm, budget in arms.items():
+            res = generate_candidates(m, histories, features, budget, cfg.n, retriever,
+                                      tokens_per_step=cfg.tokens_per_step,
+                                      compression_threshold=cfg.compression_threshold)
+            out.append(candidate_rows(histories, res, arm, budgets[arm], model_version, generated_at))
+        t2 = time.perf_counter()
+        timings.generate += t2 - t1
+        for rows in out:
+            spool.write(rows)
+        t0 = time.perf_counter()
+        timings.write += t0 - t2
+        timings.users += len(histories)
+        yield len(histories)
+
+
+def resolve_index(lake: Lake, ds: str, model_version: str, requested: str | None) -> Path:
+    """The index folder to retrieve from; it must have been built with the scoring model."""
+    from jobs.index import index_version
+    from pinrec.layout import current
+
+    if requested:
+        vdir = lake.version_dir("index", requested)
+    elif lake.version_dir("index", index_version(ds, model_version)).is_dir():
+        vdir = lake.version_dir("index", index_version(ds, model_version))
+    else:
+        vdir = current(lake, "index")
+    if vdir is None or not (vdir / "meta.json").exists():
+        raise FileNotFoundError(f"no Faiss index for ds={ds} and model {model_version!r} under "
+                                f"{lake.artifacts('index')}; run `pinrec index --ds {ds} "
+                                f"--model-version {model_version}` first")
+    build = vdir / "build.json"
+    built_with = json.loads(build.read_text()).get("model_version") if build.exists() else None
+    if built_with is not None and built_with != model_version:
+        raise ValueError(f"index {vdir.name} was built with model {built_with!r}, not "
+                         f"{model_version!r}: its embeddings are not comparable; run `pinrec "
+                         f"index --ds {ds} --model-version {model_version}`")
+    return vdir
+
+
+def run_job(cfg: ScoreConfig, progress: bool = True) -> dict:
+    """Score every user of sequences@ds for every arm and replace candidates@ds."""
+    from tqdm import tqdm
+
+    from jobs.index import resolve_model
+    from jobs.lake import LakeTables
+    from pinrec_model.api import ItemFeatures, load_model
+    from pinrec_model.retrieval import Retriever
+
+    lake = Lake.at(cfg.lake)
+    tables = LakeTables(lake)
+    if cfg.ds not in tables.partitions("sequences"):
+        raise ValueError(f"no sequences for ds={cfg.ds}; run `pinrec sequences --ds {cfg.ds}` first")
+    model_version, mdir = resolve_model(lake, cfg.model_version)
+    t_load = time.perf_counter()
+    m = load_model(mdir, device=cfg.device)
+    arms = load_arms(cfg.arms, m.vocab)
+    retriever = Retriever.load(resolve_index(lake, cfg.ds, model_version, cfg.index_version))
+    features = ItemFeatures.from_table(tables.read("items", [cfg.ds], columns=["item_id", "features"]))
+    load_s = time.perf_counter() - t_load
+
+    seq = tables.dataset("sequences", [cfg.ds])
+    total = seq.count_rows()
+    if cfg.max_users is not None:
+        total = min(total, cfg.max_users)
+    batches = _limit(seq.to_batches(columns=["user_id", "item_ids", "item_types", "actions",
+                                             "surfaces", "ts"], batch_size=cfg.batch_size),
+                     cfg.max_users)
+    staging = tables.staging_dir("candidates", cfg.ds)
+    spool, timings = SpoolWriter(staging), Timings()
+    t0 = time.perf_counter()
+    try:
+        with tqdm(total=total, unit="user", desc=f"score {cfg.ds}", disable=not progress or None) as bar:
+            for done in score_batches(m, batches, features, retriever, arms, cfg, model_version,
+                                      spool, timings):
+                bar.update(done)
+        spool.close()
+        t_commit = time.perf_counter()
+        version = tables.commit_spark_output("candidates", staging, cfg.ds)
+        timings.write += time.perf_counter() - t_commit
+    except BaseException:
+        spool.close()
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    secs = time.perf_counter() - t0
+    return {"ds": cfg.ds, "model_version": model_version, "arms": sorted(arms), "users": timings.users,
+            "rows": spool.rows, "device": m.device, "seconds": round(secs, 3),
+            "users_per_s": round(timings.users / max(secs, 1e-9), 1), "load_s": round(load_s, 3),
+            "read_s": round(timings.read, 3), "generate_s": round(timings.generate, 3),
+            "write_s": round(timings.write, 3), "table_version": version}
+
+
+def _limit(batches, max_users):
+    if max_users is None:
+        yield from batches
+        return
+    left = max_users
+    for b in batches:
+        if left <= 0:
+            return
+        yield b.slice(0, left)
+        left -= min(left, b.num_rows)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from pinrec.cli import add_ds_arg, add_lake_arg
+
+    d = ScoreConfig(ds="2000-01-01", lake="")
+    add_lake_arg(p)
+    add_ds_arg(p)
+    p.add_argument("--arms", default=d.arms,
+                   help=f'JSON file: arm name -> budget over actions (default {DEFAULT_ARMS.name})')
+    p.add_argument("--model-version", help="model version (default: models/CURRENT)")
+    p.add_argument("--index-version", help="Faiss index version (default: the one built for ds "
+                                           "and the model, else index/CURRENT)")
+    p.add_argument("--n", type=int, default=d.n, help="candidates per user and arm")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="users per batch")
+    p.add_argument("--device", default=d.device, help="cpu | cuda | auto (CUDA when present)")
+    p.add_argument("--tokens-per-step", type=int, help="multi-token generation: embeddings per step")
+    p.add_argument("--compression-threshold", type=float, help="merge generated embeddings closer than this")
+    p.add_argument("--max-users", type=int, help="score only the first N users (smoke runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = ScoreConfig(ds=args.ds, lake=args.lake, arms=args.arms, model_version=args.model_version,
+                      index_version=args.index_version, n=args.n, batch_size=args.batch_size,
+                      device=args.device, tokens_per_step=args.tokens_per_step,
+                      compression_threshold=args.compression_threshold, max_users=args.max_users)
+    print(json.dumps(run_job(cfg)))
+    return 0
