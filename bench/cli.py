@@ -20,8 +20,9 @@ BENCHES: dict[str, tuple[str, str]] = {
     "train": ("bench.train_bench", "training throughput and share of peak"),
     "prefill": ("bench.prefill_bench", "GPU prefill vs HF GPT-2 of the same size"),
     "multitoken": ("bench.multitoken_bench", "multi-token generation speed-up"),
-    "consumer": ("bench.consumer_bench", "speed layer: Kafka consumer into RocksDB"),
-    "serve": ("bench.serve_bench", "serve-time merge latency"),
+    "stream": ("bench.stream_bench", "speed layer: consumer events/s, produce->readable p99, DLQ corpus"),
+    "crash": ("bench.crash_bench", "speed layer: kill -9 the consumer mid-stream, check exactly-once"),
+    "serve": ("bench.serve_bench", "serving: p99 per request, precomputed and with CPU regeneration"),
     "model": ("bench.model_bench", "H100: paper-preset training MFU and prefill vs HF GPT-2 (side by side)"),
     "quality": ("bench.quality_bench", "offline quality bars (Beauty, multi-action)"),
 }

@@ -24,6 +24,9 @@ class Regenerator:
     features: object       # pinrec_model.api.ItemFeatures
     retriever: object      # pinrec_model.retrieval.Retriever
     version: str
+    # All embeddings in one decode step (the paper's multi-token generation): one forward pass
+    # instead of num_embeddings/4, which is what makes CPU regeneration fit a request budget.
+    tokens_per_step: int | None = 16
 
     def __post_init__(self):
         self._lock = threading.Lock()  # torch on 2 cores: one generation at a time is fastest
@@ -39,7 +42,9 @@ class Regenerator:
                     surfaces=[e.surface for e in history],
                     ts_us=np.array([e.ts_us for e in history], dtype=np.int64))
         with self._lock:
-            cands = generate_candidates(self.model, [h], self.features, budget, n, self.retriever)[0]
+            k = self.tokens_per_step if self.model.config.offset_conditioned else None
+            cands = generate_candidates(self.model, [h], self.features, budget, n, self.retriever,
+                                        tokens_per_step=k)[0]
         return [Rec(c.item_id, c.score, c.outcome, "regenerated") for c in cands]
 
 
@@ -53,6 +58,12 @@ def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, s
     from pinrec_model.retrieval import Retriever
 
     torch.set_num_threads(threads)
+    try:  # OpenMP threads spinning on a busy 2-core host cost more than they save per request
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except ImportError:
+        pass
     lake = Lake.at(lake_root)
     mdir = current(lake, "models")
     if mdir is None or not Path(mdir).exists():

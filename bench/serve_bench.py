@@ -1,0 +1,170 @@
+"""`pinrec bench serve`: request latency of the recommendations API at a fixed offered load.
+
+A sample lake (serving/sample_lake.py: sequences, items, published candidates, a published
+random-weight model of the `small` preset and its Faiss index) and a RocksDB holding fresh
+events for every user are built first. `pinrec serve` then runs as its own process, and this
+process (the client, a second process on loopback) offers --rate requests/s open-loop from
+--workers keep-alive connections. Latency counts from each request's *scheduled* send time,
+so a slow response that delays the next request is charged to it (no coordinated omission).
+
+Phase 1 — precomputed + RocksDB tail: server with --no-regenerate; every request reads the
+user's fresh events from RocksDB, removes engaged items and blends.
+Phase 2 — CPU regeneration: server with regeneration on; a --regen-fraction of the requests
+are for users with fresh events (they regenerate on CPU), the rest for users without.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BARS = {"p99_ms": 5.0, "p99_ms_regenerate": 50.0}
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rate", type=float, default=200.0, help="offered requests/s")
+    p.add_argument("--seconds", type=float, default=15.0, help="per phase")
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--n", type=int, default=50, help="items per request")
+    p.add_argument("--regen-fraction", type=float, default=0.1,
+                   help="share of phase-2 requests from users with fresh events")
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--json", default=None)
+    p.add_argument("--workdir", default=None)
+
+
+def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
+    from pinrec.contracts import Event, cutoff_us
+    from serving.sample_lake import SampleLakeConfig, build
+    from streaming.store import RealtimeStore
+
+    cfg = SampleLakeConfig(work / "lake", users=users, items=20_000, history=100, candidates=200)
+    build(cfg)
+    cut = cutoff_us(cfg.ds)
+    rng = np.random.default_rng(1)
+    store = RealtimeStore.open(work / "db")
+    fresh = set(range(0, users, 2))  # even users have fresh events, odd users none
+    store.apply(Event(f"fresh-{u}-{i}", u, int(rng.integers(1, cfg.items)), "pin", "repin",
+                      "homefeed", cut + i * 1_000_000) for u in fresh for i in range(5))
+    store.close()
+    return cfg.root, work / "db", fresh
+
+
+class Server:
+    def __init__(self, lake: Path, db: Path, token: str, regenerate: bool, log: Path):
+        from streaming.broker import free_port, wait_port
+
+        self.port = free_port()
+        cmd = [str(Path(sys.executable).parent / "pinrec"), "serve", "--lake", str(lake), "--db",
+               str(db), "--port", str(self.port)] + ([] if regenerate else ["--no-regenerate"])
+        env = {**os.environ, "PINREC_API_TOKEN": token, "OMP_NUM_THREADS": "1"}
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=env)
+        wait_port(self.port, timeout_s=120, proc=self.proc)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        self.log.close()
+
+
+def offer_load(port: int, token: str, users: list[int], rate: float, seconds: float, n: int,
+               workers: int) -> list[tuple[int, float, float, int]]:
+    """Open-loop load; returns (user, latency_ms from schedule, server took_ms, status)."""
+    total = int(rate * seconds)
+    t0 = time.perf_counter() + 0.5
+    results, lock = [], threading.Lock()
+
+    def worker(w: int):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        hdr = {"Authorization": f"Bearer {token}"}
+        for i in range(w, total, workers):
+            due = t0 + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            u = users[i % len(users)]
+            conn.request("GET", f"/v1/recommendations/{u}?n={n}", headers=hdr)
+            r = conn.getresponse()
+            body = r.read()
+            lat = (time.perf_counter() - due) * 1e3
+            took = json.loads(body).get("took_ms", float("nan")) if r.status == 200 else float("nan")
+            with lock:
+                results.append((u, lat, took, r.status))
+        conn.close()
+
+    ths = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    return results
+
+
+def summarize(results, users_of_interest=None) -> dict:
+    rows = [r for r in results if users_of_interest is None or r[0] in users_of_interest]
+    lat = np.array([r[1] for r in rows])
+    took = np.array([r[2] for r in rows])
+    return {"requests": len(rows), "errors": sum(1 for r in rows if r[3] != 200),
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "server_p99_ms": float(np.nanpercentile(took, 99))}
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="pinrec-bench-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    token = os.urandom(16).hex()
+    print("building the sample lake and RocksDB ...", flush=True)
+    lake, db, fresh = build_world(work, args.users)
+    stale = [u for u in range(args.users) if u not in fresh]
+    rng = random.Random(0)
+
+    srv = Server(lake, db, token, regenerate=False, log=work / "serve-precomputed.log")
+    try:
+        users = list(fresh)
+        rng.shuffle(users)
+        offer_load(srv.port, token, users, args.rate, 2, args.n, args.workers)  # warm up
+        pre = summarize(offer_load(srv.port, token, users, args.rate, args.seconds, args.n, args.workers))
+    finally:
+        srv.stop()
+
+    srv = Server(lake, db, token, regenerate=True, log=work / "serve-regenerate.log")
+    try:
+        k = max(1, int(round(args.regen_fraction * 1000)))
+        mix = [rng.choice(list(fresh)) if i < k else rng.choice(stale) for i in range(1000)]
+        rng.shuffle(mix)
+        offer_load(srv.port, token, mix, args.rate, 2, args.n, args.workers)
+        res = offer_load(srv.port, token, mix, args.rate, args.seconds, args.n, args.workers)
+        regen = summarize(res, fresh)
+        others = summarize(res, set(stale))
+    finally:
+        srv.stop()
+
+    result = {"p99_ms": pre["p99_ms"], "p99_ms_regenerate": regen["p99_ms"],
+              "precomputed": pre, "regenerate": regen, "regenerate_phase_others": others,
+              "rate": args.rate, "seconds": args.seconds, "n": args.n,
+              "regen_fraction": args.regen_fraction, "users": args.users,
+              "host_cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "bars": BARS}
+    print(f"{'phase':<44}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'server p99':>12}  bar")
+    for name, s, bar in ((f"precomputed + RocksDB tail @ {args.rate:.0f}/s", pre, "p99 <= 5 ms"),
+                         (f"regenerating requests ({args.regen_fraction:.0%} of {args.rate:.0f}/s)",
+                          regen, "p99 <= 50 ms"),
+                         ("other requests in the same phase", others, "")):
+        print(f"{name:<44}{s['requests']:>9}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}"
+              f"{s['server_p99_ms']:>12.2f}  {bar}" + (f"  errors {s['errors']}" if s["errors"] else ""))
+    print(f"(host: {os.cpu_count()} cpus, 1-min load average {result['load_avg_1m']:.1f})")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
