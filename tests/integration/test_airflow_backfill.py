@@ -190,17 +190,34 @@ def test_ui_grid_in_a_real_browser_shows_three_successful_runs(stack):
         b.send("Input.insertText", text=stack.passwords["ops"])
         b.js("document.querySelector('button[type=submit]').click()")
         b.wait_for("!document.querySelector('input[name=password]')")
-        b.goto(f"{stack.base_url}/dags/{DAG}/grid")
-        b.wait_for(f"document.body.innerText.includes('{DAG}')")
-        b.wait_for("document.querySelectorAll('a[href*=\"backfill__\"]').length >= 3", 60)
-        time.sleep(2)  # let the grid finish painting before the screenshot
+        b.goto(f"{stack.base_url}/dags/{DAG}")  # the DAG page opens on the grid view
+        bars = ("[...document.querySelectorAll('a[href*=\"/runs/backfill__\"]')]"
+                ".filter(a => !a.getAttribute('href').includes('/tasks/'))")
+        b.wait_for(f"{bars}.length >= 3", 90)
+        time.sleep(3)  # let the grid finish painting before the screenshot
         b.screenshot(shot)
-        hrefs = b.js("[...document.querySelectorAll('a[href*=\"backfill__\"]')].map(a => a.href)")
-        labels = b.js("[...document.querySelectorAll('a[href*=\"backfill__\"]')]"
-                      ".map(a => a.getAttribute('aria-label') || a.innerText || '')")
+        found = b.js(f"{bars}.map(a => [a.getAttribute('href'), "
+                     "getComputedStyle(a.firstElementChild).backgroundColor])")
+        ticks = b.js("[...document.querySelectorAll('a[href*=\"/runs/backfill__\"][href*=\"/tasks/\"]')].length")
     finally:
         b.close()
     assert shot.stat().st_size > 20_000, "the screenshot is (nearly) empty"
-    runs = {h.split("/runs/")[1].split("/")[0] for h in hrefs if "/runs/" in h}
-    assert len({r for r in runs if any(d in r for d in DAYS)}) == 3, hrefs
-    print(f"\nscreenshot: {shot}; run links: {sorted(runs)}; labels: {labels[:3]}")
+    runs = {href.split("/runs/")[1].strip("/"): color for href, color in found}
+    assert len(runs) == 3, runs
+    # the run ids name the end of each day's interval: ds + 1
+    assert sorted(r[len("backfill__"):][:10] for r in runs) == ["2026-01-03", "2026-01-04", "2026-01-05"]
+    assert all(is_green(c) for c in runs.values()), f"not every backfill run is green (success): {runs}"
+    assert ticks >= 3 * 10, f"expected a task cell per task and run in the grid, found {ticks}"
+    print(f"\nscreenshot: {shot}; runs: {runs}")
+
+
+def is_green(css_color: str) -> bool:
+    """Airflow's UI paints successful runs green; the computed colour is oklch() or rgb()."""
+    import re
+
+    if m := re.match(r"oklch\(([\d.]+) ([\d.]+) ([\d.]+)", css_color):
+        return float(m.group(2)) > 0.05 and 120 <= float(m.group(3)) <= 170
+    if m := re.match(r"rgba?\((\d+), (\d+), (\d+)", css_color):
+        r, g, b = map(int, m.groups())
+        return g > 1.3 * r and g > 1.3 * b
+    return False
