@@ -1,0 +1,177 @@
+"""Pure pieces of the batch layer: no Spark, no JVM; each test asserts values."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs.lake import RetryPolicy, _ds_predicate, merge_predicate, with_retry
+from jobs.sequences import shift_ds, untouched_mask, window_bounds, window_partitions
+from jobs.spark import SparkConfig, parse_conf, session_conf
+
+
+def test_session_conf_small_machine_defaults_and_overrides():
+    conf = session_conf(SparkConfig(shuffle_partitions=3, conf=(("spark.sql.shuffle.partitions", "64"),)))
+    assert conf["spark.ui.enabled"] == "false"
+    assert conf["spark.driver.bindAddress"] == "127.0.0.1"
+    assert conf["spark.sql.parquet.outputTimestampType"] == "TIMESTAMP_MICROS"
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert conf["spark.sql.shuffle.partitions"] == "64"  # --spark-conf wins over the default
+    assert "spark.sql.extensions" not in conf
+    with_delta = session_conf(SparkConfig(delta_jars=("/jars/delta-spark.jar", "/jars/delta-storage.jar")))
+    assert with_delta["spark.jars"] == "/jars/delta-spark.jar,/jars/delta-storage.jar"
+    assert with_delta["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+
+
+def test_parse_conf():
+    assert parse_conf("spark.executor.memory = 4g") == ("spark.executor.memory", "4g")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_conf("spark.executor.memory")
+
+
+def test_window_is_365_days_before_the_cutoff():
+    start, cutoff = window_bounds("2026-03-01", 365)
+    assert cutoff == int(datetime(2026, 3, 2, tzinfo=timezone.utc).timestamp()) * 1_000_000
+    assert start == int(datetime(2025, 3, 2, tzinfo=timezone.utc).timestamp()) * 1_000_000
+    parts = window_partitions("2026-03-01", 365)
+    assert len(parts) == 365 and parts[0] == "2025-03-02" and parts[-1] == "2026-03-01"
+    assert shift_ds("2024-03-01", -1) == "2024-02-29"
+
+
+def test_partition_predicates_are_sorted_literals_and_refuse_quotes():
+    assert _ds_predicate(["2026-01-02", "2026-01-01", "2026-01-02"]) == "ds IN ('2026-01-01', '2026-01-02')"
+    assert merge_predicate(["user_id", "arm"], ["2026-01-01"]) == (
+        "t.ds IN ('2026-01-01') AND t.ds = s.ds AND t.user_id = s.user_id AND t.arm = s.arm")
+    with pytest.raises(ValueError):
+        _ds_predicate(["x') OR (1=1"])
+    with pytest.raises(ValueError):
+        merge_predicate([], ["2026-01-01"])
+
+
+def test_with_retry_retries_commit_conflicts_a_bounded_number_of_times():
+    from deltalake.exceptions import CommitFailedError
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise CommitFailedError("concurrent transaction")
+        return "ok"
+
+    policy = RetryPolicy(attempts=4, base_delay_s=0.0)
+    assert with_retry(flaky, "test", policy) == "ok" and len(calls) == 3
+
+    def always():
+        calls.append(1)
+        raise CommitFailedError("concurrent transaction")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="gave up after 4 attempts"):
+        with_retry(always, "test", policy)
+    assert len(calls) == 4
+
+    def other():
+        raise KeyError("not a conflict")
+
+    with pytest.raises(KeyError):  # only conflicts are retried
+        with_retry(other, "test", policy)
+
+
+def test_untouched_mask_is_the_complement_of_the_rebuilt_users():
+    ts_type = pa.timestamp("us", tz="UTC")
+    batch = pa.RecordBatch.from_pydict({
+        "user_id": pa.array([1, 2, 3, 4], pa.int64()),
+        "ts": pa.array([[100, 200], [50, 300], [150], [120]], pa.list_(ts_type)),
+    })
+    mask = untouched_mask(batch, pa.array([3], pa.int64()), start_us=100)
+    # user 2's oldest event left the window, user 3 was active today
+    assert mask.to_pylist() == [True, False, False, True]
+
+
+def test_load_arms_validates_every_budget(tmp_path):
+    from jobs.score import DEFAULT_ARMS, load_arms
+    from pinrec.contracts import PINTEREST_ACTIONS
+
+    arms = load_arms(DEFAULT_ARMS, PINTEREST_ACTIONS)
+    assert arms["balanced"] == {"repin": 0.4, "grid_click": 0.4, "outbound_click": 0.1,
+                                "long_grid_click": 0.05, "other": 0.05}
+    bad = tmp_path / "arms.json"
+    bad.write_text(json.dumps({"x": {"search": 1.0}}))
+    with pytest.raises(ValueError, match="arm 'x'.*unknown action 'search'"):
+        load_arms(bad, PINTEREST_ACTIONS)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        load_arms(bad, PINTEREST_ACTIONS)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_arms(tmp_path / "missing.json", PINTEREST_ACTIONS)
+
+
+def test_candidate_rows_ranks_from_one_per_user():
+    from jobs.score import FILE_SCHEMA, candidate_rows
+    from pinrec_model.api import Candidate, History
+
+    h = [History(7, np.array([1]), ["pin"], ["repin"], ["homefeed"], np.array([0])),
+         History(8, np.array([2]), ["pin"], ["repin"], ["homefeed"], np.array([0]))]
+    res = [[Candidate(10, 0.9, "repin"), Candidate(11, 0.5, "other")], [Candidate(12, 0.7, "repin")]]
+    b = candidate_rows(h, res, "arm1", '{"repin": 1.0}', "m1", 1_000_000)
+    assert b.schema == FILE_SCHEMA
+    assert b.column("user_id").to_pylist() == [7, 7, 8]
+    assert b.column("rank").to_pylist() == [1, 2, 1]
+    assert b.column("item_id").to_pylist() == [10, 11, 12]
+    assert b.column("generated_at").to_pylist()[0] == datetime(1970, 1, 1, 0, 0, 1, tzinfo=timezone.utc)
+
+
+def test_recall_vs_exact_counts_overlap_with_brute_force():
+    from jobs.index import recall_vs_exact
+
+    class Half:
+        """A fake index that returns the exact top-10's first 5 plus 5 wrong ids."""
+
+        def __init__(self, emb, ids):
+            self.emb, self.ids = emb, ids
+
+        def search(self, q, k):
+            top = np.argsort(-(q @ self.emb.T), axis=1)[:, :k]
+            got = self.ids[top].copy()
+            got[:, 5:] = -1
+            return None, got
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(100, 8)).astype(np.float32)
+    ids = np.arange(100, 200, dtype=np.int64)
+    assert recall_vs_exact(Half(emb, ids), emb, ids, emb[:20], 10) == pytest.approx(0.5)
+
+
+def test_items_stats_combine_partials_exactly():
+    from jobs.items import combine_stats, partial_stats
+
+    ts_type = pa.timestamp("us", tz="UTC")
+
+    def chunk(rows):
+        return pa.table({"item_id": pa.array([r[0] for r in rows], pa.int64()),
+                         "item_type": [r[1] for r in rows],
+                         "ts": pa.array([r[2] for r in rows], ts_type),
+                         "query_text": pa.array([r[3] for r in rows], pa.string())})
+
+    a = partial_stats(chunk([(1, "pin", 10, None), (2, "query", 5, "cats"), (1, "pin", 30, None)]))
+    b = partial_stats(chunk([(1, "pin", 3, None), (2, "query", 50, "cats")]))
+    got = combine_stats([a, b]).to_pylist()
+    us = lambda x: datetime.fromtimestamp(x / 1e6, timezone.utc)
+    assert [(r["item_id"], r["first_seen"], r["last_seen"], r["engagements"], r["query_text"])
+            for r in got] == [(1, us(3), us(30), 3, None), (2, us(5), us(50), 2, "cats")]
+
+
+def test_bench_dispatcher_lists_benchmarks_and_reports_missing_ones(capsys):
+    import argparse
+
+    from bench import cli
+
+    p = argparse.ArgumentParser()
+    cli.configure(p)
+    args = p.parse_args(["sequences", "--users", "10", "--json", "x.json"])
+    assert args.users == 10 and args.json == "x.json" and args.bench == "sequences"
+    assert "sequences" in cli.BENCHES and "score" in cli.BENCHES
