@@ -48,6 +48,7 @@ PINREC = "{{ var.value.get('PINREC_BIN', %s) }}" % repr(DEFAULT_BIN)
 LAKE = "{{ var.value.get('PINREC_LAKE', %s) }}" % repr(DEFAULT_LAKE)
 COMMON = "--ds {{ ds }} --lake " + LAKE
 MODEL_VERSION = "d{{ ds_nodash }}-{{ params.variant }}-{{ params.preset }}"  # one per ds and model kind
+INDEX_VERSION = "{{ ds }}." + MODEL_VERSION  # how `pinrec index` names the index it builds
 WARM_START_FLAGS = ""
 ARMS_FILE = LAKE + "/runs/params/{{ ds }}/arms.json"  # written by `pinrec gate params`
 
@@ -160,7 +161,8 @@ with DAG(
         task_id="sequences",
         bash_command=pinrec("sequences", "--window-days {{ params.lookback_days }}"),
     )
-    items = BashOperator(task_id="items", bash_command=pinrec("items"))
+    items = BashOperator(task_id="items",
+                         bash_command=pinrec("items", "--window-days {{ params.lookback_days }}"))
     # Model versions are immutable and named by ds, variant and preset, so a re-run of a ds
     # reuses the version it trained (identical downstream tables) instead of failing on it.
     train = BashOperator(
@@ -190,7 +192,8 @@ with DAG(
         retries=0,  # a failed gate is a decision, not a transient error
     )
     publish = BashOperator(task_id="publish",
-                           bash_command=pinrec("gate publish", f"--model-version {MODEL_VERSION}"))
+                           bash_command=pinrec("gate publish", f"--model-version {MODEL_VERSION} "
+                                                   f"--index-version {INDEX_VERSION}"))
 
     @task.short_circuit(task_id="maintenance_day", ignore_downstream_trigger_rules=False)
     def maintenance_day(ds=None, params=None) -> bool:

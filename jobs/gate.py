@@ -237,7 +237,28 @@ def run_check(args) -> int:
     out = lake.runs / "gate" / f"{args.ds}.json"
     out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(("PASSED: " if d.passed else "FAILED: ") + d.reason)
+    if not d.passed:
+        restore_serving_index(lake)
     return 0 if d.passed else EXIT_GATE_FAILED
+
+
+def serving_record_path(lake) -> Path:
+    return lake.runs / "gate" / "serving.json"
+
+
+def restore_serving_index(lake) -> None:
+    """`pinrec index` publishes the index it built for the candidate model; when the gate
+    rejects that model, point index/CURRENT back at the index published with the serving one."""
+    from pinrec.layout import current, publish
+
+    path = serving_record_path(lake)
+    if not path.exists():
+        return
+    index = json.loads(path.read_text()).get("index")
+    cur = current(lake, "index")
+    if index and (cur is None or cur.name != index) and lake.version_dir("index", index).is_dir():
+        publish(lake, "index", index)
+        print(f"index/CURRENT restored to {index}, the index of the serving model")
 
 
 def run_publish(args) -> int:
@@ -260,5 +281,8 @@ def run_publish(args) -> int:
     if index_version is not None:
         publish(lake, "index", index_version)
     publish_candidates(lake, args.ds)
+    record = {"ds": args.ds, "model": args.model_version, "index": index_version}
+    serving_record_path(lake).parent.mkdir(parents=True, exist_ok=True)
+    serving_record_path(lake).write_text(json.dumps(record, indent=2) + "\n")
     print(f"published model {args.model_version}, index {index_version}, candidates ds={args.ds}")
     return 0

@@ -137,7 +137,8 @@ def batch_day(cfg: DemoConfig, timings: Timings) -> None:
     step(timings, "score", ["score", *common, "--model-version", v, "--arms", str(arms_file)], logs)
     step(timings, "quality gate", ["gate", "check", *common, "--candidate-model", v,
                                    "--variant", cfg.variant], logs)
-    step(timings, "publish", ["gate", "publish", *common, "--model-version", v], logs)
+    step(timings, "publish", ["gate", "publish", *common, "--model-version", v,
+                              "--index-version", f"{ds}.{v}"], logs)
 
 
 def _run(cfg: DemoConfig, procs: "Procs", timings: Timings) -> int:

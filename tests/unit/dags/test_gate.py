@@ -120,12 +120,15 @@ def test_gate_check_and_publish_keep_previous_on_failure(tmp_path):
     assert current(lake, "models").name == "d20260101"
     assert published_candidates(lake) == "2026-01-01"
 
-    # day 2: recall drops 25 % > 5 %: exit 1, decision recorded, nothing published
+    # day 2: `pinrec index` publishes the index it built for the candidate model (i2) ...
+    publish(lake, "index", "i2")
+    # ... recall drops 25 % > 5 %: exit 1, decision recorded, nothing published, index restored
     assert pinrec(["gate", "check", "--ds", "2026-01-02", "--lake", root,
                    "--candidate-model", "d20260102", "--max-drop", "0.05"]) == 1
     record = json.loads((lake.runs / "gate" / "2026-01-02.json").read_text())
     assert record["passed"] is False and record["serving_model"] == "d20260101"
     assert current(lake, "models").name == "d20260101"
+    assert current(lake, "index").name == "i1"
     assert published_candidates(lake) == "2026-01-01"
 
     # day 3: 2.5 % drop is within 5 %: passes and publishes with an explicit index version

@@ -134,6 +134,10 @@ def test_rendered_commands(dag):
     score = pinrec_argv(render(dag, "score"))
     assert score[score.index("--model-version") + 1] == "d20260107-mt_oc-small"
     assert score[score.index("--arms") + 1].endswith("/runs/params/2026-01-07/arms.json")
+    pub = pinrec_argv(render(dag, "publish"))
+    from jobs.index import index_version
+
+    assert pub[pub.index("--index-version") + 1] == index_version("2026-01-07", "d20260107-mt_oc-small")
     seq = pinrec_argv(render(dag, "sequences", lookback_days=30))
     assert seq[seq.index("--window-days") + 1] == "30"
 
