@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 POPULARITY = "popularity"
 
 
-@dataclass(frozen=True)
-class Rec:
+class Rec(NamedTuple):  # a tuple, not a dataclass: thousands are built per second on the hot path
     item_id: int
     score: float
     outcome: str
@@ -28,11 +28,12 @@ class CandidateStore:
     ds: str | None
     arms: dict[str, dict[str, float]]          # arm -> budget
     model_version: str | None
-    index: dict[tuple[int, str], tuple[int, int]]
+    index: dict[tuple[int, str], dict[str, tuple[int, int]]]   # (user, arm) -> outcome -> rows
     item_ids: np.ndarray
     scores: np.ndarray
     outcomes: np.ndarray
     popular: list[int] = field(default_factory=list)
+    _popular_recs: list[Rec] = field(default_factory=list, repr=False)
 
     @staticmethod
     def empty(popular: list[int] | None = None) -> "CandidateStore":
@@ -42,16 +43,20 @@ class CandidateStore:
     @staticmethod
     def from_table(table, ds: str, popular: list[int] | None = None) -> "CandidateStore":
         """`table`: one candidates partition (CANDIDATES_SCHEMA columns)."""
-        t = table.sort_by([("user_id", "ascending"), ("arm", "ascending"), ("rank", "ascending")])
+        t = table.sort_by([("user_id", "ascending"), ("arm", "ascending"),
+                           ("outcome", "ascending"), ("rank", "ascending")])
         users = t.column("user_id").to_numpy()
         arms = np.asarray(t.column("arm").to_pylist(), dtype=object)
+        outs = np.asarray(t.column("outcome").fill_null("any").to_pylist(), dtype=object)
         budgets = t.column("budget").to_pylist()
         arm_budget: dict[str, dict[str, float]] = {}
-        index: dict[tuple[int, str], tuple[int, int]] = {}
+        index: dict[tuple[int, str], dict[str, tuple[int, int]]] = {}
         start = 0
         for i in range(1, len(users) + 1):
-            if i == len(users) or users[i] != users[start] or arms[i] != arms[start]:
-                index[(int(users[start]), str(arms[start]))] = (start, i)
+            if (i == len(users) or users[i] != users[start] or arms[i] != arms[start]
+                    or outs[i] != outs[start]):
+                key = (int(users[start]), str(arms[start]))
+                index.setdefault(key, {})[str(outs[start])] = (start, i)
                 if arms[start] not in arm_budget:
                     arm_budget[str(arms[start])] = json.loads(budgets[start] or "{}")
                 start = i
@@ -60,22 +65,32 @@ class CandidateStore:
             ds=ds, arms=arm_budget, model_version=versions[0] if len(versions) == 1 else None,
             index=index, item_ids=t.column("item_id").to_numpy(),
             scores=t.column("score").fill_null(0.0).to_numpy(),
-            outcomes=np.asarray(t.column("outcome").to_pylist(), dtype=object),
+            outcomes=outs,
             popular=popular if popular is not None else most_frequent(t.column("item_id").to_numpy()))
 
-    def get(self, user_id: int, arm: str) -> list[Rec]:
-        span = self.index.get((user_id, arm))
-        if span is None:
+    def get(self, user_id: int, arm: str, limits: dict[str, int] | None = None,
+            default_limit: int | None = None) -> list[Rec]:
+        """The user's candidates for the arm, per outcome in rank order; at most `limits[outcome]`
+        (else `default_limit`) per outcome: the hot path builds only what a response can use."""
+        spans = self.index.get((user_id, arm))
+        if spans is None:
             return []
-        a, b = span
-        return [Rec(int(self.item_ids[i]), float(self.scores[i]), str(self.outcomes[i]), "precomputed")
-                for i in range(a, b)]
+        out = []
+        for outcome, (a, b) in spans.items():
+            lim = (limits or {}).get(outcome, default_limit)
+            b = b if lim is None else min(b, a + lim)
+            ids, scores = self.item_ids[a:b].tolist(), self.scores[a:b].tolist()
+            out += [Rec(i, s, outcome, "precomputed") for i, s in zip(ids, scores)]
+        return out
 
     def popularity(self, n: int, exclude: set[int]) -> list[Rec]:
+        if len(self._popular_recs) != len(self.popular):
+            self._popular_recs = [Rec(item, float(-r), POPULARITY, POPULARITY)
+                                  for r, item in enumerate(self.popular)]
         out = []
-        for rank, item in enumerate(self.popular):
-            if item not in exclude:
-                out.append(Rec(item, float(-rank), POPULARITY, POPULARITY))
+        for rec in self._popular_recs:
+            if rec.item_id not in exclude:
+                out.append(rec)
                 if len(out) >= n:
                     break
         return out

@@ -27,6 +27,7 @@ class Regenerator:
     # All embeddings in one decode step (the paper's multi-token generation): one forward pass
     # instead of num_embeddings/4, which is what makes CPU regeneration fit a request budget.
     tokens_per_step: int | None = 16
+    overfetch: float = 2.0
 
     def __post_init__(self):
         self._lock = threading.Lock()  # torch on 2 cores: one generation at a time is fastest
@@ -44,7 +45,7 @@ class Regenerator:
         with self._lock:
             k = self.tokens_per_step if self.model.config.offset_conditioned else None
             cands = generate_candidates(self.model, [h], self.features, budget, n, self.retriever,
-                                        tokens_per_step=k)[0]
+                                        tokens_per_step=k, overfetch=self.overfetch)[0]
         return [Rec(c.item_id, c.score, c.outcome, "regenerated") for c in cands]
 
 

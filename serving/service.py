@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.candidates import CandidateStore, load_candidate_store
-from serving.merge import blend, sources_of
+from serving.merge import blend, quotas, sources_of
 from serving.signals import BatchSequences, load_batch_sequences, merge_history
 
 MAX_N = 1000
@@ -98,8 +98,11 @@ class RecommendationService:
         cutoff = self.sequences.cutoff_us
         tail = self.store.tail(user_id, since_us=cutoff or 0)
         engaged = {e.item_id for e in tail if e.item_type == "pin"}
-        pre = self.candidates.get(user_id, arm) if arm else []
         budget = self.candidates.arms.get(arm, {}) if arm else {}
+        # Per outcome a response uses its quota, plus what engaged items remove, plus slack
+        # for outcomes that run short (the blend fills those from the others).
+        limits = {a: 2 * q + len(engaged) for a, q in quotas(budget, n).items()}
+        pre = self.candidates.get(user_id, arm, limits, default_limit=n + len(engaged)) if arm else []
         regen, notes = [], []
         fresh = bool(tail) or bool(query and query.strip())
         if fresh and self.regenerator is not None and budget:

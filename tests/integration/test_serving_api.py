@@ -115,8 +115,13 @@ def test_user_without_history_gets_marked_popularity_fallback(api):
 def test_query_regenerates_for_a_user_with_no_events(api):
     _, port = api
     status, r = get(port, "/v1/recommendations/123457?n=5&arm=saves&query=red%20shoes")
-    assert status == 200 and r["sources"] == ["regenerated", "query"] and r["fallback"] is None
-    assert all(i["outcome"] == "repin" for i in r["items"])
+    assert status == 200 and r["fallback"] is None and len(r["items"]) == 5
+    assert r["sources"][0] == "regenerated" and r["sources"][-1] == "query"
+    # regenerated first; a random-weight model may retrieve fewer than n distinct items from a
+    # one-token history, and the blend then fills from popularity (never leaves slots empty)
+    assert r["items"][0]["source"] == "regenerated"
+    assert all(i["outcome"] == "repin" for i in r["items"] if i["source"] == "regenerated")
+    assert set(r["sources"]) <= {"regenerated", "popularity", "query"}
 
 
 @pytest.mark.parametrize("path,token,status,msg", [
