@@ -68,6 +68,12 @@ def shell_quote(value) -> str:
     return shlex.quote(str(value))
 
 
+def last_days(ds: str, n: int) -> list[str]:
+    """ds and the n-1 days before it, newest first."""
+    day = datetime.strptime(ds, "%Y-%m-%d")
+    return [(day - timedelta(days=i)).strftime("%Y-%m-%d") for i in range(n)]
+
+
 def warm_start_flags(ds: str, full_every_days: int) -> str:
     """Flags `pinrec train` gets on warm-start days. Empty for now: `pinrec train` has no
     warm-start option yet, so every day is a full retrain until it does (see docs/ops.md)."""
@@ -139,7 +145,8 @@ with DAG(
     default_args=default_args,
     params=params,
     render_template_as_native_obj=False,
-    user_defined_macros={"train_mode": train_mode, "warm_start_flags": warm_start_flags},
+    user_defined_macros={"train_mode": train_mode, "warm_start_flags": warm_start_flags,
+                         "last_days": last_days},
     user_defined_filters={"shquote": shell_quote},
     tags=["pinrec", "batch"],
     doc_md=__doc__,
@@ -199,7 +206,12 @@ with DAG(
     def maintenance_day(ds=None, params=None) -> bool:
         return datetime.strptime(ds, "%Y-%m-%d").weekday() == int(params["maintenance_weekday"])
 
-    maintenance = BashOperator(task_id="maintenance", bash_command=pinrec("maintenance"))
+    # Weekly: compact the partitions the last 7 runs wrote, then vacuum (safe retention).
+    maintenance = BashOperator(
+        task_id="maintenance",
+        bash_command=f"{PINREC} maintenance --lake {LAKE} "
+                     "{% for d in last_days(ds, 7) %}--ds {{ d }} {% endfor %}",
+    )
 
     @task(task_id="serving_health", retries=1)
     def serving_health() -> str:

@@ -38,7 +38,7 @@ def test_dag_task_order_matches_the_demo(monkeypatch):
     order = [t.task_id for t in dag.topological_sort()]
     bash = [t for t in order if hasattr(dag.get_task(t), "bash_command")]
     # the group follows the `{{ var.value.get('PINREC_BIN', ...) }}` of every command
-    groups = [re.search(r"\}\}\s+(gate \w+|\w+)\s+--ds", dag.get_task(t).bash_command).group(1)
+    groups = [re.search(r"\}\}\s+(gate \w+|\w+)\s+--", dag.get_task(t).bash_command).group(1)
               for t in bash]
     expected_prefix = ["gate landing", "gate params", "sequences", "items", "train", "index",
                        "score", "gate check", "gate publish"]

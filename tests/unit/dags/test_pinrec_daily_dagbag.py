@@ -138,6 +138,9 @@ def test_rendered_commands(dag):
     from jobs.index import index_version
 
     assert pub[pub.index("--index-version") + 1] == index_version("2026-01-07", "d20260107-mt_oc-small")
+    maint = pinrec_argv(render(dag, "maintenance"))
+    assert [maint[i + 1] for i, a in enumerate(maint) if a == "--ds"] == [
+        f"2026-01-{d:02d}" for d in range(7, 0, -1)]
     seq = pinrec_argv(render(dag, "sequences", lookback_days=30))
     assert seq[seq.index("--window-days") + 1] == "30"
 
