@@ -144,15 +144,26 @@ def test_sigterm_commits_and_exits_cleanly(broker, tmp_path):
     n = 2000
     produce(ReplayConfig(broker.bootstrap, topic),
             event_messages(synthetic_events(n, 20, 100, start_us=now_us() - n * 1000)))
+    from streaming.broker import free_port
+
+    mport = free_port()
     cmd = [str(Path(sys.executable).parent / "pinrec"), "stream", "consume", "--bootstrap", broker.bootstrap,
            "--topic", topic, "--dlq-topic", dlq, "--group", "term", "--db", str(tmp_path / "db"),
-           "--no-sweep", "--log-every-s", "0.2", "--lake", str(tmp_path / "lake")]
+           "--no-sweep", "--log-every-s", "0.2", "--lake", str(tmp_path / "lake"),
+           "--metrics-port", str(mport)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 60
     while sum(v or 0 for v in committed(broker.bootstrap, "term", topic, 2).values()) < n:
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
         time.sleep(0.5)
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    assert f"pinrec_stream_events_stored_total {n}" in text
+    assert "pinrec_stream_dlq_total 0" in text and "pinrec_stream_commit_ms_p99" in text
+    assert sum(int(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+               if ln.startswith("pinrec_stream_committed_offset{")) == n
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
