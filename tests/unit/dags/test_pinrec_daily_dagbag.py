@@ -178,3 +178,18 @@ def test_train_mode_full_on_cadence_warm_otherwise(dag):
     ds = f"2026-02-{full_days[0]:02d}"
     assert days_since_epoch(ds) % 7 == 0
     assert train_mode("2026-02-03", 1) == "full"
+
+
+def test_failure_callback_says_what_failed_and_how_to_rerun(dag, caplog):
+    from types import SimpleNamespace
+
+    task = dag.get_task("score")
+    cb = task.on_failure_callback
+    cb = cb[0] if isinstance(cb, list) else cb
+    ti = SimpleNamespace(task_id="score", try_number=3, log_url="http://ui/log")
+    with caplog.at_level("ERROR"):
+        cb({"ti": ti, "ds": "2026-01-03", "task": task, "run_id": "backfill__2026-01-04"})
+    text = caplog.text
+    assert "task score for ds=2026-01-03 (try 3)" in text
+    assert "airflow tasks clear pinrec_daily -t '^score$' -s 2026-01-03 -e 2026-01-03" in text
+    assert "pinrec')" in text and "score --ds" in text  # the task's own command, to run by hand
