@@ -60,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
     from serving.http_api import make_server
     from serving.service import RecommendationService
 
+    import sys
+
     token = read_token(args.token_file)
+    # Hand the GIL over every 0.5 ms instead of 5 ms: a request thread waiting behind a
+    # CPU-bound regeneration would otherwise queue for whole 5 ms slices.
+    sys.setswitchinterval(0.0005)
     svc = RecommendationService.load(serving_config(args))
     srv = make_server(svc, token, args.host, args.port)
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: close the store cleanly

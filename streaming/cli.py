@@ -54,6 +54,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     r.add_argument("--seed", type=int, default=0, help="with --synthetic")
     r.add_argument("--start-us", type=int, default=None,
                    help="with --synthetic: first event ts (default: now - N ms)")
+    r.add_argument("--id-prefix", default="syn",
+                   help="with --synthetic: event ids are hash(prefix, i); use distinct prefixes "
+                        "for producers running side by side")
 
     s = sub.add_parser("sweep", help="drop events older than the newest sequences cutoff "
                        "(run while the consumer is stopped; the consumer also sweeps itself)")
@@ -99,7 +102,7 @@ def _replay(args) -> int:
     else:
         start = args.start_us or int(time.time() * 1e6) - args.synthetic * 1000
         msgs = rp.event_messages(rp.synthetic_events(args.synthetic, args.users, 100_000,
-                                                     start, args.seed))
+                                                     start, args.seed, prefix=args.id_prefix))
     t0 = time.perf_counter()
     n = rp.produce(cfg, msgs, progress=lambda k: print(f"  {k} sent", file=sys.stderr))
     dt = time.perf_counter() - t0

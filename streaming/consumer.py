@@ -37,6 +37,9 @@ class ConsumerConfig:
     # Small batches keep a fetch in flight while one is processed: 500 drained Tansu at
     # 11-27k events/s here where 5000 gave 7.5-9k (measured under load, bench/stream_bench.py).
     max_poll_records: int = 500
+    # How long the broker may hold a fetch open waiting for data; it bounds how stale a quiet
+    # partition's newest event can be before it is stored (the produce->readable latency).
+    fetch_max_wait_ms: int = 50
     # Tansu's group join takes about half of session_timeout_ms (DESIGN.md §4).
     session_timeout_ms: int = 6000
     heartbeat_ms: int = 2000
@@ -94,6 +97,7 @@ class ConsumerRunner:
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=c.session_timeout_ms, heartbeat_interval_ms=c.heartbeat_ms,
             max_poll_records=c.max_poll_records, fetch_max_bytes=64 << 20,
+            fetch_max_wait_ms=c.fetch_max_wait_ms,
             max_partition_fetch_bytes=8 << 20)
         self.consumer.subscribe([c.topic], listener=_commit_on_revoke(self))
 
