@@ -272,12 +272,13 @@ class LakeTables:
               else spark.createDataFrame([], schema))
         return df.select(*columns) if columns else df
 
-    def stage_spark(self, table: str, df, ds: str) -> Path:
-        """Write a Spark DataFrame as Parquet into a fresh staging folder inside the table
-        (not yet part of it); `commit_spark_output` makes it partition `ds`."""
-        staging = self.staging_dir(table, ds)
+    def stage_spark(self, table: str, df, ds: str, staging: Path | None = None) -> Path:
+        """Write a Spark DataFrame as Parquet into a staging folder inside the table (a fresh
+        one unless given; not yet part of the table); `commit_spark_output` makes it partition
+        `ds`, together with any other Parquet file put there."""
+        staging = staging or self.staging_dir(table, ds)
         cols = [f.name for f in TABLE_SCHEMAS[table] if f.name not in PARTITION_COLUMNS[table]]
-        df.select(*cols).write.mode("errorifexists").parquet(str(staging))
+        df.select(*cols).write.mode("append").parquet(str(staging))
         return staging
 
     def write_spark_partition(self, table: str, df, ds: str) -> int:

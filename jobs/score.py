@@ -45,6 +45,7 @@ class ScoreConfig:
     tokens_per_step: int | None = None
     compression_threshold: float | None = None
     max_users: int | None = None  # for smoke runs and benchmarks
+    bf16: bool = True  # autocast the model to bfloat16 on CUDA (inference; CPU stays fp32)
 
     def __post_init__(self):
         parse_ds(self.ds)
@@ -149,8 +150,15 @@ def score_batches(m, batches: Iterable[pa.RecordBatch], features, retriever, arm
                   cfg: ScoreConfig, model_version: str, spool: SpoolWriter,
                   timings: Timings, progress=None) -> Iterator[int]:
     """The scoring loop shared by the job and the bench: yields users done per batch."""
+    import contextlib
+
+    import torch
+
     from pinrec_model.api import generate_candidates
 
+    on_cuda = str(m.device).startswith("cuda")
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda and cfg.bf16 \
+        else contextlib.nullcontext
     generated_at = cutoff_us(cfg.ds)
     budgets = {a: json.dumps(b, sort_keys=True) for a, b in arms.items()}
     t0 = time.perf_counter()
@@ -160,9 +168,10 @@ def score_batches(m, batches: Iterable[pa.RecordBatch], features, retriever, arm
         timings.read += t1 - t0
         out = []
         for arm, budget in arms.items():
-            res = generate_candidates(m, histories, features, budget, cfg.n, retriever,
-                                      tokens_per_step=cfg.tokens_per_step,
-                                      compression_threshold=cfg.compression_threshold)
+            with amp():
+                res = generate_candidates(m, histories, features, budget, cfg.n, retriever,
+                                          tokens_per_step=cfg.tokens_per_step,
+                                          compression_threshold=cfg.compression_threshold)
             out.append(candidate_rows(histories, res, arm, budgets[arm], model_version, generated_at))
         t2 = time.perf_counter()
         timings.generate += t2 - t1

@@ -11,10 +11,11 @@ The `max_len` most recent events of the new window are therefore among (previous
 sequence) + (day ds), because anything the previous cap dropped is older than everything it
 kept. So only users who were active on ds, or whose oldest kept event fell out of the window,
 are rebuilt (explode + the same `build_sequences`, in Spark); every other row is copied with the
-new `cutoff_ts`/`ds`. With the delta-rs back end that copy is file to file in Arrow batches
-(`copy_untouched`), because Spark's row-wise Parquet writer spends ~10x longer re-encoding
-nested arrays that did not change; with delta-spark the copy stays in Spark. No 365-day
-shuffle either way, which is what makes the daily update cheap.
+new `cutoff_ts`/`ds`. With the delta-rs back end one Arrow pass over ds-1 (`split_previous`)
+copies those rows file to file and hands only the rows to rebuild to Spark, because Spark's
+row-wise Parquet reader and writer spend ~10x longer on nested arrays that did not change;
+with delta-spark (a cluster) the whole update stays in Spark (`build_incremental`). No
+365-day shuffle either way, which is what makes the daily update cheap.
 
 De-duplication is by `event_id` (the idempotency key; at-least-once delivery repeats events
 with the same payload). When copies disagree, the smallest (ts, item, type, action, surface)
@@ -23,6 +24,7 @@ wins, so the choice does not depend on partitioning.
 from __future__ import annotations
 
 import argparse
+import shutil
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -117,12 +119,9 @@ def explode_sequences(seqs):
             .select("user_id", *[F.col(f"z.{c}").alias(f) for c, f in ARRAY_COLUMNS]))
 
 
-def build_incremental(prev, day_events, ds: str, start_us: int, cutoff_us_: int, max_len: int,
-                      copy_untouched: bool = True):
+def build_incremental(prev, day_events, ds: str, start_us: int, cutoff_us_: int, max_len: int):
     """sequences@(ds-1) + events of day ds -> sequences@ds (same rows as a full rebuild).
-
-    With `copy_untouched=False` only the rebuilt rows are returned; the caller copies the
-    others (see `untouched_mask`, the exact complement of the rows rebuilt here)."""
+    `untouched_mask` is the Arrow twin of the split made here."""
     from pyspark.sql import functions as F
 
     day = day_events.select("user_id", *EVENT_FIELDS)
@@ -134,8 +133,6 @@ def build_incremental(prev, day_events, ds: str, start_us: int, cutoff_us_: int,
     rebuild_prev = marked.where("_rebuild").drop("_active", "_rebuild")
     rebuilt = build_sequences(explode_sequences(rebuild_prev).unionByName(day), ds, start_us,
                               cutoff_us_, max_len)
-    if not copy_untouched:
-        return rebuilt
     untouched = marked.where(~F.col("_rebuild"))
     kept = _finish(untouched.select("user_id", *[c for c, _ in ARRAY_COLUMNS]), ds, cutoff_us_)
     return kept.unionByName(rebuilt)
@@ -152,10 +149,10 @@ def untouched_mask(batch, active_ids, start_us: int):
                    pc.greater_equal(first, pa.scalar(start_us, pa.int64())))
 
 
-def copy_untouched(tables, prev_ds: str, active_ids, start_us: int, cutoff_us_: int,
-                   out_dir) -> int:
-    """Copy the untouched rows of sequences@prev_ds into `out_dir` with the new cutoff_ts,
-    batch by batch (bounded memory). Returns the number of rows copied."""
+def split_previous(tables, prev_ds: str, active_ids, start_us: int, cutoff_us_: int, out_dir):
+    """One Arrow pass over sequences@prev_ds. Untouched rows are copied into `out_dir` with the
+    new cutoff_ts, batch by batch (bounded memory); the rows to rebuild are returned exploded
+    to events (user_id + EVENT_FIELDS), ready for `build_sequences`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -163,18 +160,37 @@ def copy_untouched(tables, prev_ds: str, active_ids, start_us: int, cutoff_us_: 
 
     schema = pa.schema([f for f in SEQUENCES_SCHEMA if f.name != "ds"])
     cutoff = pa.scalar(cutoff_us_, pa.timestamp("us", tz="UTC"))
-    n = 0
+    touched = []
     scanner = tables.dataset("sequences", [prev_ds]).scanner(columns=schema.names, batch_size=65_536)
-    with pq.ParquetWriter(str(out_dir / "part-untouched.parquet"), schema,
-                          compression="snappy") as w:
+    with pq.ParquetWriter(str(out_dir / "part-untouched.parquet"), schema, compression="snappy") as w:
         for batch in scanner.to_batches():
-            kept = batch.filter(untouched_mask(batch, active_ids, start_us))
+            mask = untouched_mask(batch, active_ids, start_us)
+            kept = batch.filter(mask)
             if kept.num_rows:
                 kept = kept.set_column(schema.get_field_index("cutoff_ts"), "cutoff_ts",
                                        pa.repeat(cutoff, kept.num_rows))
                 w.write_batch(pa.RecordBatch.from_arrays(kept.columns, schema=schema))
-                n += kept.num_rows
-    return n
+            rest = batch.filter(pa.compute.invert(mask))
+            if rest.num_rows:
+                touched.append(explode_arrow(rest))
+    return pa.concat_tables(touched) if touched else explode_arrow(schema.empty_table())
+
+
+def explode_arrow(seqs):
+    """Arrow twin of explode_sequences: one row per element, columns user_id + EVENT_FIELDS."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pinrec.contracts import EVENTS_SCHEMA
+
+    lists = {c: seqs.column(c) for c, _ in ARRAY_COLUMNS}
+    lists = {c: a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for c, a in lists.items()}
+    parent = pc.list_parent_indices(lists["item_ids"])
+    cols = {"user_id": pc.take(seqs.column("user_id"), parent)}
+    for c, f in ARRAY_COLUMNS:
+        cols[f] = pc.list_flatten(lists[c])
+    schema = pa.schema([EVENTS_SCHEMA.field(n) for n in ("user_id", *EVENT_FIELDS)])
+    return pa.table([cols[n] for n in schema.names], schema=schema)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +204,7 @@ def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
     import pyarrow.dataset as pads
 
     from jobs.lake import open_tables
+    from jobs.spark import spark_schema
 
     tables = open_tables(Lake.at(cfg.lake), spark)
     if not tables.exists("events"):
@@ -205,21 +222,28 @@ def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
     if not have_prev:
         raise ValueError(f"--mode incremental needs sequences for {prev_ds}; run that day "
                          f"first or use --mode full")
-    prev = tables.read_spark(spark, "sequences", [prev_ds]).drop("length", "cutoff_ts")
     day = tables.read_spark(spark, "events", [cfg.ds])
     day = day.where(day.ts >= _us_to_ts(cutoff - DAY_US))
-    arrow_copy = hasattr(tables, "stage_spark")
-    df = build_incremental(prev, day, cfg.ds, start, cutoff, cfg.max_len,
-                           copy_untouched=not arrow_copy)
-    if not arrow_copy:
+    prev = tables.read_spark(spark, "sequences", [prev_ds]).drop("length", "cutoff_ts")
+    if not hasattr(tables, "stage_spark"):  # delta-spark: the whole update stays in Spark
+        df = build_incremental(prev, day, cfg.ds, start, cutoff, cfg.max_len)
         return mode, tables.write_spark_partition("sequences", df.sortWithinPartitions("user_id"), cfg.ds)
-    staging = tables.stage_spark("sequences", df.sortWithinPartitions("user_id"), cfg.ds)
-    # The same `active` set as the Spark side: users with an event of ds inside the day.
+    # delta-rs: one Arrow pass splits ds-1 into copied rows and rows to rebuild in Spark.
     day_start = pa.scalar(cutoff - DAY_US, pa.timestamp("us", tz="UTC"))
     day_users = tables.read("events", [cfg.ds], columns=["user_id"],
                             filter=pads.field("ts") >= day_start).column("user_id")
     active = pc.unique(day_users.combine_chunks()) if day_users.num_chunks else pa.array([], pa.int64())
-    copy_untouched(tables, prev_ds, active, start, cutoff, staging)
+    staging = tables.staging_dir("sequences", cfg.ds)
+    staging.mkdir(parents=True)
+    try:
+        touched = split_previous(tables, prev_ds, active, start, cutoff, staging)
+        touched_df = spark.createDataFrame(touched, schema=spark_schema(touched.schema))
+        df = build_sequences(touched_df.unionByName(day.select("user_id", *EVENT_FIELDS)),
+                             cfg.ds, start, cutoff, cfg.max_len)
+        tables.stage_spark("sequences", df.sortWithinPartitions("user_id"), cfg.ds, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return mode, tables.commit_spark_output("sequences", staging, cfg.ds)
 
 
