@@ -50,6 +50,7 @@ COMMON = "--ds {{ ds }} --lake " + LAKE
 MODEL_VERSION = "d{{ ds_nodash }}-{{ params.variant }}-{{ params.preset }}"  # one per ds and model kind
 INDEX_VERSION = "{{ ds }}." + MODEL_VERSION  # how `pinrec index` names the index it builds
 WARM_START_FLAGS = ""
+DS_TABLES = ("events", "sequences", "items", "candidates")  # partitioned by ds
 ARMS_FILE = LAKE + "/runs/params/{{ ds }}/arms.json"  # written by `pinrec gate params`
 
 
@@ -207,9 +208,10 @@ with DAG(
         return datetime.strptime(ds, "%Y-%m-%d").weekday() == int(params["maintenance_weekday"])
 
     # Weekly: compact the partitions the last 7 runs wrote, then vacuum (safe retention).
+    # Only the ds-partitioned tables: `--ds` does not apply to the unpartitioned item_features.
     maintenance = BashOperator(
         task_id="maintenance",
-        bash_command=f"{PINREC} maintenance --lake {LAKE} "
+        bash_command=f"{PINREC} maintenance --lake {LAKE} --tables {','.join(DS_TABLES)} "
                      "{% for d in last_days(ds, 7) %}--ds {{ d }} {% endfor %}",
     )
 
