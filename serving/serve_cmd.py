@@ -11,8 +11,9 @@ from pinrec.cli import UserError, add_lake_arg
 
 def add_serving_args(p: argparse.ArgumentParser) -> None:
     add_lake_arg(p)
-    p.add_argument("--db", default=None,
-                   help="the consumer's RocksDB folder (default: $PINREC_REALTIME_DB or <lake>/realtime/rocksdb)")
+    p.add_argument("--db", action="append", default=None,
+                   help="the consumer's RocksDB folder (default: $PINREC_REALTIME_DB or "
+                        "<lake>/realtime/rocksdb); repeat it for one store per consumer")
     p.add_argument("--no-regenerate", action="store_true",
                    help="never regenerate candidates on CPU from fresh events")
     p.add_argument("--regen-share", type=float, default=0.5,
@@ -25,7 +26,8 @@ def serving_config(args):
 
     if not 0.0 <= args.regen_share <= 1.0:
         raise UserError(f"--regen-share must be within 0..1, got {args.regen_share}")
-    return ServingConfig(lake=Path(args.lake), db_path=Path(args.db or default_db(args.lake)),
+    dbs = tuple(Path(d) for d in (args.db or [default_db(args.lake)]))
+    return ServingConfig(lake=Path(args.lake), db_paths=dbs,
                          regenerate=not args.no_regenerate, regen_share=args.regen_share)
 
 

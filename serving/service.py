@@ -25,8 +25,10 @@ class BadRequest(ValueError):
 @dataclass(frozen=True)
 class ServingConfig:
     lake: Path
-    db_path: Path
-    secondary_dir: Path | None = None   # where the RocksDB secondary keeps its own files
+    # One RocksDB per consumer (shard); a user's events may sit in several after a rebalance,
+    # so the tail is read from all of them and merged (the merge rule de-duplicates).
+    db_paths: tuple[Path, ...]
+    secondary_dir: Path | None = None   # where the RocksDB secondaries keep their own files
     regenerate: bool = True
     regen_share: float = 0.5            # share of each outcome's quota from regenerated items
     max_history: int = 512
@@ -36,11 +38,11 @@ class ServingConfig:
 
 class RecommendationService:
     def __init__(self, cfg: ServingConfig, candidates: CandidateStore, sequences: BatchSequences,
-                 store, regenerator=None, regen_unavailable: str = ""):
+                 stores: list, regenerator=None, regen_unavailable: str = ""):
         self.cfg = cfg
         self.candidates = candidates
         self.sequences = sequences
-        self.store = store
+        self.stores = stores
         self.regenerator = regenerator
         self.regen_unavailable = regen_unavailable if regenerator is None else ""
         self._stop = threading.Event()
@@ -51,14 +53,15 @@ class RecommendationService:
         from streaming.store import RealtimeStore
 
         sec = cfg.secondary_dir or Path(tempfile.mkdtemp(prefix="pinrec-rocksdb-secondary-"))
-        store = RealtimeStore.open_secondary(cfg.db_path, sec)
+        stores = [RealtimeStore.open_secondary(p, sec / f"shard-{i}")
+                  for i, p in enumerate(cfg.db_paths)]
         regen, why = None, "disabled by configuration"
         if cfg.regenerate:
             from serving.regenerate import load_regenerator
 
             regen, why = load_regenerator(cfg.lake, cfg.torch_threads)
         svc = RecommendationService(cfg, load_candidate_store(cfg.lake),
-                                    load_batch_sequences(cfg.lake), store, regen, why)
+                                    load_batch_sequences(cfg.lake), stores, regen, why)
         svc.start_following()
         return svc
 
@@ -66,7 +69,8 @@ class RecommendationService:
         """Catch up with the consumer's writes every `catch_up_ms`, off the request path."""
         def loop():
             while not self._stop.wait(self.cfg.catch_up_ms / 1000):
-                self.store.catch_up()
+                for store in self.stores:
+                    store.catch_up()
 
         self._follower = threading.Thread(target=loop, daemon=True, name="rocksdb-follower")
         self._follower.start()
@@ -75,7 +79,14 @@ class RecommendationService:
         self._stop.set()
         if self._follower is not None:
             self._follower.join(5)
-        self.store.close()
+        for store in self.stores:
+            store.close()
+
+    def tail(self, user_id: int, since_us: int) -> list:
+        if len(self.stores) == 1:
+            return self.stores[0].tail(user_id, since_us=since_us)
+        events = {e.event_id: e for store in self.stores for e in store.tail(user_id, since_us=since_us)}
+        return sorted(events.values(), key=lambda e: (e.ts_us, e.event_id))
 
     @property
     def default_arm(self) -> str | None:
@@ -96,7 +107,7 @@ class RecommendationService:
         arm = self.validate(n, arm)
         now_us = now_us if now_us is not None else int(time.time() * 1e6)
         cutoff = self.sequences.cutoff_us
-        tail = self.store.tail(user_id, since_us=cutoff or 0)
+        tail = self.tail(user_id, cutoff or 0)
         engaged = {e.item_id for e in tail if e.item_type == "pin"}
         budget = self.candidates.arms.get(arm, {}) if arm else {}
         # Per outcome a response uses its quota, plus what engaged items remove, plus slack

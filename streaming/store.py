@@ -45,6 +45,7 @@ class RealtimeStore:
         if not (path / "CURRENT").exists():
             # Serving may start before the consumer ever ran: create an empty store to follow.
             RealtimeStore.open(path).close()
+        Path(secondary_dir).mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.set_max_open_files(-1)  # required for secondary instances
         db = Rdict(str(path), options=opts,

@@ -42,7 +42,7 @@ def lake(tmp_path_factory):
 @pytest.fixture(scope="module")
 def api(lake):
     root, _ = lake
-    svc = RecommendationService.load(ServingConfig(root / "lake", root / "db",
+    svc = RecommendationService.load(ServingConfig(root / "lake", (root / "db",),
                                                    secondary_dir=root / "sec", catch_up_ms=20))
     srv = make_server(svc, TOKEN, port=0)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -179,3 +179,23 @@ def test_pinrec_serve_and_recommend_commands(lake, tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+
+
+def test_tail_is_merged_across_consumer_stores(lake, tmp_path):
+    """Two consumers, two stores: a user whose partition moved has events in both."""
+    root, _ = lake
+    a, b = RealtimeStore.open(tmp_path / "a"), RealtimeStore.open(tmp_path / "b")
+    a.apply([Event("s1", 21, 701, "pin", "repin", "homefeed", CUT + 10),
+             Event("s2", 21, 702, "pin", "repin", "homefeed", CUT + 30)])
+    b.apply([Event("s3", 21, 703, "pin", "repin", "homefeed", CUT + 20),
+             Event("s2", 21, 702, "pin", "repin", "homefeed", CUT + 30)])  # re-delivered copy
+    a.close()
+    b.close()
+    svc = RecommendationService.load(ServingConfig(root / "lake", (tmp_path / "a", tmp_path / "b"),
+                                                   secondary_dir=tmp_path / "sec", regenerate=False))
+    try:
+        assert [e.event_id for e in svc.tail(21, CUT)] == ["s1", "s3", "s2"]
+        r = svc.recommend(21, n=30, arm="control")
+        assert r["fresh_events"] == 3 and not {701, 702, 703} & {i["item_id"] for i in r["items"]}
+    finally:
+        svc.close()
