@@ -11,11 +11,12 @@ The `max_len` most recent events of the new window are therefore among (previous
 sequence) + (day ds), because anything the previous cap dropped is older than everything it
 kept. So only users who were active on ds, or whose oldest kept event fell out of the window,
 are rebuilt (explode + the same `build_sequences`, in Spark); every other row is copied with the
-new `cutoff_ts`/`ds`. With the delta-rs back end one Arrow pass over ds-1 (`split_previous`)
-copies those rows file to file and hands only the rows to rebuild to Spark, because Spark's
-row-wise Parquet reader and writer spend ~10x longer on nested arrays that did not change;
-with delta-spark (a cluster) the whole update stays in Spark (`build_incremental`). No
-365-day shuffle either way, which is what makes the daily update cheap.
+new `cutoff_ts`/`ds`. No 365-day shuffle, which is what makes the daily update cheap. With
+delta-spark (a cluster) the update runs in Spark (`build_incremental`); with the embedded
+delta-rs back end it runs in Arrow in one streaming pass (`jobs/sequences_arrow.py`), because
+Spark's fixed cost per job and its row-wise handling of nested arrays cost more than the
+whole update on one machine. Tests and `pinrec bench sequences` check both against the full
+Spark rebuild.
 
 De-duplication is by `event_id` (the idempotency key; at-least-once delivery repeats events
 with the same payload). When copies disagree, the smallest (ts, item, type, action, surface)
@@ -138,73 +139,25 @@ def build_incremental(prev, day_events, ds: str, start_us: int, cutoff_us_: int,
     return kept.unionByName(rebuilt)
 
 
-def untouched_mask(batch, active_ids, start_us: int):
-    """Arrow twin of the Spark split above: rows whose user was not active on ds and whose
-    oldest event is still inside the window."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    first = pc.list_element(batch.column("ts"), 0).cast(pa.int64())
-    return pc.and_(pc.invert(pc.is_in(batch.column("user_id"), value_set=active_ids)),
-                   pc.greater_equal(first, pa.scalar(start_us, pa.int64())))
-
-
-def split_previous(tables, prev_ds: str, active_ids, start_us: int, cutoff_us_: int, out_dir):
-    """One Arrow pass over sequences@prev_ds. Untouched rows are copied into `out_dir` with the
-    new cutoff_ts, batch by batch (bounded memory); the rows to rebuild are returned exploded
-    to events (user_id + EVENT_FIELDS), ready for `build_sequences`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pinrec.contracts import SEQUENCES_SCHEMA
-
-    schema = pa.schema([f for f in SEQUENCES_SCHEMA if f.name != "ds"])
-    cutoff = pa.scalar(cutoff_us_, pa.timestamp("us", tz="UTC"))
-    touched = []
-    scanner = tables.dataset("sequences", [prev_ds]).scanner(columns=schema.names, batch_size=65_536)
-    with pq.ParquetWriter(str(out_dir / "part-untouched.parquet"), schema, compression="snappy") as w:
-        for batch in scanner.to_batches():
-            mask = untouched_mask(batch, active_ids, start_us)
-            kept = batch.filter(mask)
-            if kept.num_rows:
-                kept = kept.set_column(schema.get_field_index("cutoff_ts"), "cutoff_ts",
-                                       pa.repeat(cutoff, kept.num_rows))
-                w.write_batch(pa.RecordBatch.from_arrays(kept.columns, schema=schema))
-            rest = batch.filter(pa.compute.invert(mask))
-            if rest.num_rows:
-                touched.append(explode_arrow(rest))
-    return pa.concat_tables(touched) if touched else explode_arrow(schema.empty_table())
-
-
-def explode_arrow(seqs):
-    """Arrow twin of explode_sequences: one row per element, columns user_id + EVENT_FIELDS."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from pinrec.contracts import EVENTS_SCHEMA
-
-    lists = {c: seqs.column(c) for c, _ in ARRAY_COLUMNS}
-    lists = {c: a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for c, a in lists.items()}
-    parent = pc.list_parent_indices(lists["item_ids"])
-    cols = {"user_id": pc.take(seqs.column("user_id"), parent)}
-    for c, f in ARRAY_COLUMNS:
-        cols[f] = pc.list_flatten(lists[c])
-    schema = pa.schema([EVENTS_SCHEMA.field(n) for n in ("user_id", *EVENT_FIELDS)])
-    return pa.table([cols[n] for n in schema.names], schema=schema)
-
-
 # --------------------------------------------------------------------------------------------
 # Edges
 # --------------------------------------------------------------------------------------------
 
+def spark_incremental(spark, tables, cfg: SequencesConfig):
+    """The incremental update as a Spark DataFrame (the cluster path)."""
+    start, cutoff = window_bounds(cfg.ds, cfg.window_days)
+    day = tables.read_spark(spark, "events", [cfg.ds])
+    day = day.where(day.ts >= _us_to_ts(cutoff - DAY_US))
+    prev = tables.read_spark(spark, "sequences", [shift_ds(cfg.ds, -1)]).drop("length", "cutoff_ts")
+    return build_incremental(prev, day, cfg.ds, start, cutoff, cfg.max_len)
+
+
 def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
     """Build and write sequences@ds; returns (mode used, table version)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     from jobs.lake import open_tables
-    from jobs.spark import spark_schema
 
     tables = open_tables(Lake.at(cfg.lake), spark)
     if not tables.exists("events"):
@@ -222,25 +175,19 @@ def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
     if not have_prev:
         raise ValueError(f"--mode incremental needs sequences for {prev_ds}; run that day "
                          f"first or use --mode full")
-    day = tables.read_spark(spark, "events", [cfg.ds])
-    day = day.where(day.ts >= _us_to_ts(cutoff - DAY_US))
-    prev = tables.read_spark(spark, "sequences", [prev_ds]).drop("length", "cutoff_ts")
     if not hasattr(tables, "stage_spark"):  # delta-spark: the whole update stays in Spark
-        df = build_incremental(prev, day, cfg.ds, start, cutoff, cfg.max_len)
+        df = spark_incremental(spark, tables, cfg)
         return mode, tables.write_spark_partition("sequences", df.sortWithinPartitions("user_id"), cfg.ds)
-    # delta-rs: one Arrow pass splits ds-1 into copied rows and rows to rebuild in Spark.
+    # delta-rs: Arrow, one streaming pass over ds-1 (jobs/sequences_arrow.py says why).
+    from jobs.sequences_arrow import EVENT_ROW_SCHEMA, incremental
+
     day_start = pa.scalar(cutoff - DAY_US, pa.timestamp("us", tz="UTC"))
-    day_users = tables.read("events", [cfg.ds], columns=["user_id"],
-                            filter=pads.field("ts") >= day_start).column("user_id")
-    active = pc.unique(day_users.combine_chunks()) if day_users.num_chunks else pa.array([], pa.int64())
+    day_events = tables.read("events", [cfg.ds], columns=list(EVENT_ROW_SCHEMA.names),
+                             filter=pads.field("ts") >= day_start)
     staging = tables.staging_dir("sequences", cfg.ds)
     staging.mkdir(parents=True)
     try:
-        touched = split_previous(tables, prev_ds, active, start, cutoff, staging)
-        touched_df = spark.createDataFrame(touched, schema=spark_schema(touched.schema))
-        df = build_sequences(touched_df.unionByName(day.select("user_id", *EVENT_FIELDS)),
-                             cfg.ds, start, cutoff, cfg.max_len)
-        tables.stage_spark("sequences", df.sortWithinPartitions("user_id"), cfg.ds, staging)
+        incremental(tables, prev_ds, day_events, start, cutoff, cfg.max_len, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from jobs.lake import LakeTables
-from jobs.sequences import SequencesConfig, run_job, window_bounds
+from jobs.sequences import SequencesConfig, run_job, spark_incremental, window_bounds
 from pinrec.contracts import EVENTS_SCHEMA, ds_of_us
 from pinrec.layout import Lake
 
@@ -134,6 +134,10 @@ def test_incremental_equals_full_and_reference_and_reruns_are_identical(spark, t
     assert len(expected) > 50
     assert table_as_dict(full_lake, days[-1]) == expected
     assert sorted_rows(inc_lake, days[-1]) == sorted_rows(full_lake, days[-1])
+    # The Spark incremental (the delta-spark / cluster path) gives the same rows too.
+    spark_rows = spark_incremental(spark, LakeTables(inc_lake), SequencesConfig(
+        ds=days[-1], lake=str(inc_lake.root), **kw)).toArrow().to_pylist()
+    assert sorted(spark_rows, key=lambda r: r["user_id"]) == sorted_rows(full_lake, days[-1])
 
     # Idempotency: re-running a day (either mode) leaves the table contents identical.
     before = {ds: sorted_rows(inc_lake, ds) for ds in days}

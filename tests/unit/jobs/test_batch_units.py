@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from jobs.lake import RetryPolicy, _ds_predicate, merge_predicate, with_retry
-from jobs.sequences import shift_ds, untouched_mask, window_bounds, window_partitions
+from jobs.sequences import shift_ds, window_bounds, window_partitions
 from jobs.spark import SparkConfig, parse_conf, session_conf
 
 
@@ -81,15 +81,49 @@ def test_with_retry_retries_commit_conflicts_a_bounded_number_of_times():
         with_retry(other, "test", policy)
 
 
-def test_untouched_mask_is_the_complement_of_the_rebuilt_users():
-    ts_type = pa.timestamp("us", tz="UTC")
-    batch = pa.RecordBatch.from_pydict({
-        "user_id": pa.array([1, 2, 3, 4], pa.int64()),
-        "ts": pa.array([[100, 200], [50, 300], [150], [120]], pa.list_(ts_type)),
-    })
-    mask = untouched_mask(batch, pa.array([3], pa.int64()), start_us=100)
-    # user 2's oldest event left the window, user 3 was active today
-    assert mask.to_pylist() == [True, False, False, True]
+def _seq_batch(rows):
+    """rows: (user_id, [(ts, event_id), ...]) -> a sequences file batch."""
+    from jobs.sequences_arrow import FILE_SCHEMA
+
+    cols = {n: [] for n in FILE_SCHEMA.names}
+    for uid, evs in rows:
+        cols["user_id"].append(uid)
+        cols["event_ids"].append([e for _, e in evs])
+        cols["item_ids"].append([int(e[1:]) for _, e in evs])
+        cols["item_types"].append(["pin"] * len(evs))
+        cols["actions"].append(["repin"] * len(evs))
+        cols["surfaces"].append(["homefeed"] * len(evs))
+        cols["ts"].append([t for t, _ in evs])
+        cols["length"].append(len(evs))
+        cols["cutoff_ts"].append(0)
+    return pa.RecordBatch.from_pydict(cols, schema=FILE_SCHEMA)
+
+
+def test_trim_drops_events_that_left_the_window_and_empty_users():
+    from jobs.sequences_arrow import trim_and_restamp
+
+    batch = _seq_batch([(1, [(100, "e1"), (200, "e2")]), (2, [(50, "e3"), (300, "e4")]),
+                        (3, [(60, "e5")])])
+    out = trim_and_restamp(batch, start_us=100, cutoff_us=1000).to_pylist()
+    assert [(r["user_id"], r["event_ids"], r["length"]) for r in out] == [
+        (1, ["e1", "e2"], 2), (2, ["e4"], 1)]  # user 3 had nothing left
+    assert out[0]["cutoff_ts"] == datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=timezone.utc)
+
+
+def test_rebuild_users_dedups_orders_and_caps_like_the_contract():
+    from jobs.sequences_arrow import EVENT_ROW_SCHEMA, rebuild_users
+
+    rows = [  # (user, ts, event_id, item)
+        (1, 30, "c", 3), (1, 10, "a", 1), (1, 20, "b", 2), (1, 20, "b", 9),  # replay, bigger item
+        (1, 20, "a2", 5), (1, 5, "old", 7),  # tie on ts broken by event_id; one out of window
+        (2, 40, "z", 4)]
+    t = pa.table({"user_id": [r[0] for r in rows], "ts": [r[1] for r in rows],
+                  "event_id": [r[2] for r in rows], "item_id": [r[3] for r in rows],
+                  "item_type": ["pin"] * len(rows), "action": ["repin"] * len(rows),
+                  "surface": ["homefeed"] * len(rows)}).cast(EVENT_ROW_SCHEMA)
+    out = rebuild_users(t, start_us=10, cutoff_us=40, max_len=3).to_pylist()
+    assert [(r["user_id"], r["event_ids"], r["item_ids"], r["length"]) for r in out] == [
+        (1, ["a2", "b", "c"], [5, 2, 3], 3)]  # user 2's only event is at the cutoff: no row
 
 
 def test_load_arms_validates_every_budget(tmp_path):
