@@ -3,9 +3,9 @@
 A sample lake (serving/sample_lake.py: sequences, items, published candidates, a published
 random-weight model of the `small` preset and its Faiss index) and a RocksDB holding fresh
 events for every user are built first. `pinrec serve` then runs as its own process, and this
-process (the client, a second process on loopback) offers --rate requests/s open-loop from
---workers keep-alive connections. Latency counts from each request's *scheduled* send time,
-so a slow response that delays the next request is charged to it (no coordinated omission).
+process (the client, a second process on loopback) offers --rate requests/s open-loop over a
+pool of --workers keep-alive connections. Latency counts from each request's *scheduled* send
+time, so time spent waiting for a free connection is charged to it (no coordinated omission).
 
 Phase 1 — precomputed + RocksDB tail: server with --no-regenerate; every request reads the
 user's fresh events from RocksDB, removes engaged items and blends.
@@ -39,7 +39,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=50, help="items per request")
     p.add_argument("--regen-fraction", type=float, default=0.1,
                    help="share of phase-2 requests from users with fresh events")
-    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--workers", type=int, default=32, help="client connections")
     p.add_argument("--json", default=None)
     p.add_argument("--workdir", default=None)
 
@@ -81,20 +81,25 @@ class Server:
 
 def offer_load(port: int, token: str, users: list[int], rate: float, seconds: float, n: int,
                workers: int) -> list[tuple[int, float, float, int]]:
-    """Open-loop load; returns (user, latency_ms from schedule, server took_ms, status)."""
+    """Open-loop load; returns (user, latency_ms from schedule, server took_ms, status).
+
+    A pacer thread puts each request on a queue at its scheduled time; `workers` threads, each
+    with its own keep-alive connection, take them off. A request waits only when every
+    connection is busy, and that wait is charged to it (latency counts from the schedule)."""
+    import queue
+
     total = int(rate * seconds)
-    t0 = time.perf_counter() + 0.5
+    q: queue.Queue = queue.Queue()
     results, lock = [], threading.Lock()
 
-    def worker(w: int):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    def worker():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         hdr = {"Authorization": f"Bearer {token}"}
-        for i in range(w, total, workers):
-            due = t0 + i / rate
-            wait = due - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            u = users[i % len(users)]
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            due, u = item
             conn.request("GET", f"/v1/recommendations/{u}?n={n}", headers=hdr)
             r = conn.getresponse()
             body = r.read()
@@ -104,12 +109,37 @@ def offer_load(port: int, token: str, users: list[int], rate: float, seconds: fl
                 results.append((u, lat, took, r.status))
         conn.close()
 
-    ths = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    ths = [threading.Thread(target=worker) for _ in range(workers)]
     for t in ths:
         t.start()
+    t0 = time.perf_counter() + 0.2
+    for i in range(total):
+        due = t0 + i / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        q.put((due, users[i % len(users)]))
+    for _ in ths:
+        q.put(None)
     for t in ths:
         t.join()
     return results
+
+
+def server_regen_metrics(port: int) -> dict:
+    """Generation time inside the server, split into compute and the wait for a free slot."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith('pinrec_serve_regenerate_ms{'):
+            labels, value = line.split("} ")
+            part = labels.split('part="')[1].split('"')[0]
+            q = labels.split('quantile="')[1].split('"')[0]
+            out[f"regen_{part}_p{q[2:]}_ms"] = float(value)
+    return out
 
 
 def summarize(results, users_of_interest=None) -> dict:
@@ -147,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         offer_load(srv.port, token, mix, args.rate, 2, args.n, args.workers)
         res = offer_load(srv.port, token, mix, args.rate, args.seconds, args.n, args.workers)
         regen = summarize(res, fresh)
+        regen.update(server_regen_metrics(srv.port))
         others = summarize(res, set(stale))
     finally:
         srv.stop()
@@ -163,6 +194,10 @@ def run(args: argparse.Namespace) -> int:
                          ("other requests in the same phase", others, "")):
         print(f"{name:<44}{s['requests']:>9}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}"
               f"{s['server_p99_ms']:>12.2f}  {bar}" + (f"  errors {s['errors']}" if s["errors"] else ""))
+    print(f"regeneration inside the server (incl. warm-up): compute p50 "
+          f"{regen.get('regen_compute_p50_ms', float('nan')):.1f} ms, p99 "
+          f"{regen.get('regen_compute_p99_ms', float('nan')):.1f} ms; wait for a slot p99 "
+          f"{regen.get('regen_wait_p99_ms', float('nan')):.1f} ms")
     print(f"(host: {os.cpu_count()} cpus, 1-min load average {result['load_avg_1m']:.1f})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,19 @@ def parse_request(path: str) -> tuple[int, int, str | None, str | None]:
     return user_id, n, arm, query
 
 
+def regeneration_metrics(service: RecommendationService) -> str:
+    r = service.regenerator
+    if r is None:
+        return ""
+    lines = ["# TYPE pinrec_serve_regenerate_ms summary"]
+    for part, values in (("compute", list(r.compute_ms)), ("wait", list(r.wait_ms))):
+        for q in (50, 99):
+            lines.append(f'pinrec_serve_regenerate_ms{{part="{part}",quantile="0.{q}"}} '
+                         f"{percentile(values, q):.3f}")
+        lines.append(f'pinrec_serve_regenerate_ms_count{{part="{part}"}} {len(values)}')
+    return "\n".join(lines) + "\n"
+
+
 def make_handler(service: RecommendationService, token: str, metrics: ApiMetrics):
     expected = f"Bearer {token}".encode()
 
@@ -100,7 +113,8 @@ def make_handler(service: RecommendationService, token: str, metrics: ApiMetrics
                                      "arms": sorted(service.candidates.arms),
                                      "regeneration": service.regenerator is not None})
                 elif route == "/metrics":
-                    self._send(200, metrics.text().encode(), "text/plain; version=0.0.4")
+                    text = metrics.text() + regeneration_metrics(service)
+                    self._send(200, text.encode(), "text/plain; version=0.0.4")
                 else:
                     status = 404
                     self._json(404, {"error": f"no route {route}; see GET {PREFIX}{{user_id}}"})
