@@ -40,6 +40,11 @@ class Regenerator:
                    n: int) -> list[Rec]:
         from pinrec_model.api import History, generate_candidates
 
+        # The model reads only its newest max_len tokens; passing just those keeps the Faiss
+        # search depth (which grows with the history it must skip) small. Older history items
+        # are removed below, so the result is the same as excluding the whole history.
+        seen_before = {e.item_id for e in history[: -self.model.config.max_len]}
+        history = history[-self.model.config.max_len:]
         h = History(user_id=user_id,
                     item_ids=np.array([e.item_id for e in history], dtype=np.int64),
                     item_types=[e.item_type for e in history],
@@ -57,7 +62,8 @@ class Regenerator:
             lst.append(v * 1e3)
             if len(lst) > 50_000:
                 del lst[:10_000]
-        return [Rec(c.item_id, c.score, c.outcome, "regenerated") for c in cands]
+        return [Rec(c.item_id, c.score, c.outcome, "regenerated") for c in cands
+                if c.item_id not in seen_before]
 
 
 def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, str]:
