@@ -33,20 +33,61 @@ class ServingConfig:
     regen_share: float = 0.5            # share of each outcome's quota from regenerated items
     max_history: int = 512
     catch_up_ms: float = 100.0          # how often the reader follows the consumer's writes
+    reload_every_s: float = 60.0        # how often to look for newly published batch outputs
     torch_threads: int = 1
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything loaded from the lake, swapped as one object so a request never mixes two
+    days' outputs (candidates of one ds with sequences of another)."""
+
+    key: tuple
+    candidates: CandidateStore
+    sequences: BatchSequences
+    regenerator: object | None
+    regen_unavailable: str
+
+
+def lake_key(lake: Path) -> tuple:
+    """What serving depends on: published candidates ds, newest sequences ds, model and index."""
+    from jobs.lake import LakeTables
+    from pinrec.layout import Lake, current, published_candidates
+
+    lk = Lake.at(lake)
+    return (published_candidates(lk), LakeTables(lk).latest_partition("sequences"),
+            str(current(lk, "models")), str(current(lk, "index")))
+
+
+def load_snapshot(cfg: ServingConfig) -> Snapshot:
+    key = lake_key(cfg.lake)
+    regen, why = None, "disabled by configuration"
+    if cfg.regenerate:
+        from serving.regenerate import load_regenerator
+
+        regen, why = load_regenerator(cfg.lake, cfg.torch_threads)
+    return Snapshot(key, load_candidate_store(cfg.lake), load_batch_sequences(cfg.lake), regen,
+                    "" if regen is not None else why)
+
+
+def default_arm(candidates: CandidateStore) -> str | None:
+    arms = sorted(candidates.arms)
+    return "control" if "control" in arms else (arms[0] if arms else None)
+
+
 class RecommendationService:
-    def __init__(self, cfg: ServingConfig, candidates: CandidateStore, sequences: BatchSequences,
-                 stores: list, regenerator=None, regen_unavailable: str = ""):
+    def __init__(self, cfg: ServingConfig, snapshot: Snapshot, stores: list):
         self.cfg = cfg
-        self.candidates = candidates
-        self.sequences = sequences
+        self.snapshot = snapshot
         self.stores = stores
-        self.regenerator = regenerator
-        self.regen_unavailable = regen_unavailable if regenerator is None else ""
         self._stop = threading.Event()
-        self._follower = None
+        self._threads: list[threading.Thread] = []
+
+    # The request path reads `self.snapshot` once; these are for health checks and tools.
+    candidates = property(lambda self: self.snapshot.candidates)
+    sequences = property(lambda self: self.snapshot.sequences)
+    regenerator = property(lambda self: self.snapshot.regenerator)
+    regen_unavailable = property(lambda self: self.snapshot.regen_unavailable)
 
     @staticmethod
     def load(cfg: ServingConfig) -> "RecommendationService":
@@ -55,30 +96,46 @@ class RecommendationService:
         sec = cfg.secondary_dir or Path(tempfile.mkdtemp(prefix="pinrec-rocksdb-secondary-"))
         stores = [RealtimeStore.open_secondary(p, sec / f"shard-{i}")
                   for i, p in enumerate(cfg.db_paths)]
-        regen, why = None, "disabled by configuration"
-        if cfg.regenerate:
-            from serving.regenerate import load_regenerator
-
-            regen, why = load_regenerator(cfg.lake, cfg.torch_threads)
-        svc = RecommendationService(cfg, load_candidate_store(cfg.lake),
-                                    load_batch_sequences(cfg.lake), stores, regen, why)
-        svc.start_following()
+        svc = RecommendationService(cfg, load_snapshot(cfg), stores)
+        svc.start_background()
         return svc
 
-    def start_following(self) -> None:
-        """Catch up with the consumer's writes every `catch_up_ms`, off the request path."""
-        def loop():
+    def reload_if_changed(self) -> bool:
+        """Load newly published batch outputs (a new candidates ds, sequences partition, model
+        or index) and swap them in; requests in flight keep the snapshot they started with."""
+        if lake_key(self.cfg.lake) == self.snapshot.key:
+            return False
+        self.snapshot = load_snapshot(self.cfg)
+        return True
+
+    def start_background(self) -> None:
+        """Follow the consumer's writes every `catch_up_ms` and the lake every
+        `reload_every_s`, off the request path."""
+        def follow():
             while not self._stop.wait(self.cfg.catch_up_ms / 1000):
                 for store in self.stores:
                     store.catch_up()
 
-        self._follower = threading.Thread(target=loop, daemon=True, name="rocksdb-follower")
-        self._follower.start()
+        def reload():
+            import logging
+
+            while not self._stop.wait(self.cfg.reload_every_s):
+                try:
+                    if self.reload_if_changed():
+                        logging.getLogger("pinrec.serve").info("reloaded %s", self.snapshot.key)
+                except Exception as e:  # keep serving the old snapshot; say why
+                    logging.getLogger("pinrec.serve").warning("reload failed, keeping the "
+                                                              "current snapshot: %s", e)
+
+        for name, fn in (("rocksdb-follower", follow), ("lake-reloader", reload)):
+            t = threading.Thread(target=fn, daemon=True, name=name)
+            t.start()
+            self._threads.append(t)
 
     def close(self) -> None:
         self._stop.set()
-        if self._follower is not None:
-            self._follower.join(5)
+        for t in self._threads:
+            t.join(5)
         for store in self.stores:
             store.close()
 
@@ -90,39 +147,41 @@ class RecommendationService:
 
     @property
     def default_arm(self) -> str | None:
-        arms = sorted(self.candidates.arms)
-        return "control" if "control" in arms else (arms[0] if arms else None)
+        return default_arm(self.candidates)
 
-    def validate(self, n: int, arm: str | None) -> str | None:
+    def validate(self, n: int, arm: str | None, candidates: CandidateStore | None = None) -> str | None:
+        candidates = candidates or self.candidates
         if not 1 <= n <= MAX_N:
             raise BadRequest(f"n must be between 1 and {MAX_N}, got {n}")
-        arm = arm or self.default_arm
-        if self.candidates.arms and arm not in self.candidates.arms:
-            raise BadRequest(f"unknown arm {arm!r}; known arms: {sorted(self.candidates.arms)}")
+        arm = arm or default_arm(candidates)
+        if candidates.arms and arm not in candidates.arms:
+            raise BadRequest(f"unknown arm {arm!r}; known arms: {sorted(candidates.arms)}")
         return arm
 
     def recommend(self, user_id: int, n: int = 50, arm: str | None = None,
                   query: str | None = None, now_us: int | None = None) -> dict:
         t0 = time.perf_counter()
-        arm = self.validate(n, arm)
+        snap = self.snapshot  # one consistent set of batch outputs for the whole request
+        cands, seqs, regenerator = snap.candidates, snap.sequences, snap.regenerator
+        arm = self.validate(n, arm, cands)
         now_us = now_us if now_us is not None else int(time.time() * 1e6)
-        cutoff = self.sequences.cutoff_us
+        cutoff = seqs.cutoff_us
         tail = self.tail(user_id, cutoff or 0)
         engaged = {e.item_id for e in tail if e.item_type == "pin"}
-        budget = self.candidates.arms.get(arm, {}) if arm else {}
+        budget = cands.arms.get(arm, {}) if arm else {}
         # Per outcome a response uses its quota, plus what engaged items remove, plus slack
         # for outcomes that run short (the blend fills those from the others).
         limits = {a: 2 * q + len(engaged) for a, q in quotas(budget, n).items()}
-        pre = self.candidates.get(user_id, arm, limits, default_limit=n + len(engaged)) if arm else []
+        pre = cands.get(user_id, arm, limits, default_limit=n + len(engaged)) if arm else []
         regen, notes = [], []
         fresh = bool(tail) or bool(query and query.strip())
-        if fresh and self.regenerator is not None and budget:
-            history = merge_history(self.sequences.events(user_id), tail, cutoff,
+        if fresh and regenerator is not None and budget:
+            history = merge_history(seqs.events(user_id), tail, cutoff,
                                     self.cfg.max_history, query, now_us)
-            regen = self.regenerator.regenerate(user_id, history, budget, n)
-        elif fresh and self.regenerator is None:
-            notes.append(f"regeneration unavailable: {self.regen_unavailable}")
-        popular = self.candidates.popularity(2 * n, engaged)  # spare for de-duplication
+            regen = regenerator.regenerate(user_id, history, budget, n)
+        elif fresh and regenerator is None:
+            notes.append(f"regeneration unavailable: {snap.regen_unavailable}")
+        popular = cands.popularity(2 * n, engaged)  # spare for de-duplication
         items = blend(pre, regen, popular, engaged, budget, n, self.cfg.regen_share)
         sources = sources_of(items, engaged, bool(tail), query)
         fallback = bool(items) and all(r.source == "popularity" for r in items)
@@ -130,7 +189,7 @@ class RecommendationService:
             "user_id": user_id, "arm": arm, "n": len(items),
             "fallback": "popularity" if fallback else None,
             "sources": sources,
-            "candidates_ds": self.candidates.ds, "sequences_ds": self.sequences.ds,
+            "candidates_ds": cands.ds, "sequences_ds": seqs.ds,
             "fresh_events": len(tail),
             "notes": notes,
             "items": [{"item_id": r.item_id, "score": round(r.score, 6), "outcome": r.outcome,

@@ -199,3 +199,32 @@ def test_tail_is_merged_across_consumer_stores(lake, tmp_path):
         assert r["fresh_events"] == 3 and not {701, 702, 703} & {i["item_id"] for i in r["items"]}
     finally:
         svc.close()
+
+
+def test_a_newly_published_candidates_partition_is_picked_up(tmp_path):
+    from jobs.lake import LakeTables
+    from pinrec.layout import Lake, publish_candidates
+    from serving.sample_lake import candidates_table
+
+    import numpy as np
+
+    cfg = SampleLakeConfig(tmp_path / "lake", ds=DS, users=5, items=100, candidates=10, model=False)
+    build(cfg)
+    svc = RecommendationService.load(ServingConfig(cfg.root, (tmp_path / "db",),
+                                                   secondary_dir=tmp_path / "sec", regenerate=False))
+    try:
+        assert svc.reload_if_changed() is False
+        before = svc.recommend(1, n=5)
+        assert before["candidates_ds"] == DS
+        new_ds = "2026-03-02"
+        new = candidates_table(SampleLakeConfig(cfg.root, ds=new_ds, users=5, items=100, candidates=10),
+                               np.random.default_rng(9))
+        LakeTables(Lake.at(cfg.root)).replace_partitions("candidates", new, [new_ds])
+        assert svc.reload_if_changed() is False  # written but not published: not served
+        publish_candidates(Lake.at(cfg.root), new_ds)
+        assert svc.reload_if_changed() is True
+        after = svc.recommend(1, n=5)
+        assert after["candidates_ds"] == new_ds
+        assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
+    finally:
+        svc.close()
