@@ -27,8 +27,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 BARS = {"p99_ms": 5.0, "p99_ms_regenerate": 50.0}
 
 
@@ -48,6 +46,7 @@ def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
     from pinrec.contracts import Event, cutoff_us
     from serving.sample_lake import SampleLakeConfig, build
     from streaming.store import RealtimeStore
+    import numpy as np
 
     cfg = SampleLakeConfig(work / "lake", users=users, items=20_000, history=100, candidates=200)
     build(cfg)
@@ -143,6 +142,8 @@ def server_regen_metrics(port: int) -> dict:
 
 
 def summarize(results, users_of_interest=None) -> dict:
+    import numpy as np
+
     rows = [r for r in results if users_of_interest is None or r[0] in users_of_interest]
     lat = np.array([r[1] for r in rows])
     took = np.array([r[2] for r in rows])

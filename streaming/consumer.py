@@ -149,6 +149,7 @@ class ConsumerRunner:
         max_ts = int((now_s + self.cfg.max_future_s) * 1e6)
         good: list[Event] = []
         produce_ms = []
+        offsets = {}
         for tp, records in polled.items():
             for r in records:
                 p = parse(r.value, self.vocab, max_ts, self.cfg.max_bytes)
@@ -164,11 +165,15 @@ class ConsumerRunner:
                     self.metrics.dlq += 1
                     log.info("DLQ %s/%d@%d: %s", r.topic, r.partition, r.offset, p.reason)
             if records:
-                self.processed[tp] = records[-1].offset + 1
+                offsets[tp] = records[-1].offset + 1
         self.store.apply(good)
         visible_ms = time.time() * 1e3
         self.metrics.add_visible([visible_ms - t for t in produce_ms])
         self.producer.flush()  # the DLQ copy must exist before the offset moves past it
+        # Only now is the batch durable (RocksDB WAL + DLQ acks): if anything above raised,
+        # these offsets are never committed, not even by the shutdown path, and the batch
+        # is re-delivered.
+        self.processed.update(offsets)
         self.metrics.events_stored += len(good)
         self.metrics.batches += 1
         self.commit_processed(set(polled))

@@ -169,3 +169,32 @@ def test_sigterm_commits_and_exits_cleanly(broker, tmp_path):
     assert proc.returncode == 0, err
     assert f"stored {n} events" in out
     assert len(stored_event_ids(tmp_path / "db")) == n
+
+
+def test_a_failed_store_write_commits_nothing_and_the_batch_is_redelivered(broker, tmp_path):
+    """Regression: offsets of a batch whose RocksDB write failed must not be committed, not
+    even by the shutdown path's final commit."""
+    from streaming.store import RealtimeStore
+
+    topic, dlq = fresh_topics(broker.bootstrap, partitions=1)
+    n = 500
+    produce(ReplayConfig(broker.bootstrap, topic),
+            event_messages(synthetic_events(n, 10, 100, start_us=now_us() - n * 1000)))
+    real_apply = RealtimeStore.apply
+
+    def failing_apply(self, events):
+        raise OSError("disk full (injected)")
+
+    cfg = ConsumerConfig(broker.bootstrap, tmp_path / "db", topic=topic, dlq_topic=dlq, group="fail")
+    RealtimeStore.apply = failing_apply
+    try:
+        c = ConsumerThread(cfg).start()
+        c.thread.join(60)
+        assert isinstance(c.error, OSError)
+    finally:
+        RealtimeStore.apply = real_apply
+    assert committed(broker.bootstrap, "fail", topic, 1) == {0: None}
+    c = ConsumerThread(cfg).start()
+    c.wait_for(lambda m: m.events_stored >= n)
+    c.stop()
+    assert len(stored_event_ids(tmp_path / "db")) == n
