@@ -127,10 +127,10 @@ params = {
                                                  "from the serving model."),
     "train_max_seconds": Param(3600, type="integer", minimum=10,
                                description="Wall-clock cap on one training run."),
-    "max_recall_drop": Param(0.05, type="number", minimum=0, maximum=0.99,
+    "max_recall_drop": Param(0.05, type="number", minimum=0, maximum=1,
                              description="Quality gate: fail when the new model's unordered "
                                          "recall@10 is more than this fraction below the "
-                                         "serving model's."),
+                                         "serving model's (1 turns the gate off)."),
     "maintenance_weekday": Param(6, type="integer", minimum=0, maximum=6,
                                  description="Weekday of ds (0 = Monday) on which compaction "
                                              "and vacuum run."),

@@ -77,8 +77,9 @@ def validate_params(raw: dict) -> RunParams:
     if preset not in PRESETS:
         raise UserError(f"param 'preset' must be one of {list(PRESETS)}, got {preset!r}")
     drop = raw.get("max_recall_drop", 0.05)
-    if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0 <= drop < 1:
-        raise UserError(f"param 'max_recall_drop' must be a fraction in [0, 1), got {drop!r}")
+    if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0 <= drop <= 1:
+        raise UserError(f"param 'max_recall_drop' must be a fraction in [0, 1] (1 turns the gate "
+                        f"off), got {drop!r}")
     return RunParams(checked, lookback, variant, preset, float(drop))
 
 

@@ -27,8 +27,10 @@ DAYS = ["2026-01-02", "2026-01-03", "2026-01-04"]
 JOBS = ("sequences", "items", "train", "index", "score", "eval", "maintenance")
 # Small enough for 2 shared cores; large enough that every table has rows for every day.
 SYNTH = ["--users", "80", "--days", "4", "--items", "300", "--start", "2026-01-01", "--seed", "3"]
-CONF = {"train_max_seconds": 20, "arms": {"balanced": {"repin": 0.5, "grid_click": 0.5},
-                                          "repin": {"repin": 1.0}}}
+# On an 80-user lake recall@10 of held-out users is noise (0.0 vs 0.2 between two days was
+# seen), so the gate is off here; tests/unit/dags/test_gate.py covers its decisions.
+CONF = {"train_max_seconds": 20, "max_recall_drop": 1.0,
+        "arms": {"balanced": {"repin": 0.5, "grid_click": 0.5}, "repin": {"repin": 1.0}}}
 ARTIFACTS = Path(os.environ.get("PINREC_TEST_ARTIFACTS", REPO / "build" / "test-artifacts"))
 
 

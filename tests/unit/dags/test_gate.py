@@ -22,6 +22,7 @@ from pinrec.layout import Lake, current, publish, published_candidates
     (0.189, 0.20, 0.05, False),   # just under the floor
     (0.30, 0.20, 0.0, True),
     (0.199, 0.20, 0.0, False),
+    (0.0, 0.20, 1.0, True),     # max_drop 1 turns the gate off
 ])
 def test_decide(cand, serving, drop, passed):
     d = decide(cand, serving, drop)
