@@ -111,7 +111,10 @@ default_args = {
 }
 
 params = {
-    "arms": Param(DEFAULT_ARMS, type="object",
+    "arms": Param(DEFAULT_ARMS, type="object", minProperties=1,
+                  # the form rejects negative weights; `validate_params` also checks each sum is 1
+                  additionalProperties={"type": "object", "minProperties": 1,
+                                        "additionalProperties": {"type": "number", "minimum": 0}},
                   description="Arms: name -> budget over actions (repin, grid_click, "
                               "long_grid_click, outbound_click, other); each budget's weights "
                               "are non-negative and sum to 1."),

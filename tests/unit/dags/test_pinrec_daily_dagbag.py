@@ -95,6 +95,11 @@ def test_params_schema(dag):
         p.get_param("lookback_days").resolve(0)
     with pytest.raises(ParamValidationError):
         p.get_param("variant").resolve("gpt")
+    with pytest.raises(ParamValidationError):
+        p.get_param("arms").resolve({"a": {"repin": -0.5, "other": 1.5}})
+    with pytest.raises(ParamValidationError):
+        p.get_param("arms").resolve({})
+    assert p.get_param("arms").resolve({"a": {"repin": 1}}) == {"a": {"repin": 1}}
 
 
 class _Vars:
