@@ -126,6 +126,12 @@ def profile_phases(m, tables_batches, features, retriever, budget, cfg, hist_len
     return {k: v / users for k, v in t.items()} | {"users": users}
 
 
+def _say(msg: str) -> None:
+    import sys
+
+    print(f"[bench score {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
@@ -145,14 +151,18 @@ def run(args: argparse.Namespace) -> int:
     save_model(work / "model", PinRec(mcfg), None, PINTEREST_ACTIONS, {})
     m = load_model(work / "model", device=args.device)
     dev = str(m.device)
+    _say(f"model {args.preset} loaded on {dev}")
     rng = np.random.default_rng(args.seed)
     ids = np.arange(1, args.items + 1, dtype=np.int64)
     feats = rng.normal(size=(args.items, mcfg.feature_dim)).astype(np.float32)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     features = ItemFeatures.from_arrays(ids, feats)
     t0 = time.perf_counter()
-    retriever = Retriever.build(ids, embed_items(m, ids, ["pin"] * len(ids), feats), kind=args.index)
+    item_emb = embed_items(m, ids, ["pin"] * len(ids), feats)
+    _say(f"{len(ids):,} items embedded; building the {args.index} index")
+    retriever = Retriever.build(ids, item_emb, kind=args.index)
     index_s = time.perf_counter() - t0
+    _say(f"index built in {index_s:.1f} s")
     pq.write_table(synthetic_sequences(args.users, args.hist_len, args.items, args.seed),
                    work / "sequences.parquet")
     arms = dict(list(load_arms(DEFAULT_ARMS, m.vocab).items())[: args.arms])
@@ -166,10 +176,12 @@ def run(args: argparse.Namespace) -> int:
                 return
             yield b
 
+    _say(f"{args.users:,} synthetic histories written; warm-up batch")
     warm = SpoolWriter(work / "warm")  # CUDA context, kernels, allocator: not part of the rate
     for _ in score_batches(m, batches(1), features, retriever, arms, cfg, "bench", warm, Timings()):
         pass
     warm.close()
+    _say("timed run")
     spool, timings = SpoolWriter(work / "candidates"), Timings()
     t0 = time.perf_counter()
     for _ in score_batches(m, batches(), features, retriever, arms, cfg, "bench", spool, timings):
@@ -177,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     spool.close()
     _sync(dev)
     secs = time.perf_counter() - t0
+    _say(f"timed run done in {secs:.1f} s; profiling phases")
     phases = profile_phases(m, batches(args.profile_batches), features, retriever,
                             next(iter(arms.values())), cfg, args.hist_len)
     flops = prefill_flops(mcfg, args.hist_len)
