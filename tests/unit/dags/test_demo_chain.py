@@ -27,10 +27,12 @@ def test_batch_day_runs_the_dag_chain_in_order(tmp_path, monkeypatch):
     assert train[train.index("--version") + 1] == cfg.model_version == "d20260109-mt_oc-small"
 
 
-def test_dag_task_order_matches_the_demo(monkeypatch):
+def test_dag_task_order_matches_the_demo(tmp_path_factory):
     """The DAG's tasks, in dependency order, call the same groups the demo calls."""
     import os
 
+    # keep Airflow's home (config, sqlite) out of ~/airflow when this test runs alone
+    os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     from airflow.dag_processing.dagbag import DagBag
 
