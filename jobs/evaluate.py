@@ -89,10 +89,13 @@ def run(args) -> int:
         out = Path(args.json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2, default=float))
-        from pinrec_model.plots import write_plots
-
-        for p in write_plots(result, out.with_suffix("")):
-            print(f"plot: {p}")
+        try:
+            from pinrec_model.plots import write_plots
+        except ImportError as e:  # the GPU host may lack matplotlib; the JSON is the result
+            print(f"no plots: {e}")
+        else:
+            for p in write_plots(result, out.with_suffix("")):
+                print(f"plot: {p}")
     return 0
 
 
@@ -103,7 +106,7 @@ def _train(args, prep, vocab, seed, holdout, users=None, variant=None):
 
     a = argparse.Namespace(**{**vars(args), "variant": variant or args.variant, "seed": seed})
     cfg = model_config(a, vocab)
-    return train_on(prep, cfg, replace(train_config(a), seed=seed), holdout, users), cfg
+    return train_on(prep, cfg, replace(train_config(a), seed=seed), holdout, users, args.val_users), cfg
 
 
 def _load(args, prep):
@@ -167,15 +170,16 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
     gen, secs = generate_for_users(model, ct, hist, cond, k)
     rec, hits, retrieved = unordered_scores(gen, item_emb, index, t_rows)
     out = {"metrics": {**unordered_summary(rec, retrieved), "latency_s": secs, "embeddings": n_emb,
-                       "tokens_per_step": k}, "history": history, "config": model.cfg.to_json()}
+                       "gen_tokens_per_step": k}, "history": history, "config": model.cfg.to_json()}
     names = {i + 1: a for i, a in enumerate(vocab.engagement_actions)}
     if args.tokens_per_step:
         sweep = {}
         for kk in [int(x) for x in args.tokens_per_step.split(",")]:
-            g, s = generate_for_users(model, ct, hist, cond, kk)
-            g, s = generate_for_users(model, ct, hist, cond, kk)  # second run: warm caches
+            generate_for_users(model, ct, hist, cond, kk)  # warm-up: allocator and kernel caches
+            g, s, s_dec = generate_for_users(model, ct, hist, cond, kk, with_decode_time=True)
             r, _, ret = unordered_scores(g, item_emb, index, t_rows)
-            sweep[str(kk)] = {"latency_s": s, **unordered_summary(r, ret), "embeddings": n_emb}
+            sweep[str(kk)] = {"latency_s": s, "decode_latency_s": s_dec, **unordered_summary(r, ret),
+                              "embeddings": n_emb}
         out["tokens_per_step"] = sweep
     if args.controllability:
         if not model.cfg.action_conditioned:
@@ -212,3 +216,11 @@ def print_table(result: dict) -> None:
         print("  tokens/step  latency_s  recall@10  diversity")
         for k, v in result["tokens_per_step"].items():
             print(f"    {k:>6}   {v['latency_s']:.4f}    {v['recall@10']:.4f}    {v['diversity']:.4f}")
+
+
+if __name__ == "__main__":  # `python -m jobs.evaluate ...` where the console script is absent
+    import sys
+
+    _p = argparse.ArgumentParser(prog="pinrec eval")
+    configure(_p)
+    sys.exit(run(_p.parse_args()))

@@ -37,6 +37,11 @@ def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None
     p.add_argument("--full-softmax", action="store_true", help="full softmax instead of sampled")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a PinRecConfig field, e.g. --set d_model=128 (repeatable)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--decay-embeddings", action="store_true", help="weight-decay the hashed-ID table too")
+    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement")
+    p.add_argument("--val-users", type=int, default=5000, help="users in the validation recall")
+    p.add_argument("--warmup", type=int, default=100, help="learning-rate warm-up steps")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -67,6 +72,8 @@ def train_config(args):
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        device=args.device, compile=args.compile, max_seconds=args.max_seconds,
+                       patience=args.patience, warmup_steps=args.warmup, weight_decay=args.weight_decay,
+                       decay_embeddings=args.decay_embeddings,
                        progress=not args.quiet)
 
 
@@ -137,7 +144,7 @@ def holdout_validation(prep: Prepared, users, holdout: int, max_len: int, max_us
     return validate
 
 
-def train_on(prep: Prepared, cfg, tc, holdout: int, users=None):
+def train_on(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: int = 5000):
     """Train on each user's tokens but the last `holdout`; validate on the token at -holdout."""
     import numpy as np
 
@@ -148,7 +155,7 @@ def train_on(prep: Prepared, cfg, tc, holdout: int, users=None):
     users = np.arange(len(s.user_ids)) if users is None else users
     train_seqs = s.subset(users, keep_last=np.full(len(users), holdout))
     ex = make_examples(train_seqs, cfg.max_len, lookahead(cfg))
-    val = holdout_validation(prep, users, holdout, cfg.max_len) if holdout > 0 else None
+    val = holdout_validation(prep, users, holdout, cfg.max_len, val_users) if holdout > 0 else None
     return fit(cfg, tc, prep.catalog, ex, val)
 
 
@@ -161,11 +168,14 @@ def run(args) -> int:
     vocab = PINTEREST_ACTIONS
     cfg = model_config(args, vocab)
     tc = train_config(args)
+    version = args.version or f"{args.variant}-{time.strftime('%Y%m%dT%H%M%S')}-s{args.seed}"
+    if lake.version_dir("models", version).exists():
+        raise ValueError(f"model version {version!r} already exists under {lake.root / 'models'}; "
+                         f"versions are immutable: pass a new --version")
     events, feats = read_training_data(lake, args.ds)
     prep = prepare(events, feats, vocab)
     t0 = time.perf_counter()
-    res = train_on(prep, cfg, tc, holdout=1)
-    version = args.version or f"{args.variant}-{time.strftime('%Y%m%dT%H%M%S')}-s{args.seed}"
+    res = train_on(prep, cfg, tc, holdout=1, val_users=args.val_users)
     metrics = {"val_recall@10": res.best_val, "history": res.history, "train_seconds": time.perf_counter() - t0,
                "users": int(len(prep.seqs.user_ids)), "items": int(len(prep.catalog))}
     vdir = save_model(lake.version_dir("models", version), res.model, res.cms, vocab, metrics,

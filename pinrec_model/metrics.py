@@ -60,9 +60,11 @@ def next_item_ranks(model: PinRec, ct, seqs: UserSeqs, target_rows: np.ndarray, 
             hr = torch.as_tensor(arr["rows"], device=dev)
             hp = torch.where(hr >= 0, pin_pos[hr.clamp(min=0)], -1)
             hp = torch.where(hp == tp[:, None], -1, hp)  # never exclude the target itself
-            mask = torch.zeros_like(scores, dtype=torch.bool)
-            mask.scatter_(1, hp.clamp(min=0), hp >= 0)
-            scores = scores.masked_fill(mask, -1e9)
+            # padding scatters into a spare last column, so it can never clear a real item
+            P = scores.shape[1]
+            mask = torch.zeros(scores.shape[0], P + 1, dtype=torch.bool, device=dev)
+            mask.scatter_(1, torch.where(hp >= 0, hp, P), True)
+            scores = scores.masked_fill(mask[:, :P], -1e9)
         out.append((scores >= tgt).sum(1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 

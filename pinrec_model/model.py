@@ -48,8 +48,9 @@ class PinRecConfig:
     max_in_batch_negatives: int = 1024
     cms_width: int = 1 << 16
     cms_depth: int = 4
-    t_lim: int = 8  # multi-token: target offsets t' - t are drawn from [1, t_lim] steps
-    window: int = 4  # Delta: the target window [t', t' + Delta]
+    # t_lim 4 and window 2 beat 8/4 and 16/4 on synthetic unordered recall (docs/model.md)
+    t_lim: int = 4  # multi-token: target offsets t' - t are drawn from [1, t_lim] steps
+    window: int = 2  # Delta: the target window [t', t' + Delta]
     window_unit: str = "steps"  # steps | seconds (coarse real timestamps need steps)
     window_max_tokens: int = 16  # cap on targets per window when window_unit == seconds
     tokens_per_step: int = 4  # default embeddings per generation step (MT variants)

@@ -119,12 +119,13 @@ def target_conditions(t_acts: list[np.ndarray], n_emb: int, fixed_action: int | 
 
 
 @torch.no_grad()
-def generate_for_users(model, ct, hist, cond: np.ndarray, tokens_per_step: int, batch_size: int = 512):
-    """-> (embeddings [U, n_emb, D] numpy, seconds spent generating)."""
+def generate_for_users(model, ct, hist, cond: np.ndarray, tokens_per_step: int, batch_size: int = 512,
+                       with_decode_time: bool = False):
+    """-> (embeddings [U, n_emb, D] numpy, seconds spent generating[, seconds after prefill])."""
     model.eval()
     dev = ct.ids.device
     hist_len = min(model.cfg.max_len, model.cfg.max_positions - cond.shape[1] - 1)
-    out, secs = [], 0.0
+    out, secs, dec = [], 0.0, 0.0
     for s in range(0, len(hist.user_ids), batch_size):
         idx = np.arange(s, min(s + batch_size, len(hist.user_ids)))
         arr = left_pad(hist.subset(idx), hist_len)
@@ -132,12 +133,16 @@ def generate_for_users(model, ct, hist, cond: np.ndarray, tokens_per_step: int, 
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         st = history_state(model, ct, arr, dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
         e = generate(model, st, torch.as_tensor(cond[idx], device=dev), tokens_per_step)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         secs += time.perf_counter() - t0
+        dec += time.perf_counter() - t1
         out.append(e.float().cpu().numpy())
-    return np.concatenate(out), secs
+    return (np.concatenate(out), secs, dec) if with_decode_time else (np.concatenate(out), secs)
 
 
 def index_rows(catalog, size: int, seed: int = 0) -> np.ndarray:

@@ -24,6 +24,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01
+    decay_embeddings: bool = False  # also decay the hashed-ID table (regularises small catalogs)
     warmup_steps: int = 100
     grad_clip: float = 1.0
     seed: int = 0
@@ -203,8 +204,9 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
     if tc.compile:
         for b in model.blocks:
             b.compile()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "id_table" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "id_table" not in n)]
+    decayed = lambda n, p: p.dim() >= 2 and (tc.decay_embeddings or "id_table" not in n)
+    decay = [p for n, p in model.named_parameters() if decayed(n, p)]
+    rest = [p for n, p in model.named_parameters() if not decayed(n, p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                              {"params": rest, "weight_decay": 0.0}], lr=tc.lr)
     arrays = {k: torch.as_tensor(getattr(ex, k)) for k in ("rows", "actions", "surfaces", "ts_s")}
