@@ -33,7 +33,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     c = sub.add_parser("consume", help="consume the topic into RocksDB until SIGTERM/SIGINT")
     common(c)
     c.add_argument("--group", default="pinrec-speed-layer")
-    c.add_argument("--dlq-topic", default="engagements.dlq")
+    c.add_argument("--dlq-topic", default="engagements-dlq")
     c.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on 127.0.0.1:PORT")
     c.add_argument("--no-sweep", action="store_true",
@@ -68,7 +68,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     b.add_argument("--port", type=int, default=9092)
     b.add_argument("--storage", default="memory://tansu/",
                    help="memory://tansu/ (lost on restart) or s3://tansu/ (needs AWS_ENDPOINT)")
-    b.add_argument("--topics", default="engagements:4,engagements.dlq:1",
+    b.add_argument("--topics", default="engagements:4,engagements-dlq:1",
                    help="topics to create, name:partitions,...")
 
 

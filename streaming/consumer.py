@@ -28,7 +28,7 @@ class ConsumerConfig:
     bootstrap: str
     db_path: Path
     topic: str = "engagements"
-    dlq_topic: str = "engagements.dlq"
+    dlq_topic: str = "engagements-dlq"  # the name compose and the demo create
     group: str = "pinrec-speed-layer"
     vocab: str = "pinterest"
     max_future_s: float = 300.0          # clock skew allowed before "timestamp in the future"
