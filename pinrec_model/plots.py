@@ -28,7 +28,9 @@ def write_plots(result: dict, stem: Path) -> list[Path]:
     if "controllability" in result:
         m = result["controllability"]
         rows = list(m)
-        cols = sorted({c for r in m.values() for c in r})
+        seen = {c for r in m.values() for c in r}
+        # same order on both axes, so the matching-action cells form the diagonal
+        cols = [c for c in rows if c in seen] + sorted(seen - set(rows))
         import numpy as np
 
         z = np.array([[m[r].get(c, np.nan) * 100 for c in cols] for r in rows])
