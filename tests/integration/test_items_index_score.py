@@ -11,6 +11,8 @@ import json
 import pyarrow.compute as pc
 import pytest
 
+pytestmark = pytest.mark.slow  # the module fixture synthesises, builds sequences and scores
+
 from jobs.index import IndexConfig, IndexRejected, index_version
 from jobs.index import run_job as run_index
 from jobs.items import ItemsConfig

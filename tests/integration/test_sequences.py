@@ -116,6 +116,7 @@ def _synth(lake_root, users=120, days=12, seed=3):
                           p_active=0.5, events_per_session=4.0, start="2026-01-01"), str(lake_root))
 
 
+@pytest.mark.slow
 def test_incremental_equals_full_and_reference_and_reruns_are_identical(spark, tmp_path):
     """Window 6 days and cap 7 so both the window edge and the cap bite every day."""
     full_lake, inc_lake = Lake.at(tmp_path / "full"), Lake.at(tmp_path / "inc")
