@@ -173,3 +173,25 @@ def test_two_concurrent_merge_writers(tmp_path):
     print("retries (disjoint, same partition):", retries)
     assert retries[0] == 0, "literal partition predicates should keep disjoint writers apart"
     assert retries[1] >= 1, "writers on one partition raced six times without a single conflict"
+
+
+def test_maintenance_job_compacts_and_vacuums_with_a_safe_default(tmp_path, capsys):
+    from jobs.maintenance import MaintenanceConfig, run_job
+    from pinrec.cli import main
+
+    tables = LakeTables(Lake.at(tmp_path / "lake"))
+    for u in range(5):
+        tables.merge("candidates", candidates("2026-01-01", [u]), KEYS, ["2026-01-01"])
+    before = keyed(tables.read("candidates"))
+    # The default retention keeps every file a reader of the last week could still need.
+    report = run_job(MaintenanceConfig(lake=str(tables.lake.root), tables=("candidates",)))
+    assert report["candidates"]["files_before"] == 5 and report["candidates"]["files_after"] == 1
+    assert report["candidates"]["files_vacuumed"] == 0
+    assert keyed(tables.read("candidates")) == before
+    # Below a week only with --unsafe-retention; then the compacted-away files are deleted.
+    assert main(["maintenance", "--lake", str(tables.lake.root), "--retention-hours", "0"]) == 2
+    assert "below the safe" in capsys.readouterr().err
+    assert main(["maintenance", "--lake", str(tables.lake.root), "--tables", "candidates",
+                 "--retention-hours", "0", "--unsafe-retention"]) == 0
+    files = list(Path(tables.uri("candidates")).rglob("*.parquet"))
+    assert len(files) == 1 and keyed(tables.read("candidates")) == before
