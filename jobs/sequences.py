@@ -153,13 +153,18 @@ def spark_incremental(spark, tables, cfg: SequencesConfig):
 
 
 def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
-    """Build and write sequences@ds; returns (mode used, table version)."""
+    """Build and write sequences@ds; returns (mode used, table version).
+
+    `spark` is a session, or a zero-argument function that starts one: then Spark starts only
+    when the run needs it (a full rebuild), and the daily incremental update on the embedded
+    back end skips its 10-30 s start-up."""
     import pyarrow as pa
     import pyarrow.dataset as pads
 
     from jobs.lake import open_tables
 
-    tables = open_tables(Lake.at(cfg.lake), spark)
+    lazy = callable(spark)
+    tables = open_tables(Lake.at(cfg.lake), None if lazy else spark)
     if not tables.exists("events"):
         raise ValueError(f"no events table under {cfg.lake}; import or synthesise data first "
                          f"(`pinrec data synth --lake {cfg.lake}`)")
@@ -168,6 +173,7 @@ def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
     have_prev = prev_ds in tables.partitions("sequences")
     mode = cfg.mode if cfg.mode != "auto" else ("incremental" if have_prev else "full")
     if mode == "full":
+        spark = spark() if lazy else spark
         parts = set(window_partitions(cfg.ds, cfg.window_days)) & set(tables.partitions("events"))
         df = build_sequences(tables.read_spark(spark, "events", sorted(parts)), cfg.ds, start,
                              cutoff, cfg.max_len)
@@ -212,7 +218,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = SequencesConfig(ds=args.ds, lake=args.lake, mode=args.mode, max_len=args.max_len,
                           window_days=args.window_days)
-    spark = get_session(SparkConfig.from_args(args))
+    scfg = SparkConfig.from_args(args)
+    # With Delta jars the back end is delta-spark, which needs the session up front.
+    spark = get_session(scfg) if scfg.delta_jars else (lambda: get_session(scfg))
     mode, version = run_job(spark, cfg)
     print(f"sequences ds={cfg.ds} mode={mode} -> table version {version}")
     return 0

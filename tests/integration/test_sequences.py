@@ -142,7 +142,9 @@ def test_incremental_equals_full_and_reference_and_reruns_are_identical(spark, t
 
     # Idempotency: re-running a day (either mode) leaves the table contents identical.
     before = {ds: sorted_rows(inc_lake, ds) for ds in days}
-    run_job(spark, SequencesConfig(ds=days[-1], lake=str(inc_lake.root), mode="incremental", **kw))
+    # (the embedded incremental path must not even start Spark)
+    no_spark = lambda: pytest.fail("the incremental update started a Spark session")  # noqa: E731
+    run_job(no_spark, SequencesConfig(ds=days[-1], lake=str(inc_lake.root), mode="incremental", **kw))
     run_job(spark, SequencesConfig(ds=days[1], lake=str(inc_lake.root), mode="full", **kw))
     assert {ds: sorted_rows(inc_lake, ds) for ds in days} == before
 
