@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ARMS = {"balanced": {"repin": 0.4, "grid_click": 0.4, "outbound_click": 0.1,
@@ -43,6 +43,7 @@ class DemoConfig:
     train_seconds: int = 90
     show_users: int = 3
     import_source: tuple[str, str] | None = None
+    days_in_lake: tuple[str, str] | None = None  # (batch ds, fresh ds) read from the lake
 
     @property
     def lake(self) -> Path:
@@ -50,9 +51,11 @@ class DemoConfig:
 
     @property
     def ds(self) -> str:
-        """The batch day: the day before the last synthetic day, whose events are replayed."""
+        """The batch day: the day before the last day of events, whose events are replayed."""
         from datetime import datetime, timedelta
 
+        if self.days_in_lake:
+            return self.days_in_lake[0]
         first = datetime.strptime(self.start, "%Y-%m-%d")
         return (first + timedelta(days=self.days - 2)).strftime("%Y-%m-%d")
 
@@ -60,6 +63,8 @@ class DemoConfig:
     def fresh_ds(self) -> str:
         from datetime import datetime, timedelta
 
+        if self.days_in_lake:
+            return self.days_in_lake[1]
         return (datetime.strptime(self.ds, "%Y-%m-%d") + timedelta(days=1)).strftime("%Y-%m-%d")
 
     @property
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     timings = Timings()
     t_all = time.perf_counter()
     try:
+        cfg = load_data(cfg, timings)
         return _run(cfg, procs, timings)
     finally:
         procs.stop_all()
@@ -141,7 +147,9 @@ def batch_day(cfg: DemoConfig, timings: Timings) -> None:
                               "--index-version", f"{ds}.{v}"], logs)
 
 
-def _run(cfg: DemoConfig, procs: "Procs", timings: Timings) -> int:
+def load_data(cfg: DemoConfig, timings: Timings) -> DemoConfig:
+    """Synthesise (or import) events unless the lake has them; the last two days become the
+    batch day and the fresh day."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     logs = cfg.out / "logs"
     if not (cfg.lake / "tables" / "events").exists():
@@ -151,6 +159,11 @@ def _run(cfg: DemoConfig, procs: "Procs", timings: Timings) -> int:
             step(timings, "data synth", ["data", "synth", "--users", str(cfg.users), "--days",
                                          str(cfg.days), "--items", str(cfg.items), "--seed",
                                          str(cfg.seed), "--start", cfg.start, "--lake", str(cfg.lake)], logs)
+    return replace(cfg, days_in_lake=last_two_days(cfg.lake))
+
+
+def _run(cfg: DemoConfig, procs: "Procs", timings: Timings) -> int:
+    logs = cfg.out / "logs"
     batch_day(cfg, timings)
 
     from streaming.broker import Tansu, create_topics, free_port
@@ -184,6 +197,18 @@ def _run(cfg: DemoConfig, procs: "Procs", timings: Timings) -> int:
 
     show_recommendations(cfg, f"http://127.0.0.1:{port}", token)
     return 0
+
+
+def last_two_days(lake: Path) -> tuple[str, str]:
+    """The batch day and the fresh day: the last two `events` partitions (synthetic or imported)."""
+    from jobs.lake import LakeTables
+    from pinrec.layout import Lake
+
+    days = LakeTables(Lake.at(lake)).partitions("events")
+    if len(days) < 2:
+        raise SystemExit(f"demo: the lake {lake} has {len(days)} day(s) of events; it needs two "
+                         "(one batch day and one day of fresh events to replay)")
+    return days[-2], days[-1]
 
 
 def count_events(lake: Path, ds: str) -> int:

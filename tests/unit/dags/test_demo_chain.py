@@ -52,3 +52,19 @@ def test_dag_task_order_matches_the_demo(tmp_path_factory):
 @pytest.mark.parametrize("days,ds", [(2, "2026-01-01"), (30, "2026-01-29")])
 def test_batch_day_is_the_day_before_the_last(days, ds):
     assert demo.DemoConfig(out=Path("x"), days=days).ds == ds
+
+
+def test_batch_and_fresh_day_come_from_the_lake(tmp_path):
+    from pinrec.cli import main as pinrec
+
+    lake = tmp_path / "out" / "lake"
+    assert pinrec(["data", "synth", "--users", "20", "--days", "3", "--items", "200",
+                   "--start", "2026-03-01", "--lake", str(lake)]) == 0
+    assert demo.last_two_days(lake) == ("2026-03-02", "2026-03-03")
+    cfg = demo.load_data(demo.DemoConfig(out=tmp_path / "out", days=99), demo.Timings())
+    assert (cfg.ds, cfg.fresh_ds) == ("2026-03-02", "2026-03-03")  # the lake wins over --days
+    one_day = tmp_path / "one" / "lake"
+    assert pinrec(["data", "synth", "--users", "5", "--days", "1", "--items", "200",
+                   "--lake", str(one_day)]) == 0
+    with pytest.raises(SystemExit, match="needs two"):
+        demo.last_two_days(one_day)
