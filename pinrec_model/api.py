@@ -238,25 +238,30 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
     out, qi = [], 0
     for b, plan in enumerate(plans):
         seen = set(int(x) for x in histories[b].item_ids) if exclude_history else set()
-        chosen, spare = [], []
+        chosen, rest = [], []
         for name, _, quota in plan:
-            got = 0
-            for s, i in zip(scores[qi], ids[qi]):
-                if i < 0 or int(i) in seen:
-                    continue
-                if got < quota:
-                    chosen.append(Candidate(int(i), float(s), name))
-                    seen.add(int(i))
+            got, pos = 0, 0
+            row_s, row_i = scores[qi], ids[qi]
+            # Stop at the quota: the over-fetched tail is only read when a fill is needed
+            # (building it for every user cost ~8 ms/user on the H100 host, bench score).
+            while got < quota and pos < len(row_i):
+                i = int(row_i[pos])
+                if i >= 0 and i not in seen:
+                    chosen.append(Candidate(i, float(row_s[pos]), name))
+                    seen.add(i)
                     got += 1
-                else:
-                    spare.append(Candidate(int(i), float(s), name))
+                pos += 1
+            rest.append((qi, pos, name))
             qi += 1
         # Over-fetched results fill what de-duplication took away, best score first.
-        for c in sorted(spare, key=lambda c: -c.score):
-            if len(chosen) >= n:
-                break
-            if c.item_id not in seen:
-                chosen.append(c)
-                seen.add(c.item_id)
+        if len(chosen) < n:
+            spare = [Candidate(int(i), float(s), name) for q, start, name in rest
+                     for s, i in zip(scores[q][start:], ids[q][start:]) if i >= 0]
+            for c in sorted(spare, key=lambda c: -c.score):
+                if len(chosen) >= n:
+                    break
+                if c.item_id not in seen:
+                    chosen.append(c)
+                    seen.add(c.item_id)
         out.append(sorted(chosen, key=lambda c: -c.score)[:n])
     return out
