@@ -15,6 +15,9 @@ from pathlib import Path
 from pinrec.cli import add_lake_arg
 from pinrec.contracts import vocab
 
+# Kept here, not in jobs.importers, so `pinrec --help` does not import pandas.
+SOURCES = ("beauty", "trivago", "taobao", "movielens100k", "generic")
+
 
 @dataclass(frozen=True)
 class ImportConfig:
@@ -26,8 +29,6 @@ class ImportConfig:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from jobs.importers import SOURCES
-
     sub = p.add_subparsers(dest="data_cmd", metavar="{import,synth}", required=True)
     imp = sub.add_parser("import", help="import a real dataset into the events table")
     imp.add_argument("source", choices=SOURCES)

@@ -29,7 +29,6 @@ from pinrec.contracts import (
     query_item_id,
 )
 
-SOURCES = ("beauty", "trivago", "taobao", "movielens100k", "generic")
 MINUTE_US = 60_000_000
 
 TRIVAGO_ITEM_ACTIONS = {
