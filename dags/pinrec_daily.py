@@ -192,7 +192,10 @@ with DAG(
     index = BashOperator(task_id="index", bash_command=pinrec("index", f"--model-version {MODEL_VERSION}"))
     score = BashOperator(
         task_id="score",
-        bash_command=pinrec("score", f"--model-version {MODEL_VERSION} --arms {ARMS_FILE}"),
+        # the index of this run by name, not index/CURRENT: runs of a parallel backfill each
+        # publish their own index, and a model must be scored against its own item embeddings
+        bash_command=pinrec("score", f"--model-version {MODEL_VERSION} --index-version {INDEX_VERSION} "
+                                     f"--arms {ARMS_FILE}"),
         pool=GPU_POOL,
     )
     quality_gate = BashOperator(

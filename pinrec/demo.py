@@ -140,7 +140,8 @@ def batch_day(cfg: DemoConfig, timings: Timings) -> None:
                                 "--version", v, "--max-seconds", str(cfg.train_seconds), "--quiet"], logs)
     step(timings, "index", ["index", *common, "--model-version", v], logs)
     arms_file = cfg.lake / "runs" / "params" / ds / "arms.json"
-    step(timings, "score", ["score", *common, "--model-version", v, "--arms", str(arms_file)], logs)
+    step(timings, "score", ["score", *common, "--model-version", v, "--index-version", f"{ds}.{v}",
+                            "--arms", str(arms_file)], logs)
     step(timings, "quality gate", ["gate", "check", *common, "--candidate-model", v,
                                    "--variant", cfg.variant], logs)
     step(timings, "publish", ["gate", "publish", *common, "--model-version", v,

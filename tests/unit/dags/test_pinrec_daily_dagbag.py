@@ -139,6 +139,7 @@ def test_rendered_commands(dag):
     score = pinrec_argv(render(dag, "score"))
     assert score[score.index("--model-version") + 1] == "d20260107-mt_oc-small"
     assert score[score.index("--arms") + 1].endswith("/runs/params/2026-01-07/arms.json")
+    assert score[score.index("--index-version") + 1] == "2026-01-07.d20260107-mt_oc-small"
     pub = pinrec_argv(render(dag, "publish"))
     from jobs.index import index_version
 
