@@ -2,9 +2,16 @@
 frequencies, negative sampling, and the (sampled or full) softmax with logQ correction.
 
 s(i_hat, i_c) = lambda * <i_hat, i_c> - Q(i_c), where Q is the log of the expected number of
-times i_c appears among the candidates: log(M * p(i_c)) for in-batch candidates (p from the
-sketch) and log(R / N) for R uniform random negatives out of N items. Subtracting it from EVERY
-candidate, the positive included, is what removes the popularity bias of in-batch negatives.
+times i_c appears among the sampled negatives: log(M * p(i_c)) for in-batch candidates (p from
+the sketch) and log(R / N) for R uniform random negatives out of N items.
+
+Which candidates get the correction: every NEGATIVE does. Negatives equal to a positive are
+masked (accidental hits), so the positive's own mass enters the partition exactly once, through
+the positive term: correcting that term as well would divide it by M * p(pos) and over-rate
+popular items (a toy catalogue with a 50 % item: 0.87 learned vs 0.53 this way;
+tests/unit/model/test_losses.py). With masking, "correct negatives, not the positive" is the
+consistent estimator of the full softmax; the paper's s() applied to every candidate is
+consistent only without masking. Callers pass pos_q = 0 for that reason.
 """
 from __future__ import annotations
 

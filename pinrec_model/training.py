@@ -170,7 +170,7 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
     neg_rows = torch.cat([inb, rnd])
     if cfg.logq_correction:
         m = float(len(inb))
-        pos_q = math.log(m) + cms.log_prob(ct.ids[trow.clamp(min=0)].reshape(-1)).reshape(trow.shape)
+        pos_q = torch.zeros(trow.shape, device=rows.device)  # see losses.py: masked hits, positive uncorrected
         inb_q = math.log(m) + cms.log_prob(ct.ids[inb])
         rnd_q = torch.full((len(rnd),), math.log(len(rnd) / len(ct.pin_rows)), device=rows.device)
         neg_q = torch.cat([inb_q, rnd_q])
