@@ -1,0 +1,104 @@
+"""Events / sequences -> training tensors, and the multi-token target sampler."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from jobs.train import events_from_sequences
+from pinrec.contracts import PINTEREST_ACTIONS, SEQUENCES_SCHEMA
+from pinrec_model.api import ItemFeatures
+from pinrec_model.data import PAD, build_catalog, build_user_seqs, make_examples
+from pinrec_model.model import preset
+from pinrec_model.training import sample_targets
+
+T0 = 1_767_225_600_000_000
+
+
+def _events():
+    rows = [  # user, item, type, action, minute (out of order on purpose)
+        (2, 11, "pin", "repin", 3), (1, 10, "pin", "grid_click", 0), (1, 99, "query", "search", 1),
+        (1, 11, "pin", "outbound_click", 2), (2, 10, "pin", "repin", 1), (1, 12, "pin", "repin", 5),
+    ]
+    return pa.table({
+        "user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows], "item_type": [r[2] for r in rows],
+        "query_text": ["cats" if r[2] == "query" else None for r in rows], "action": [r[3] for r in rows],
+        "surface": ["search" if r[2] == "query" else "homefeed" for r in rows],
+        "ts": pa.array([T0 + r[4] * 60_000_000 for r in rows], pa.timestamp("us", tz="UTC")),
+    })
+
+
+def test_catalog_and_sequences_are_chronological_with_features():
+    feats = pa.table({"item_id": [10, 12], "item_type": ["pin", "pin"], "attributes": [[1, 2], None],
+                      "content": [None, [0.5] * 32]},
+                     schema=pa.schema([("item_id", pa.int64()), ("item_type", pa.string()),
+                                       ("attributes", pa.list_(pa.int64())), ("content", pa.list_(pa.float32()))]))
+    ev = _events()
+    cat = build_catalog(ev, feats)
+    assert cat.ids.tolist() == [10, 11, 12, 99] and cat.type_ids.tolist() == [1, 1, 1, 2]
+    assert np.abs(cat.features[0]).sum() > 0 and np.allclose(np.linalg.norm(cat.features[2]), 1)
+    assert np.abs(cat.features[1]).sum() == 0  # no side features: relies on its ID embedding
+    assert np.abs(cat.features[3]).sum() > 0  # query trigrams
+    s = build_user_seqs(ev, cat, PINTEREST_ACTIONS)
+    assert s.user_ids.tolist() == [1, 2]
+    assert cat.ids[s.rows[s.user(0)]].tolist() == [10, 99, 11, 12]
+    assert cat.ids[s.rows[s.user(1)]].tolist() == [10, 11]
+    amap = {a: i + 1 for i, a in enumerate(PINTEREST_ACTIONS.actions)}
+    assert s.actions[s.user(0)].tolist() == [amap[a] for a in ("grid_click", "search", "outbound_click", "repin")]
+    assert cat.rows(np.array([12, 5])).tolist() == [2, PAD]
+
+
+def test_events_from_sequences_round_trip():
+    seq = pa.table({
+        "user_id": [7], "event_ids": [["a", "b"]], "item_ids": [[10, 11]], "item_types": [["pin", "pin"]],
+        "actions": [["repin", "grid_click"]], "surfaces": [["homefeed", "search"]],
+        "ts": [[T0, T0 + 1]], "length": [2], "cutoff_ts": [T0 + 10], "ds": ["2026-01-01"],
+    }, schema=SEQUENCES_SCHEMA)
+    ev = events_from_sequences(seq)
+    assert ev.column("user_id").to_pylist() == [7, 7]
+    assert ev.column("item_id").to_pylist() == [10, 11]
+    assert ev.column("surface").to_pylist() == ["homefeed", "search"]
+
+
+def test_examples_cover_every_input_once_with_lookahead():
+    ev = _events()
+    cat = build_catalog(ev)
+    s = build_user_seqs(ev, cat, PINTEREST_ACTIONS)
+    ex = make_examples(s, max_len=2, lookahead=3)
+    # user 1 (4 tokens): inputs end at 3 then 1 -> two windows; user 2 (2 tokens): one window
+    assert ex.rows.shape == (3, 5)
+    inputs = ex.rows[:, :2]
+    assert sorted(cat.ids[inputs[inputs >= 0]].tolist()) == sorted([10, 99, 11, 10])  # all but last tokens
+
+
+def test_multi_token_targets_stay_in_window_and_skip_queries():
+    cfg = preset("small", variant="mt_oc", t_lim=3, window=1)
+    B, L, width = 1, 4, 9
+    rows = torch.tensor([[0, 1, 2, 3, 4, 5, 6, PAD, PAD]])
+    is_pin = torch.tensor([[True, True, False, True, True, True, True, False, False]])
+    ts = torch.arange(width)[None] * 60
+    acts = torch.arange(width)[None] + 1
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        wpos, wvalid, off, tact, row_valid = sample_targets(cfg, rows, acts, ts, is_pin, L, g)
+        assert ((off >= 1) & (off <= 3)).all()
+        i = torch.arange(L)[None]
+        assert (wpos[..., 0] == i + off).all()  # the window starts at t'
+        assert ((wpos - wpos[..., :1]) <= cfg.window).all()
+        assert not (wvalid & ~is_pin.gather(1, wpos.reshape(1, -1)).reshape(wpos.shape)).any()
+        assert (tact == acts.gather(1, i + off)).all()  # conditioned on the action at t'
+        assert not (row_valid & ~is_pin.gather(1, i + off)).any()  # a query at t' is no target
+    # windows in seconds: only tokens within Delta seconds of t'
+    cfg_s = replace(cfg, window_unit="seconds", window=60, window_max_tokens=4)
+    wpos, wvalid, *_ = sample_targets(cfg_s, rows, acts, ts, is_pin, L, g)
+    span = ts.gather(1, wpos.reshape(1, -1)).reshape(wpos.shape) - ts.gather(1, wpos[..., :1].reshape(1, -1)).reshape(wpos[..., :1].shape)
+    assert (span[wvalid] <= 60).all()
+
+
+def test_item_features_from_items_table_and_unknown_ids():
+    t = pa.table({"item_id": [5, 3], "features": [[1.0] * 32, [2.0] * 32]})
+    f = ItemFeatures.from_table(t)
+    out = f.lookup(np.array([3, 4, 5]))
+    assert out.shape == (3, 32) and out[0, 0] == 2.0 and out[1].sum() == 0 and out[2, 0] == 1.0
