@@ -29,7 +29,7 @@ JOBS = ("sequences", "items", "train", "index", "score", "eval", "maintenance")
 SYNTH = ["--users", "80", "--days", "4", "--items", "300", "--start", "2026-01-01", "--seed", "3"]
 # On an 80-user lake recall@10 of held-out users is noise (0.0 vs 0.2 between two days was
 # seen), so the gate is off here; tests/unit/dags/test_gate.py covers its decisions.
-CONF = {"train_max_seconds": 20, "max_recall_drop": 1.0,
+CONF = {"train_max_seconds": 10, "max_recall_drop": 1.0,
         "arms": {"balanced": {"repin": 0.5, "grid_click": 0.5}, "repin": {"repin": 1.0}}}
 ARTIFACTS = Path(os.environ.get("PINREC_TEST_ARTIFACTS", REPO / "build" / "test-artifacts"))
 
@@ -140,6 +140,13 @@ def test_backfill_three_days_from_the_rest_api_then_rerun_is_identical(stack):
         stack.request("POST", "/api/v2/backfills", {"dag_id": DAG, "from_date": f"{DAYS[0]}T00:00:00Z",
                                                     "to_date": f"{DAYS[0]}T00:00:00Z"}, token=analyst)
     assert denied.value.code == 403
+
+    # the params schema guards the REST API (and the UI form) too: a negative weight is refused
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        stack.request("POST", f"/api/v2/dags/{DAG}/dagRuns",
+                      {"logical_date": None, "conf": {"arms": {"a": {"repin": -1.0, "other": 2.0}}}},
+                      token=ops)
+    assert bad.value.code == 400, bad.value.read()
 
     # a backfill of a paused DAG waits forever: unpause first, as docs/ops.md says
     stack.request("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False}, token=ops)
