@@ -44,6 +44,9 @@ class PinRecConfig:
     logit_scale: float = 20.0  # lambda in s = lambda * <i_hat, i> - Q(i)
     full_softmax: bool = False  # score against every catalog item instead of sampled negatives
     logq_correction: bool = True
+    # Eq. 2 read literally also subtracts Q from the positive. With accidental hits masked that
+    # over-rates popular items (losses.py, tests/unit/model/test_losses.py), so it is opt-in.
+    logq_on_positive: bool = False
     n_random_negatives: int = 256
     max_in_batch_negatives: int = 1024
     cms_width: int = 1 << 16

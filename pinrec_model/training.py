@@ -170,8 +170,11 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
     neg_rows = torch.cat([inb, rnd])
     if cfg.logq_correction:
         m = float(len(inb))
-        pos_q = torch.zeros(trow.shape, device=rows.device)  # see losses.py: masked hits, positive uncorrected
         inb_q = math.log(m) + cms.log_prob(ct.ids[inb])
+        if cfg.logq_on_positive:  # the paper's literal form (see losses.py for why it is opt-in)
+            pos_q = (math.log(m) + cms.log_prob(ct.ids[trow.clamp(min=0)].reshape(-1))).reshape(trow.shape)
+        else:  # masked hits: the positive enters the partition once, uncorrected
+            pos_q = torch.zeros(trow.shape, device=rows.device)
         rnd_q = torch.full((len(rnd),), math.log(len(rnd) / len(ct.pin_rows)), device=rows.device)
         neg_q = torch.cat([inb_q, rnd_q])
     else:
