@@ -189,7 +189,7 @@ with DAG(
         ),
         pool=GPU_POOL,
     )
-    index = BashOperator(task_id="index", bash_command=pinrec("index", f"--model-version {MODEL_VERSION}"))
+    index = BashOperator(task_id="index", bash_command=pinrec("index", f"--model-version {MODEL_VERSION} --no-publish"))
     score = BashOperator(
         task_id="score",
         # the index of this run by name, not index/CURRENT: runs of a parallel backfill each

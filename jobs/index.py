@@ -40,6 +40,9 @@ class IndexConfig:
     k: int = 10
     seed: int = 0
     device: str = "auto"
+    # The daily DAG builds without publishing and lets the quality gate publish model and index
+    # together: serving must never pair a new index with the old model's item tower.
+    publish: bool = True
 
     def __post_init__(self):
         parse_ds(self.ds)
@@ -95,7 +98,8 @@ def run_job(cfg: IndexConfig) -> dict:
     version = index_version(cfg.ds, model_version)
     vdir = lake.version_dir("index", version)
     if (vdir / "meta.json").exists():  # a re-run of the day: same inputs, same index
-        publish(lake, "index", version)
+        if cfg.publish:
+            publish(lake, "index", version)
         return json.loads((vdir / "build.json").read_text()) | {"reused": True}
 
     tables = LakeTables(lake)
@@ -125,8 +129,9 @@ def run_job(cfg: IndexConfig) -> dict:
         tmp.rename(vdir)  # the version appears complete or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    publish(lake, "index", version)
-    _record(lake, cfg.ds, report | {"published": True})
+    if cfg.publish:
+        publish(lake, "index", version)
+    _record(lake, cfg.ds, report | {"published": cfg.publish})
     return report
 
 
@@ -150,12 +155,15 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="publish only if recall@10 against exact search is at least this")
     p.add_argument("--sample", type=int, default=d.sample, help="queries in the recall check")
     p.add_argument("--device", default=d.device, help="cpu | cuda | auto")
+    p.add_argument("--no-publish", dest="publish", action="store_false",
+                   help="build and check the version but leave index/CURRENT alone "
+                        "(the quality gate publishes it with its model)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = IndexConfig(ds=args.ds, lake=args.lake, model_version=args.model_version, kind=args.kind,
                       nprobe=args.nprobe, min_recall=args.min_recall, sample=args.sample,
-                      device=args.device)
+                      device=args.device, publish=args.publish)
     try:
         report = run_job(cfg)
     except IndexRejected as e:

@@ -12,6 +12,7 @@ import argparse
 import json
 from dataclasses import dataclass
 
+from pinrec.contracts import PARTITION_COLUMNS
 from pinrec.layout import TABLES, Lake
 
 
@@ -34,7 +35,10 @@ def run_job(cfg: MaintenanceConfig) -> dict[str, dict]:
         if not tables.exists(name):
             continue
         files_before = len(tables.live_files(name))
-        if cfg.dry_run:
+        # Named days compact only the ds-partitioned tables; unpartitioned side tables
+        # (item_features) are compacted whole when no day is named.
+        partitioned = bool(PARTITION_COLUMNS.get(name))
+        if cfg.dry_run or (cfg.ds and not partitioned):
             compacted = {}
         else:
             compacted = tables.optimize(name, list(cfg.ds) or None)

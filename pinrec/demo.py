@@ -138,7 +138,7 @@ def batch_day(cfg: DemoConfig, timings: Timings) -> None:
     if not (cfg.lake / "models" / v / "config.json").exists():
         step(timings, "train", ["train", *common, "--variant", cfg.variant, "--preset", "small",
                                 "--version", v, "--max-seconds", str(cfg.train_seconds), "--quiet"], logs)
-    step(timings, "index", ["index", *common, "--model-version", v], logs)
+    step(timings, "index", ["index", *common, "--model-version", v, "--no-publish"], logs)
     arms_file = cfg.lake / "runs" / "params" / ds / "arms.json"
     step(timings, "score", ["score", *common, "--model-version", v, "--index-version", f"{ds}.{v}",
                             "--arms", str(arms_file)], logs)

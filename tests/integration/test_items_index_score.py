@@ -97,6 +97,10 @@ def test_index_publishes_reuses_and_rejects_without_touching_current(lake):
     with pytest.raises(FileNotFoundError, match="nope"):
         run_index(IndexConfig(ds=DAY2, lake=str(lake.root), model_version="nope"))
     assert read_pointer(lake.artifacts("index") / "CURRENT") == good
+    # --no-publish (what the DAG runs before its quality gate): a complete new version, CURRENT untouched.
+    built = run_index(IndexConfig(ds=DAY2, lake=str(lake.root), model_version="m1", publish=False))
+    assert (lake.version_dir("index", built["version"]) / "build.json").exists()
+    assert read_pointer(lake.artifacts("index") / "CURRENT") == good
 
 
 def test_score_writes_contract_rows_idempotently(lake, tmp_path):

@@ -195,3 +195,20 @@ def test_maintenance_job_compacts_and_vacuums_with_a_safe_default(tmp_path, caps
                  "--retention-hours", "0", "--unsafe-retention"]) == 0
     files = list(Path(tables.uri("candidates")).rglob("*.parquet"))
     assert len(files) == 1 and keyed(tables.read("candidates")) == before
+
+
+def test_maintenance_for_named_days_skips_unpartitioned_tables(tmp_path):
+    """Regression: `pinrec maintenance --ds D` on a lake with item_features (no ds column) used
+    to fail with "Field 'ds' is not a root table field"."""
+    from jobs.data_cli import run_synth
+    from jobs.maintenance import MaintenanceConfig, run_job
+    from jobs.synth import SynthConfig
+
+    root = tmp_path / "lake"
+    run_synth(SynthConfig(users=50, days=3, items=100, clusters=4), str(root))
+    report = run_job(MaintenanceConfig(lake=str(root), ds=("2026-01-02",)))
+    assert report["item_features"]["files_compacted"] == 0
+    assert set(report) == {"events", "item_features"}
+    events = LakeTables(Lake.at(root)).read("events")
+    assert events.num_rows > 0 and sorted(set(events.column("ds").to_pylist())) == [
+        "2026-01-01", "2026-01-02", "2026-01-03"]
