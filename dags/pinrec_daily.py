@@ -49,7 +49,7 @@ LAKE = "{{ var.value.get('PINREC_LAKE', %s) }}" % repr(DEFAULT_LAKE)
 COMMON = "--ds {{ ds }} --lake " + LAKE
 MODEL_VERSION = "d{{ ds_nodash }}-{{ params.variant }}-{{ params.preset }}"  # one per ds and model kind
 INDEX_VERSION = "{{ ds }}." + MODEL_VERSION  # how `pinrec index` names the index it builds
-WARM_START_FLAGS = ""
+WARM_START_FLAGS = "--warm-start-from current"  # the serving model; scratch if none yet
 DS_TABLES = ("events", "sequences", "items", "candidates")  # partitioned by ds
 ARMS_FILE = LAKE + "/runs/params/{{ ds }}/arms.json"  # written by `pinrec gate params`
 
@@ -76,8 +76,9 @@ def last_days(ds: str, n: int) -> list[str]:
 
 
 def warm_start_flags(ds: str, full_every_days: int) -> str:
-    """Flags `pinrec train` gets on warm-start days. Empty for now: `pinrec train` has no
-    warm-start option yet, so every day is a full retrain until it does (see docs/ops.md)."""
+    """Flags `pinrec train` gets: none on full-retrain days, a warm start from the serving
+    model otherwise (a failed gate leaves CURRENT on the last good model, so warm starts never
+    build on a rejected one)."""
     return "" if train_mode(ds, full_every_days) == "full" else WARM_START_FLAGS
 
 

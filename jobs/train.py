@@ -22,6 +22,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--version", help="model version name (default: <variant>-<timestamp>)")
     p.add_argument("--publish", action="store_true", help="point models/CURRENT at the new version")
+    p.add_argument("--warm-start-from", metavar="VERSION|current",
+                   help="start from a saved version's weights (`current`: the serving model; "
+                        "trains from scratch when nothing is published yet)")
 
 
 def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None:
@@ -144,7 +147,32 @@ def holdout_validation(prep: Prepared, users, holdout: int, max_len: int, max_us
     return validate
 
 
-def train_on(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: int = 5000):
+def warm_start_state(lake, source: str | None, cfg):
+    """(version, state dict) to start from, or (None, None) to train from scratch."""
+    from safetensors.torch import load_file
+
+    from pinrec.layout import current
+    from pinrec_model.model import PinRecConfig
+
+    if not source:
+        return None, None
+    vdir = current(lake, "models") if source == "current" else lake.version_dir("models", source)
+    if vdir is None:
+        print("warm start: no model is published yet; training from scratch")
+        return None, None
+    if not (vdir / "config.json").exists():
+        raise FileNotFoundError(f"--warm-start-from {source}: {vdir} is not a model version")
+    saved = PinRecConfig.from_json(json.loads((vdir / "config.json").read_text())["model"])
+    if saved != cfg:
+        diff = {k: (getattr(saved, k), getattr(cfg, k)) for k in cfg.to_json()
+                if getattr(saved, k) != getattr(cfg, k)}
+        raise ValueError(f"--warm-start-from {source}: version {vdir.name} has another model config "
+                         f"(saved vs requested: {diff}); retrain from scratch (drop the flag)")
+    return vdir.name, load_file(str(vdir / "model.safetensors"))
+
+
+def train_on(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: int = 5000,
+             init_state=None):
     """Train on each user's tokens but the last `holdout`; validate on the token at -holdout."""
     import numpy as np
 
@@ -156,7 +184,7 @@ def train_on(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: int =
     train_seqs = s.subset(users, keep_last=np.full(len(users), holdout))
     ex = make_examples(train_seqs, cfg.max_len, lookahead(cfg))
     val = holdout_validation(prep, users, holdout, cfg.max_len, val_users) if holdout > 0 else None
-    return fit(cfg, tc, prep.catalog, ex, val)
+    return fit(cfg, tc, prep.catalog, ex, val, init_state=init_state)
 
 
 def run(args) -> int:
@@ -172,11 +200,13 @@ def run(args) -> int:
     if lake.version_dir("models", version).exists():
         raise ValueError(f"model version {version!r} already exists under {lake.root / 'models'}; "
                          f"versions are immutable: pass a new --version")
+    warm_from, init_state = warm_start_state(lake, args.warm_start_from, cfg)
     events, feats = read_training_data(lake, args.ds)
     prep = prepare(events, feats, vocab)
     t0 = time.perf_counter()
-    res = train_on(prep, cfg, tc, holdout=1, val_users=args.val_users)
-    metrics = {"val_recall@10": res.best_val, "history": res.history, "train_seconds": time.perf_counter() - t0,
+    res = train_on(prep, cfg, tc, holdout=1, val_users=args.val_users, init_state=init_state)
+    metrics = {"val_recall@10": res.best_val, "history": res.history, "warm_start_from": warm_from,
+               "train_seconds": time.perf_counter() - t0,
                "users": int(len(prep.seqs.user_ids)), "items": int(len(prep.catalog))}
     vdir = save_model(lake.version_dir("models", version), res.model, res.cms, vocab, metrics,
                       {"train": tc.__dict__, "ds": args.ds})

@@ -193,8 +193,10 @@ def lr_at(step: int, total: int, tc: TrainConfig) -> float:
 
 
 def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
-        validate: Callable[[PinRec, CatalogTensors], float] | None = None) -> TrainResult:
-    """Train a fresh model on `ex`; keep the weights of the best validation epoch."""
+        validate: Callable[[PinRec, CatalogTensors], float] | None = None,
+        init_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
+    """Train on `ex`, from scratch or (warm start) from `init_state` (a saved version's model and
+    count-min-sketch tensors); keep the weights of the best validation epoch."""
     from tqdm import tqdm
 
     torch.manual_seed(tc.seed)
@@ -204,6 +206,12 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
     model = PinRec(cfg).to(dev)
     cms = CountMinSketch(cfg.cms_width, cfg.cms_depth).to(dev)
     ct = CatalogTensors(cat, dev)
+    if init_state is not None:
+        # Hashed IDs make the tables catalog-independent, so yesterday's weights fit today's items.
+        model.load_state_dict({k: v for k, v in init_state.items() if not k.startswith("cms.")})
+        cms_state = {k[4:]: v for k, v in init_state.items() if k.startswith("cms.")}
+        if cms_state:
+            cms.load_state_dict(cms_state)
     if tc.compile:
         for b in model.blocks:
             b.compile()

@@ -65,6 +65,18 @@ def test_train_writes_immutable_version_and_publishes(lake):
     assert main(["train", "--lake", str(lake), "--variant", "uc", "--epochs", "1", "--max-seconds", "10",
                  "--version", "v-pub", "--publish", *SMALL]) == 0
     assert current(Lake.at(lake), "models").name == "v-pub"
+    # Warm start (the DAG's non-full days): from the serving model, so its first epoch starts
+    # where the published model ended, and the lineage is recorded.
+    assert main(["train", "--lake", str(lake), "--variant", "uc", "--epochs", "1", "--max-seconds", "10",
+                 "--version", "v-warm", "--warm-start-from", "current", *SMALL]) == 0
+    metrics = lambda v: json.loads((Lake.at(lake).version_dir("models", v) / "metrics.json").read_text())
+    warm, scratch = metrics("v-warm"), metrics("v-pub")
+    assert warm["warm_start_from"] == "v-pub" and scratch["warm_start_from"] is None
+    assert warm["history"][0]["loss"] < scratch["history"][0]["loss"], (warm["history"], scratch["history"])
+    # A warm start across configs is refused with a clear error, before any training.
+    assert main(["train", "--lake", str(lake), "--variant", "mt_oc", "--epochs", "1",
+                 "--version", "v-bad", "--warm-start-from", "current", *SMALL]) == 2
+    assert not Lake.at(lake).version_dir("models", "v-bad").exists()
 
 
 @pytest.mark.slow
