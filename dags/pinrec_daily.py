@@ -49,7 +49,6 @@ LAKE = "{{ var.value.get('PINREC_LAKE', %s) }}" % repr(DEFAULT_LAKE)
 COMMON = "--ds {{ ds }} --lake " + LAKE
 MODEL_VERSION = "d{{ ds_nodash }}-{{ params.variant }}-{{ params.preset }}"  # one per ds and model kind
 INDEX_VERSION = "{{ ds }}." + MODEL_VERSION  # how `pinrec index` names the index it builds
-WARM_START_FLAGS = "--warm-start-from current"  # the serving model; scratch if none yet
 DS_TABLES = ("events", "sequences", "items", "candidates")  # partitioned by ds
 ARMS_FILE = LAKE + "/runs/params/{{ ds }}/arms.json"  # written by `pinrec gate params`
 
@@ -75,11 +74,15 @@ def last_days(ds: str, n: int) -> list[str]:
     return [(day - timedelta(days=i)).strftime("%Y-%m-%d") for i in range(n)]
 
 
-def warm_start_flags(ds: str, full_every_days: int) -> str:
-    """Flags `pinrec train` gets: none on full-retrain days, a warm start from the serving
-    model otherwise (a failed gate leaves CURRENT on the last good model, so warm starts never
-    build on a rejected one)."""
-    return "" if train_mode(ds, full_every_days) == "full" else WARM_START_FLAGS
+def warm_start_flags(ds: str, full_every_days: int, variant: str, preset: str) -> str:
+    """Flags `pinrec train` gets: none on full-retrain days, otherwise a warm start from the
+    previous day's model of the same kind, named by ds (never "latest": a backfill of an old
+    day must not start from a model that saw later data). `pinrec train` trains from scratch
+    when that version does not exist."""
+    if train_mode(ds, full_every_days) == "full":
+        return ""
+    prev = (datetime.strptime(ds, "%Y-%m-%d") - timedelta(days=1)).strftime("%Y%m%d")
+    return f"--warm-start-from d{prev}-{variant}-{preset}"
 
 
 def on_task_failure(context) -> None:
@@ -185,7 +188,7 @@ with DAG(
             + pinrec("train", "--variant {{ params.variant }} --preset {{ params.preset }} "
                               f"--version {MODEL_VERSION} "
                               "--max-seconds {{ params.train_max_seconds }} --quiet "
-                              "{{ warm_start_flags(ds, params.full_retrain_every_days) }}")
+                              "{{ warm_start_flags(ds, params.full_retrain_every_days, params.variant, params.preset) }}")
             + "; fi"
         ),
         pool=GPU_POOL,

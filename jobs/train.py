@@ -23,8 +23,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", help="model version name (default: <variant>-<timestamp>)")
     p.add_argument("--publish", action="store_true", help="point models/CURRENT at the new version")
     p.add_argument("--warm-start-from", metavar="VERSION|current",
-                   help="start from a saved version's weights (`current`: the serving model; "
-                        "trains from scratch when nothing is published yet)")
+                   help="start from a saved version's weights (`current`: the serving model); "
+                        "trains from scratch, with a note, when that version does not exist")
 
 
 def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None:
@@ -157,11 +157,11 @@ def warm_start_state(lake, source: str | None, cfg):
     if not source:
         return None, None
     vdir = current(lake, "models") if source == "current" else lake.version_dir("models", source)
-    if vdir is None:
-        print("warm start: no model is published yet; training from scratch")
+    if vdir is None or not (vdir / "config.json").exists():
+        # The first day, or the day after a gap: there is nothing to continue from.
+        print(f"warm start: model version {source!r} does not exist under {lake.root / 'models'}; "
+              "training from scratch")
         return None, None
-    if not (vdir / "config.json").exists():
-        raise FileNotFoundError(f"--warm-start-from {source}: {vdir} is not a model version")
     saved = PinRecConfig.from_json(json.loads((vdir / "config.json").read_text())["model"])
     if saved != cfg:
         diff = {k: (getattr(saved, k), getattr(cfg, k)) for k in cfg.to_json()

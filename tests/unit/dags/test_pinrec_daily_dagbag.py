@@ -188,6 +188,11 @@ def test_train_mode_full_on_cadence_warm_otherwise(dag):
     ds = f"2026-02-{full_days[0]:02d}"
     assert days_since_epoch(ds) % 7 == 0
     assert train_mode("2026-02-03", 1) == "full"
+    # warm days start from the previous day's model of the same kind, named by ds
+    warm = next(f"2026-02-{d:02d}" for d in range(2, 29) if d not in full_days)
+    prev = int(warm[-2:]) - 1
+    assert mod.warm_start_flags(warm, 7, "mt_oc", "small") == f"--warm-start-from d202602{prev:02d}-mt_oc-small"
+    assert mod.warm_start_flags(ds, 7, "mt_oc", "small") == ""
 
 
 def test_failure_callback_says_what_failed_and_how_to_rerun(dag, caplog):
