@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -38,8 +39,9 @@ class History:
     ts_us: np.ndarray  # int64 [T]
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """One generated candidate (a NamedTuple: cheap to build, 50+ per user per arm)."""
+
     item_id: int
     score: float
     outcome: str
@@ -134,52 +136,86 @@ def load_model(version_dir: str | Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model, cfg, ActionVocab.from_json(meta["vocab"]), cfg.variant, meta.get("version", vdir.name), dev)
 
 
+_TYPE_IDS = {t: i + 1 for i, t in enumerate(ITEM_TYPES)}  # unknown types embed as pins (1)
+
+
+def _str_ids(values, table: dict, default: int) -> np.ndarray:
+    """Strings -> int64 ids: one table lookup per DISTINCT value, then a C-level map over all."""
+    lut = {v: table.get(v, default) for v in set(values)}
+    return np.fromiter(map(lut.__getitem__, values), np.int64, len(values))
+
+
 def _type_ids(item_types: Sequence[str]) -> np.ndarray:
-    return np.array([ITEM_TYPES.index(t) + 1 if t in ITEM_TYPES else 1 for t in item_types], dtype=np.int64)
+    return _str_ids(item_types, _TYPE_IDS, 1)
+
+
+@torch.no_grad()
+def _embed_items_on_device(m: LoadedModel, ids: np.ndarray, type_ids: np.ndarray, features: np.ndarray,
+                           batch_size: int = 65536) -> torch.Tensor:
+    """The item tower on int64 ids / type ids: float32 [N, D] on the model's device."""
+    ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    types_t = torch.as_tensor(np.asarray(type_ids, dtype=np.int64))
+    feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    out = [m.model.embed_items(ids_t[s:s + batch_size].to(m.device), types_t[s:s + batch_size].to(m.device),
+                               feats[s:s + batch_size].to(m.device)).float()
+           for s in range(0, len(ids_t), batch_size)]
+    return torch.cat(out) if out else torch.zeros((0, m.config.emb_dim), dtype=torch.float32, device=m.device)
 
 
 @torch.no_grad()
 def embed_items(m: LoadedModel, item_ids, item_types: Sequence[str], features: np.ndarray,
                 batch_size: int = 65536) -> np.ndarray:
     """The item tower: float32 [N, D], L2-normalised."""
-    ids = torch.as_tensor(np.asarray(item_ids, dtype=np.int64))
-    types = torch.as_tensor(_type_ids(item_types))
-    feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    out = []
-    for s in range(0, len(ids), batch_size):
-        sl = slice(s, s + batch_size)
-        out.append(m.model.embed_items(ids[sl].to(m.device), types[sl].to(m.device), feats[sl].to(m.device))
-                   .float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, m.config.emb_dim), np.float32)
+    return _embed_items_on_device(m, item_ids, _type_ids(item_types), features, batch_size).cpu().numpy()
 
 
 def history_tensors(m: LoadedModel, histories: Sequence[History], features: ItemFeatures, max_len: int):
-    """Histories -> left-padded tensors on the model's device (the newest `max_len` tokens)."""
+    """Histories -> left-padded tensors on the model's device (the newest `max_len` tokens).
+
+    No per-token Python: the newest tokens of all users are concatenated, strings mapped to ids
+    through small tables, and scattered into the [B, T] grid by fancy indexing. The item tower
+    runs once per distinct (item id, type) of the batch and is gathered back on the device."""
     B = len(histories)
-    T = max(1, min(max_len, max((len(h.item_ids) for h in histories), default=1)))
-    amap = {a: i + 1 for i, a in enumerate(m.vocab.actions)}
-    smap = {s: i + 1 for i, s in enumerate(SURFACES)}
+    lens = np.fromiter((len(h.item_ids) for h in histories), np.int64, B)
+    T = max(1, min(max_len, int(lens.max()) if B else 1))
+    n = np.minimum(lens, T)
+    tot = int(n.sum())
+    spans = [(b, slice(int(s), int(e))) for b, (s, e) in enumerate(zip((lens - n).tolist(), lens.tolist())) if s < e]
     ids = np.zeros((B, T), np.int64)
     types, acts, surf, ts = (np.zeros((B, T), np.int64) for _ in range(4))
     valid = np.zeros((B, T), bool)
-    for b, h in enumerate(histories):
-        n = min(T, len(h.item_ids))
-        if n == 0:
-            continue
-        sl = slice(len(h.item_ids) - n, len(h.item_ids))
-        ids[b, T - n:] = np.asarray(h.item_ids)[sl]
-        types[b, T - n:] = _type_ids(h.item_types[sl])
-        acts[b, T - n:] = [amap.get(a, 0) for a in h.actions[sl]]
-        surf[b, T - n:] = [smap.get(s, 1) for s in h.surfaces[sl]]
-        ts[b, T - n:] = np.asarray(h.ts_us)[sl] // 1_000_000
-        valid[b, T - n:] = True
+    if tot:
+        take = lambda col: list(chain.from_iterable(getattr(histories[b], col)[sl] for b, sl in spans))
+        # flat position of token i of user b: b*T + (T - n_b) + (i - start_b)
+        start = np.cumsum(n) - n
+        flat = np.arange(tot) + np.repeat(np.arange(B) * T + (T - n) - start, n)
+        ids.reshape(-1)[flat] = np.concatenate([np.asarray(histories[b].item_ids, dtype=np.int64)[sl]
+                                                 for b, sl in spans])
+        types.reshape(-1)[flat] = _type_ids(take("item_types"))
+        amap = {a: i + 1 for i, a in enumerate(m.vocab.actions)}
+        acts.reshape(-1)[flat] = _str_ids(take("actions"), amap, 0)
+        surf.reshape(-1)[flat] = _str_ids(take("surfaces"), {s: i + 1 for i, s in enumerate(SURFACES)}, 1)
+        ts.reshape(-1)[flat] = np.concatenate([np.asarray(histories[b].ts_us, dtype=np.int64)[sl]
+                                                for b, sl in spans]) // 1_000_000
+        valid.reshape(-1)[flat] = True
     # Users with no history still get one (padding) token so that prefill has a last state.
     valid[:, -1] |= True
-    emb = embed_items(m, ids.reshape(-1), [ITEM_TYPES[max(t, 1) - 1] for t in types.reshape(-1)],
-                      features.lookup(ids.reshape(-1)))
+    # Item tower over the distinct (id, type) pairs only (padding embeds as a pin, as before).
+    flat_ids, flat_types = ids.reshape(-1), np.maximum(types.reshape(-1), 1)
+    emb = torch.empty((B * T, m.config.emb_dim), dtype=torch.float32, device=m.device)
+    present = np.unique(flat_types)
+    for t in present.tolist():
+        rows = None if len(present) == 1 else np.flatnonzero(flat_types == t)
+        uniq, inv = np.unique(flat_ids if rows is None else flat_ids[rows], return_inverse=True)
+        e = _embed_items_on_device(m, uniq, np.full(len(uniq), t, np.int64), features.lookup(uniq))
+        inv_t = torch.as_tensor(inv.reshape(-1)).to(m.device)
+        if rows is None:
+            emb = e[inv_t]
+        else:
+            emb[torch.as_tensor(rows).to(m.device)] = e[inv_t]
     dev = m.device
     t = lambda a: torch.as_tensor(a, device=dev)
-    return (t(emb.reshape(B, T, -1)), t(types), t(acts), t(surf), t(ts), t(valid))
+    return (emb.reshape(B, T, -1), t(types), t(acts), t(surf), t(ts), t(valid))
 
 
 def condition_order(counts: dict[int, int]) -> list[int]:
@@ -219,35 +255,57 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
         items_per_action = {UNCONDITIONED: n}
     cond = torch.tensor(order, device=m.device)[None, :].expand(len(histories), -1)
     gen = generate(m.model, st, cond, k).float().cpu().numpy()  # [B, n_emb, D]
+    B = len(histories)
     names_by_id = {m.vocab.action_id(a) + 1: a for a in m.vocab.engagement_actions}
-    plans = []  # per user: [(action name, embedding, quota)]
-    for b in range(len(histories)):
+    groups = []  # per action, in order of first appearance: (name, its embeddings' columns, items)
+    for aid in dict.fromkeys(order):
+        name = names_by_id.get(aid, UNCONDITIONED)
+        groups.append((name, [i for i, a in enumerate(order) if a == aid], items_per_action.get(name, 0)))
+    if compression_threshold is None:
+        # Nothing is compressed, so the plan [(action, column, quota)] is the same for every user.
         plan = []
-        for aid in sorted(set(order), key=order.index):
-            name = names_by_id.get(aid, UNCONDITIONED)
-            sel = [i for i, a in enumerate(order) if a == aid]
-            kept, counts = compress(gen[b, sel], compression_threshold)
-            quota = largest_remainder(counts, items_per_action.get(name, 0))
-            plan += [(name, gen[b, sel[i]], int(q)) for i, q in zip(kept, quota) if q > 0]
-        plans.append(plan)
-    excl = max((len(h.item_ids) for h in histories), default=0) if exclude_history else 0
+        for name, sel, items in groups:
+            quota = largest_remainder(np.ones(len(sel), dtype=np.int64), items)
+            plan += [(name, sel[i], int(q)) for i, q in enumerate(quota.tolist()) if q > 0]
+        plans = [plan] * B
+        cols = [c for _, c, _ in plan]
+        queries = gen[:, cols].reshape(-1, gen.shape[-1]) if plan else None
+    else:
+        plans = []  # per user: [(action name, column, quota)]
+        for b in range(B):
+            plan = []
+            for name, sel, items in groups:
+                kept, counts = compress(gen[b, sel], compression_threshold)
+                quota = largest_remainder(counts, items)
+                plan += [(name, sel[i], int(q)) for i, q in zip(kept.tolist(), quota.tolist()) if q > 0]
+            plans.append(plan)
+        rows = [b for b, p in enumerate(plans) for _ in p]
+        queries = gen[rows, [c for p in plans for _, c, _ in p]] if rows else None
+    lens = [len(h.item_ids) for h in histories]
+    excl = max(lens, default=0) if exclude_history else 0
     max_q = max((q for p in plans for _, _, q in p), default=0)
     k_search = int(math.ceil(max_q * overfetch)) + excl
-    queries = np.stack([e for p in plans for _, e, _ in p]) if max_q else np.zeros((0, cfg.emb_dim), np.float32)
-    scores, ids = retriever.search(queries, k_search) if len(queries) else (None, None)
+    scores, ids = retriever.search(queries, k_search) if max_q and len(queries) else (None, None)
+    by_score = lambda c: -c[1]
     out, qi = [], 0
     for b, plan in enumerate(plans):
-        seen = set(int(x) for x in histories[b].item_ids) if exclude_history else set()
-        chosen, rest = [], []
+        seen = set(np.asarray(histories[b].item_ids, dtype=np.int64).tolist()) if exclude_history else set()
+        chosen, rest = [], []  # (item id, score, outcome) tuples
         for name, _, quota in plan:
             got, pos = 0, 0
-            row_s, row_i = scores[qi], ids[qi]
-            # Stop at the quota: the over-fetched tail is only read when a fill is needed
-            # (building it for every user cost ~8 ms/user on the H100 host, bench score).
-            while got < quota and pos < len(row_i):
-                i = int(row_i[pos])
+            row_i = ids[qi]
+            # Stop at the quota: the over-fetched tail is only read when a fill is needed. Rows
+            # are read as Python lists a window at a time (most walks end within the quota).
+            w = min(len(row_i), 2 * quota + 8)
+            lst = row_i[:w].tolist()
+            while got < quota:
+                if pos == len(lst):
+                    if len(lst) == len(row_i):
+                        break
+                    lst = row_i.tolist()
+                i = lst[pos]
                 if i >= 0 and i not in seen:
-                    chosen.append(Candidate(i, float(row_s[pos]), name))
+                    chosen.append((i, float(scores[qi, pos]), name))
                     seen.add(i)
                     got += 1
                 pos += 1
@@ -255,13 +313,14 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
             qi += 1
         # Over-fetched results fill what de-duplication took away, best score first.
         if len(chosen) < n:
-            spare = [Candidate(int(i), float(s), name) for q, start, name in rest
-                     for s, i in zip(scores[q][start:], ids[q][start:]) if i >= 0]
-            for c in sorted(spare, key=lambda c: -c.score):
+            spare = [(i, s, name) for q, start, name in rest
+                     for s, i in zip(scores[q, start:].tolist(), ids[q, start:].tolist()) if i >= 0]
+            for c in sorted(spare, key=by_score):
                 if len(chosen) >= n:
                     break
-                if c.item_id not in seen:
+                if c[0] not in seen:
                     chosen.append(c)
-                    seen.add(c.item_id)
-        out.append(sorted(chosen, key=lambda c: -c.score)[:n])
+                    seen.add(c[0])
+        chosen.sort(key=by_score)
+        out.append(list(map(Candidate._make, chosen[:n])))
     return out
