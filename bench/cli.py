@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import sys
+from pathlib import Path
 
 # name -> (module, one-line help)
 BENCHES: dict[str, tuple[str, str]] = {
@@ -26,6 +28,13 @@ BENCHES: dict[str, tuple[str, str]] = {
     "model": ("bench.model_bench", "H100: paper-preset training MFU and prefill vs HF GPT-2 (side by side)"),
     "quality": ("bench.quality_bench", "offline quality bars (Beauty, multi-action)"),
 }
+
+
+def write_json(path: str | None, result: dict) -> None:
+    """Every benchmark's `--json PATH`: the result dict, pretty-printed, folders created."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _not_implemented(name: str):

@@ -9,7 +9,6 @@ last consumer drains the rest and stops with SIGTERM. Then the store is read bac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -19,6 +18,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from bench.cli import write_json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -141,7 +141,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'produced':<10}{'kills (mid-stream)':>20}{'stored once':>13}{'duplicates':>12}{'missing':>9}  result")
     print(f"{r['produced']:<10}{r['kills']:>12} ({r['kills_mid_stream']}){'':>4}{r['stored_once']:>13}{r['duplicates']:>12}"
           f"{r['missing']:>9}  {'exactly once' if ok else 'FAILED'}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(r, indent=2))
+    write_json(args.json, r)
     return 0 if ok else 1

@@ -48,7 +48,6 @@ def _cfg(args):
 
 def _synthetic(args, cfg, dev):
     import numpy as np
-    import torch
 
     from pinrec_model.data import Catalog
     from pinrec_model.training import CatalogTensors

@@ -12,12 +12,12 @@ the prefill's achieved TFLOP/s as a share of the measured bf16 peak (741 TFLOP/s
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from bench.cli import write_json
 
 H100_BF16_PEAK_TFLOPS = 741.0  # measured (DESIGN.md §4)
 
@@ -218,7 +218,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'  ' + k:28}{v:>12.2f} us/user")
     print(f"{'prefill':28}{out['prefill_users_per_s']:>12,.1f} users/s, {prefill_tflops:.1f} TFLOP/s "
           f"= {100 * out['prefill_share_of_peak']:.1f}% of {H100_BF16_PEAK_TFLOPS:.0f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     return 0

@@ -8,10 +8,10 @@ tables row by row. Prints a table and writes `full_s`, `incremental_s`, `identic
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
+from bench.cli import write_json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -96,7 +96,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'incremental (1 day)':24}{incremental_s:>10.2f}")
     print(f"ratio {out['ratio']:.3f} (bar <= 0.100); identical={identical}; "
           f"{n_events:,} events, {full.num_rows:,} users, mean length {out['mean_length']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     return 0 if identical else 1

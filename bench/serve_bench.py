@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from bench.cli import write_json
 
 BARS = {"p99_ms": 5.0, "p99_ms_regenerate": 50.0}
 
@@ -206,7 +207,5 @@ def run(args: argparse.Namespace) -> int:
           f"{regen.get('regen_compute_p99_ms', float('nan')):.1f} ms; wait for a slot p99 "
           f"{regen.get('regen_wait_p99_ms', float('nan')):.1f} ms")
     print(f"(host: {os.cpu_count()} cpus, 1-min load average {result['load_avg_1m']:.1f})")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return 0

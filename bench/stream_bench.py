@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from bench.cli import write_json
 
 BARS = {"events_per_s": 15_000, "p99_visible_ms": 1000}
 
@@ -181,13 +182,11 @@ def run(args: argparse.Namespace) -> int:
              f"{tp['cpu_us_per_event']:.1f} us", f"<= {1e6 / BARS['events_per_s']:.1f} us"),
             ("p50 produce->readable", f"{vis['p50_visible_ms']:.0f} ms", ""),
             ("commit latency p99", f"{tp['commit_ms_p99']:.1f} ms", ""),
-            (f"malformed kinds dead-lettered", f"{dlq['dead_lettered']}/{dlq['kinds']}",
+            ("malformed kinds dead-lettered", f"{dlq['dead_lettered']}/{dlq['kinds']}",
              "all, good ones stored" + (" (ok)" if dlq["all_ok"] else " (FAILED)"))]
     print(f"{'measure':<62} {'value':>14}  bar")
     for name, v, bar in rows:
         print(f"{name:<62} {v:>14}  {bar}")
     print(f"(host: {os.cpu_count()} cpus, 1-min load average {result['load_avg_1m']:.1f})")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return 0

@@ -6,10 +6,9 @@ shows that memory is bounded by one day of one user chunk, not by the length of 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
-from pathlib import Path
+from bench.cli import write_json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -43,6 +42,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'users':>10} {'days':>5} {'events':>12} {'seconds':>8} {'events/s':>10} {'peak RSS MiB (day 1 -> last)':>30}")
     print(f"{cfg.users:>10,} {cfg.days:>5} {n:>12,} {secs:>8.1f} {out['events_per_s']:>10,} "
           f"{out['peak_rss_mib_first_day']:>14,} -> {out['peak_rss_mib_last_day']:,}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     return 0

@@ -61,9 +61,7 @@ def _mean_std(runs: list[dict]) -> dict:
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from jobs.train import model_config, prepare, train_config
+    from jobs.train import prepare
     from pinrec.contracts import PINTEREST_ACTIONS
 
     vocab = PINTEREST_ACTIONS

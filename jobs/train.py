@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from pinrec.cli import add_lake_arg
 
@@ -82,8 +82,6 @@ def train_config(args):
 
 def read_training_data(lake, ds=None):
     """(events-like arrow table, item_features table or None) from the lake."""
-    import pyarrow as pa
-
     from jobs.lake import LakeTables
 
     lt = LakeTables(lake)

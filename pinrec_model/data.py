@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from pinrec.contracts import ITEM_TYPES, SURFACES, ActionVocab
-from pinrec.features import FEATURE_DIM, feature_matrix
+from pinrec.features import feature_matrix
 
 PAD = -1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pinrec_model.data import PAD, UserSeqs, left_pad
+from pinrec_model.data import UserSeqs, left_pad
 from pinrec_model.generation import prefill
 from pinrec_model.model import PinRec
 
