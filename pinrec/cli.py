@@ -55,12 +55,25 @@ def add_ds_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="the day to process: events with ts < ds+1 00:00 UTC are visible")
 
 
-def _not_implemented(group: str):
+def _not_implemented(name: str):
     def run(args: argparse.Namespace) -> int:
-        print(f"pinrec {group}: not implemented yet", file=sys.stderr)
+        print(f"{name}: not implemented yet", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
 
     return run
+
+
+def add_module_commands(sub, table: dict[str, tuple[str, str]], prog: str, run_key: str) -> None:
+    """One sub-command per (module, help) entry of `table`; each module brings `configure`
+    and `run`. Shared by `pinrec` and `pinrec bench`."""
+    for name, (module, help_) in table.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if importlib.util.find_spec(module) is None:
+            p.set_defaults(**{run_key: _not_implemented(f"{prog} {name}")}, _stub=True)
+            continue
+        mod = importlib.import_module(module)
+        mod.configure(p)
+        p.set_defaults(**{run_key: mod.run})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,14 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="PinRec: outcome-conditioned, multi-token generative retrieval pipeline.",
     )
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    for group, (module, help_) in GROUPS.items():
-        p = sub.add_parser(group, help=help_, description=help_)
-        if importlib.util.find_spec(module) is None:
-            p.set_defaults(_run=_not_implemented(group), _stub=True)
-            continue
-        mod = importlib.import_module(module)
-        mod.configure(p)
-        p.set_defaults(_run=mod.run)
+    add_module_commands(sub, GROUPS, "pinrec", "_run")
     return parser
 
 
