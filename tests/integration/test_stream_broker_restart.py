@@ -83,13 +83,20 @@ def test_broker_restart_mid_stream_loses_nothing_acknowledged(tmp_path):
         assert restarted_with < n, "the restart came after the stream ended"
         acked = set(prod.acked)
         assert len(acked) + prod.failed == n and len(acked) > n // 2
-        values = {r.value for r in read_topic(broker.bootstrap, topic, expect=len(acked),
-                                              timeout_s=15)}
-        kept_ids = {e.event_id for e in events if e.to_bytes() in values}
+        def broker_holds() -> set[str]:
+            values = {r.value for r in read_topic(broker.bootstrap, topic, expect=len(acked),
+                                                  timeout_s=30)}
+            return {e.event_id for e in events if e.to_bytes() in values}
+
+        kept_ids = broker_holds()
         c.wait_for(lambda m: m.events_stored >= len(kept_ids), timeout_s=180)
         time.sleep(1.0)  # let anything beyond it arrive too
         c.stop()
         ids = stored_event_ids(tmp_path / "db")
+        if set(ids) - kept_ids:
+            # A fetch right after the restart can fail (seen under CI load): the independent reader
+            # then under-reports what the broker holds. Read it again; the broker is the truth.
+            kept_ids |= broker_holds()
         assert len(ids) == len(set(ids))  # exactly once
         assert set(ids) == kept_ids  # everything the broker has, nothing else
         lost = acked - kept_ids
