@@ -78,21 +78,18 @@ class SparkDeltaTables:
         self._retry(op, f"replace {table} {list(parts)}")
         return self.version(table)
 
-    def overwrite(self, table: str, data: pa.Table) -> int:
-        df = self._df(table, conform(table, data))
-        w = df.write.format("delta").mode("overwrite")
+    def _save(self, table: str, data: pa.Table, mode: str) -> int:
+        w = self._df(table, conform(table, data)).write.format("delta").mode(mode)
         if PARTITION_COLUMNS[table]:
             w = w.partitionBy(*PARTITION_COLUMNS[table])
-        self._retry(lambda: w.save(self.uri(table)), f"overwrite {table}")
+        self._retry(lambda: w.save(self.uri(table)), f"{mode} {table}")
         return self.version(table)
 
+    def overwrite(self, table: str, data: pa.Table) -> int:
+        return self._save(table, data, "overwrite")
+
     def append(self, table: str, data: pa.Table) -> int:
-        df = self._df(table, conform(table, data))
-        w = df.write.format("delta").mode("append")
-        if PARTITION_COLUMNS[table]:
-            w = w.partitionBy(*PARTITION_COLUMNS[table])
-        self._retry(lambda: w.save(self.uri(table)), f"append {table}")
-        return self.version(table)
+        return self._save(table, data, "append")
 
     def merge(self, table: str, data: pa.Table, keys: Sequence[str], partitions: Iterable[str]) -> int:
         from delta.tables import DeltaTable
