@@ -74,7 +74,10 @@ def regeneration_metrics(service: RecommendationService) -> str:
     if r is None:
         return ""
     lines = ["# TYPE pinrec_serve_regenerate_ms summary"]
-    for part, values in (("compute", list(r.compute_ms)), ("wait", list(r.wait_ms))):
+    parts = [("compute", list(r.compute_ms)), ("wait", list(r.wait_ms))]
+    if hasattr(r, "worker_ms"):  # worker processes: the model call alone, without the pipe
+        parts.append(("worker", list(r.worker_ms)))
+    for part, values in parts:
         for q in (50, 99):
             lines.append(f'pinrec_serve_regenerate_ms{{part="{part}",quantile="0.{q}"}} '
                          f"{percentile(values, q):.3f}")

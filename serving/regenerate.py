@@ -36,34 +36,54 @@ class Regenerator:
         self.compute_ms: list[float] = []   # generation time without the wait for a slot
         self.wait_ms: list[float] = []
 
+    @property
+    def max_len(self) -> int:
+        return self.model.config.max_len
+
     def regenerate(self, user_id: int, history: Sequence[Event], budget: dict[str, float],
                    n: int) -> list[Rec]:
-        from pinrec_model.api import History, generate_candidates
-
-        # The model reads only its newest max_len tokens; passing just those keeps the Faiss
-        # search depth (which grows with the history it must skip) small. Older history items
-        # are removed below, so the result is the same as excluding the whole history.
-        seen_before = {e.item_id for e in history[: -self.model.config.max_len]}
-        history = history[-self.model.config.max_len:]
-        h = History(user_id=user_id,
-                    item_ids=np.array([e.item_id for e in history], dtype=np.int64),
-                    item_types=[e.item_type for e in history],
-                    actions=[e.action for e in history],
-                    surfaces=[e.surface for e in history],
-                    ts_us=np.array([e.ts_us for e in history], dtype=np.int64))
+        cols, seen_before = split_history(history, self.max_len)
         t0 = time.perf_counter()
         with self._slots:
             t1 = time.perf_counter()
-            k = self.tokens_per_step if self.model.config.offset_conditioned else None
-            cands = generate_candidates(self.model, [h], self.features, budget, n, self.retriever,
-                                        tokens_per_step=k, overfetch=self.overfetch)[0]
+            recs = self.generate(user_id, cols, seen_before, budget, n)
             t2 = time.perf_counter()
         for lst, v in ((self.wait_ms, t1 - t0), (self.compute_ms, t2 - t1)):
             lst.append(v * 1e3)
             if len(lst) > 50_000:
                 del lst[:10_000]
+        return recs
+
+    def generate(self, user_id: int, cols: tuple, seen_before: frozenset,
+                 budget: dict[str, float], n: int) -> list[Rec]:
+        """The model call alone, on `split_history` output (what a worker process runs)."""
+        import torch
+
+        from pinrec_model.api import History, generate_candidates
+
+        ids, types, actions, surfaces, ts = cols
+        h = History(user_id=user_id, item_ids=np.array(ids, dtype=np.int64), item_types=list(types),
+                    actions=list(actions), surfaces=list(surfaces), ts_us=np.array(ts, dtype=np.int64))
+        k = self.tokens_per_step if self.model.config.offset_conditioned else None
+        with torch.inference_mode():
+            cands = generate_candidates(self.model, [h], self.features, budget, n, self.retriever,
+                                        tokens_per_step=k, overfetch=self.overfetch)[0]
         return [Rec(c.item_id, c.score, c.outcome, "regenerated") for c in cands
                 if c.item_id not in seen_before]
+
+
+def split_history(history: Sequence[Event], max_len: int) -> tuple[tuple, frozenset]:
+    """((item ids, types, actions, surfaces, ts) of the newest max_len events, the item ids of
+    the older ones). Pure, plain tuples: cheap to send to a worker process.
+
+    The model reads only its newest max_len tokens; passing just those keeps the Faiss search
+    depth (which grows with the history it must skip) small. Older history items are removed
+    from the result instead, so the result is the same as excluding the whole history."""
+    recent = history[-max_len:] if max_len > 0 else []
+    seen_before = frozenset(e.item_id for e in history[:len(history) - len(recent)])
+    cols = tuple(tuple(getattr(e, f) for e in recent)
+                 for f in ("item_id", "item_type", "action", "surface", "ts_us"))
+    return cols, seen_before
 
 
 def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, str]:

@@ -27,8 +27,11 @@ def serving_config(args):
     if not 0.0 <= args.regen_share <= 1.0:
         raise UserError(f"--regen-share must be within 0..1, got {args.regen_share}")
     dbs = tuple(Path(d) for d in (args.db or [default_db(args.lake)]))
-    return ServingConfig(lake=Path(args.lake), db_paths=dbs,
-                         regenerate=not args.no_regenerate, regen_share=args.regen_share)
+    workers = getattr(args, "regen_workers", 0)
+    if workers < 0:
+        raise UserError(f"--regen-workers must be >= 0, got {workers}")
+    return ServingConfig(lake=Path(args.lake), db_paths=dbs, regenerate=not args.no_regenerate,
+                         regen_share=args.regen_share, regen_workers=workers)
 
 
 def read_token(token_file: str | None) -> str:
@@ -54,6 +57,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token-file", default=None, help="file holding the bearer token")
+    p.add_argument("--regen-workers", type=int, default=1,
+                   help="processes that regenerate candidates (off the HTTP server's GIL); "
+                        "0 regenerates inside the server process")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.http_api import make_server
     from serving.service import RecommendationService
 
+    import gc
     import sys
 
     token = read_token(args.token_file)
@@ -69,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     # CPU-bound regeneration would otherwise queue for whole 5 ms slices.
     sys.setswitchinterval(0.0005)
     svc = RecommendationService.load(serving_config(args))
+    # The stores are millions of long-lived objects: moved out of the collected generations,
+    # a full collection no longer walks them in the middle of a request.
+    gc.collect()
+    gc.freeze()
     srv = make_server(svc, token, args.host, args.port)
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: close the store cleanly
     print(f"serving on http://{args.host}:{srv.server_port} candidates ds={svc.candidates.ds} "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from serving.candidates import CandidateStore, load_candidate_store
 from serving.merge import blend, quotas, sources_of
+from serving.regen_worker import RegenerationFailed
 from serving.signals import BatchSequences, load_batch_sequences, merge_history
 
 MAX_N = 1000
@@ -35,6 +36,9 @@ class ServingConfig:
     catch_up_ms: float = 100.0          # how often the reader follows the consumer's writes
     reload_every_s: float = 60.0        # how often to look for newly published batch outputs
     torch_threads: int = 1
+    # Regeneration worker processes (serving/regen_worker.py: off the server's GIL); 0 runs
+    # it in the server process (one-shot tools, tests).
+    regen_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,21 @@ def lake_key(lake: Path) -> tuple:
 def load_snapshot(cfg: ServingConfig) -> Snapshot:
     key = lake_key(cfg.lake)
     regen, why = None, "disabled by configuration"
-    if cfg.regenerate:
+    if cfg.regenerate and cfg.regen_workers > 0:
+        from serving.regen_worker import RegenPool
+
+        regen, why = RegenPool.start(cfg.lake, cfg.regen_workers, cfg.torch_threads)
+    elif cfg.regenerate:
         from serving.regenerate import load_regenerator
 
         regen, why = load_regenerator(cfg.lake, cfg.torch_threads)
     return Snapshot(key, load_candidate_store(cfg.lake), load_batch_sequences(cfg.lake), regen,
                     "" if regen is not None else why)
+
+
+def close_regenerator(regen) -> None:
+    if regen is not None and hasattr(regen, "close"):
+        regen.close()
 
 
 def default_arm(candidates: CandidateStore) -> str | None:
@@ -105,7 +118,8 @@ class RecommendationService:
         or index) and swap them in; requests in flight keep the snapshot they started with."""
         if lake_key(self.cfg.lake) == self.snapshot.key:
             return False
-        self.snapshot = load_snapshot(self.cfg)
+        old, self.snapshot = self.snapshot, load_snapshot(self.cfg)
+        close_regenerator(old.regenerator)  # waits for the requests still using it
         return True
 
     def start_background(self) -> None:
@@ -138,6 +152,7 @@ class RecommendationService:
             t.join(5)
         for store in self.stores:
             store.close()
+        close_regenerator(self.snapshot.regenerator)
 
     def tail(self, user_id: int, since_us: int) -> list:
         if len(self.stores) == 1:
@@ -178,7 +193,10 @@ class RecommendationService:
         if fresh and regenerator is not None and budget:
             history = merge_history(seqs.events(user_id), tail, cutoff,
                                     self.cfg.max_history, query, now_us)
-            regen = regenerator.regenerate(user_id, history, budget, n)
+            try:
+                regen = regenerator.regenerate(user_id, history, budget, n)
+            except RegenerationFailed as e:  # serve the precomputed blend rather than a 500
+                notes.append(f"regeneration skipped: {e}")
         elif fresh and regenerator is None:
             notes.append(f"regeneration unavailable: {snap.regen_unavailable}")
         popular = cands.popularity(2 * n, engaged)  # spare for de-duplication
