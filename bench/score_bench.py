@@ -28,7 +28,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="mt_oc")
     p.add_argument("--hist-len", type=int, default=256)
     p.add_argument("--items", type=int, default=300_000, help="pins in the catalog / index")
-    p.add_argument("--index", choices=("auto", "flat", "ivf_hnsw"), default="ivf_hnsw")
+    p.add_argument("--index", choices=("auto", "flat", "ivf_hnsw"), default="ivf_hnsw",
+                   help="the Faiss index kind (with --retrieval faiss)")
+    p.add_argument("--retrieval", choices=("auto", "faiss", "exact"), default="auto",
+                   help="as `pinrec score --retrieval`: auto = exact on CUDA, Faiss on CPU")
     p.add_argument("--n", type=int, default=50, help="candidates per user and arm")
     p.add_argument("--arms", type=int, default=1, help="arms scored per user (from the default file)")
     p.add_argument("--batch-size", type=int, default=1024)
@@ -126,6 +129,59 @@ def profile_phases(m, tables_batches, features, retriever, budget, cfg, hist_len
     return {k: v / users for k, v in t.items()} | {"users": users}
 
 
+def profile_exact(m, tables_batches, features, index, arms, cfg, hist_len: int) -> dict:
+    """Seconds per phase of the array path (jobs.score._score_exact), each phase synchronised."""
+    import contextlib
+
+    import torch
+
+    from jobs.score import candidate_rows_from_arrays
+    from pinrec_model.api import generation_plan, uniform_plan
+    from pinrec_model.batch_generation import ArmResult, arrow_history_arrays, device_history, select_candidates
+    from pinrec_model.generation import generate, prefill
+
+    dev = str(m.device)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.startswith("cuda") else contextlib.nullcontext()
+    names = ("arrow_to_grids", "to_device_and_item_emb", "prefill", "decode_and_head",
+             "exact_search", "select", "to_host_and_rows")
+    t = dict.fromkeys(names, 0.0)
+    users, n_emb = 0, m.config.num_embeddings
+    k = cfg.tokens_per_step or m.config.tokens_per_step
+    with torch.no_grad(), amp:
+        for batch in tables_batches:
+            marks = [time.perf_counter()]
+            lap = lambda: (_sync(dev), marks.append(time.perf_counter()))
+            h = arrow_history_arrays(batch, list(m.vocab.actions), hist_len)
+            lap()
+            emb, types, acts, surf, ts, valid = device_history(m, h, index, features)
+            exclude = torch.as_tensor(h.seen).to(dev)
+            lap()
+            st = prefill(m.model, emb, types, acts, surf, ts, valid, capacity=valid.shape[1] + n_emb)
+            lap()
+            for arm, budget in arms.items():
+                order, groups = generation_plan(m, budget, cfg.n, n_emb)
+                plan = uniform_plan(groups)
+                quotas = [q for _, _, q in plan]
+                gen = generate(m.model, st, torch.tensor(order, device=dev)[None].expand(len(h.user_ids), -1), k)
+                lap()
+                s, i = index.search(gen[:, [c for _, c, _ in plan]], max(int(np.ceil(max(quotas) * 2.0)), cfg.n), exclude)
+                lap()
+                items, sc, entry = select_candidates(s, i, quotas, cfg.n)
+                lap()
+                res = ArmResult(items.cpu().numpy(), sc.cpu().numpy(), entry.cpu().numpy(), [p[0] for p in plan])
+                candidate_rows_from_arrays(h.user_ids, res, arm, "{}", "bench", 0)
+                lap()
+            d = np.diff(marks)
+            t[names[0]] += d[0]
+            t[names[1]] += d[1]
+            t[names[2]] += d[2]
+            for j in range(len(arms)):
+                for name, v in zip(names[3:], d[3 + 4 * j: 7 + 4 * j]):
+                    t[name] += v
+            users += len(h.user_ids)
+    return {k: v / users for k, v in t.items()} | {"users": users}
+
+
 def _say(msg: str) -> None:
     import sys
 
@@ -141,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     from pinrec.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import ItemFeatures, embed_items, load_model, save_model
     from pinrec_model.model import PinRec, preset
-    from pinrec_model.retrieval import Retriever
+    from pinrec_model.retrieval import ExactIndex, Retriever
 
     torch.manual_seed(args.seed)
     work = Path(tempfile.mkdtemp(prefix="pinrec-bench-score-"))
@@ -159,8 +215,9 @@ def run(args: argparse.Namespace) -> int:
     features = ItemFeatures.from_arrays(ids, feats)
     t0 = time.perf_counter()
     item_emb = embed_items(m, ids, ["pin"] * len(ids), feats)
-    _say(f"{len(ids):,} items embedded; building the {args.index} index")
-    retriever = Retriever.build(ids, item_emb, kind=args.index)
+    exact = args.retrieval == "exact" or (args.retrieval == "auto" and dev.startswith("cuda"))
+    _say(f"{len(ids):,} items embedded; building the {'exact' if exact else args.index} index")
+    retriever = ExactIndex(ids, item_emb, dev) if exact else Retriever.build(ids, item_emb, kind=args.index)
     index_s = time.perf_counter() - t0
     _say(f"index built in {index_s:.1f} s")
     pq.write_table(synthetic_sequences(args.users, args.hist_len, args.items, args.seed),
@@ -190,8 +247,12 @@ def run(args: argparse.Namespace) -> int:
     _sync(dev)
     secs = time.perf_counter() - t0
     _say(f"timed run done in {secs:.1f} s; profiling phases")
-    phases = profile_phases(m, batches(args.profile_batches), features, retriever,
-                            next(iter(arms.values())), cfg, args.hist_len)
+    if exact:
+        phases = profile_exact(m, batches(args.profile_batches), features, retriever, arms, cfg,
+                               args.hist_len)
+    else:
+        phases = profile_phases(m, batches(args.profile_batches), features, retriever,
+                                next(iter(arms.values())), cfg, args.hist_len)
     flops = prefill_flops(mcfg, args.hist_len)
     prefill_tflops = flops / phases["prefill"] / 1e12
     out = {

@@ -23,12 +23,14 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pinrec.contracts import CANDIDATES_SCHEMA, TS_TYPE, ActionVocab, cutoff_us, parse_ds, validate_budget
 from pinrec.layout import Lake
 
 DEFAULT_ARMS = Path(__file__).resolve().parent / "arms" / "default.json"
 ROWS_PER_FILE = 2_000_000
+EXACT_MAX_ITEMS = 5_000_000  # 5M x 256 bf16 = 2.6 GB of GPU memory; beyond, a Faiss index
 FILE_SCHEMA = pa.schema([f for f in CANDIDATES_SCHEMA if f.name != "ds"])
 
 
@@ -46,11 +48,20 @@ class ScoreConfig:
     compression_threshold: float | None = None
     max_users: int | None = None  # for smoke runs and benchmarks
     bf16: bool = True  # autocast the model to bfloat16 on CUDA (inference; CPU stays fp32)
+    # faiss: the published index, per-user selection. exact: one matmul per batch on the model's
+    # device against the pins of items@ds embedded by the same model, vectorised selection (the
+    # GPU path). auto: exact on CUDA up to EXACT_MAX_ITEMS pins without compression, else faiss.
+    retrieval: str = "auto"
 
     def __post_init__(self):
         parse_ds(self.ds)
         if self.n < 1 or self.batch_size < 1:
             raise ValueError("--n and --batch-size must be positive")
+        if self.retrieval not in ("auto", "faiss", "exact"):
+            raise ValueError(f"--retrieval {self.retrieval!r}: expected auto, faiss or exact")
+        if self.retrieval == "exact" and self.compression_threshold is not None:
+            raise ValueError("--retrieval exact does not compress; drop --compression-threshold "
+                             "or use --retrieval faiss")
 
 
 def load_arms(path: str | Path, vocab: ActionVocab) -> dict[str, dict[str, float]]:
@@ -110,6 +121,24 @@ def candidate_rows(histories, results, arm: str, budget_json: str, model_version
         pa.array(np.full(n, generated_at_us, np.int64), pa.int64()).cast(TS_TYPE)], schema=FILE_SCHEMA)
 
 
+def candidate_rows_from_arrays(user_ids: np.ndarray, res, arm: str, budget_json: str,
+                               model_version: str, generated_at_us: int) -> pa.RecordBatch:
+    """batch_generation.ArmResult [B, n] -> rows of the candidates file (no per-row Python)."""
+    B, n = res.item_ids.shape
+    keep = res.item_ids.reshape(-1) >= 0
+    rows = int(keep.sum())
+    outcomes = pa.DictionaryArray.from_arrays(
+        pa.array(res.outcome_codes.reshape(-1)[keep].astype(np.int32)),
+        pa.array(res.outcomes, pa.string())).cast(pa.string())
+    const = lambda v: pa.array([v], pa.string()).take(pa.array(np.zeros(rows, np.int32)))
+    return pa.RecordBatch.from_arrays([
+        pa.array(np.repeat(user_ids, n)[keep]), const(arm),
+        pa.array(np.tile(np.arange(1, n + 1, dtype=np.int32), B)[keep]),
+        pa.array(res.item_ids.reshape(-1)[keep]), pa.array(res.scores.reshape(-1)[keep], pa.float32()),
+        outcomes, const(model_version), const(budget_json),
+        pa.array(np.full(rows, generated_at_us, np.int64)).cast(TS_TYPE)], schema=FILE_SCHEMA)
+
+
 class SpoolWriter:
     """Parquet files of FILE_SCHEMA in one folder, rolled every ROWS_PER_FILE rows."""
 
@@ -161,6 +190,10 @@ def score_batches(m, batches: Iterable[pa.RecordBatch], features, retriever, arm
         else contextlib.nullcontext
     generated_at = cutoff_us(cfg.ds)
     budgets = {a: json.dumps(b, sort_keys=True) for a, b in arms.items()}
+    if getattr(retriever, "kind", None) == "exact":
+        yield from _score_exact(m, batches, features, retriever, arms, cfg, model_version, spool,
+                                timings, amp, budgets, generated_at)
+        return
     t0 = time.perf_counter()
     for batch in batches:
         histories = histories_from_batch(batch)
@@ -181,6 +214,73 @@ def score_batches(m, batches: Iterable[pa.RecordBatch], features, retriever, arm
         timings.write += t0 - t2
         timings.users += len(histories)
         yield len(histories)
+
+
+def _prefetch(it, depth: int = 2):
+    """Run an iterator on a thread, `depth` items ahead (Arrow and numpy release the GIL, so
+    reading and gridding the next batches overlaps the device work on this one)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for x in it:
+                q.put(x)
+            q.put(done)
+        except BaseException as e:  # re-raised on the consumer's side
+            q.put(e)
+
+    threading.Thread(target=work, daemon=True, name="score-prefetch").start()
+    while (x := q.get()) is not done:
+        if isinstance(x, BaseException):
+            raise x
+        yield x
+
+
+def _score_exact(m, batches, features, index, arms, cfg, model_version, spool, timings, amp,
+                 budgets, generated_at) -> Iterator[int]:
+    """The array path (pinrec_model.batch_generation): prefetch thread -> device -> rows."""
+    from pinrec_model.batch_generation import arrow_history_arrays, generate_arrays
+
+    n_emb = m.config.num_embeddings
+    hist_len = min(m.config.max_len, m.config.max_positions - n_emb - 1)
+    actions = list(m.vocab.actions)
+    grids = _prefetch(arrow_history_arrays(b, actions, hist_len) for b in batches)
+    t0 = time.perf_counter()
+    for h in grids:
+        t1 = time.perf_counter()
+        timings.read += t1 - t0
+        with amp():
+            res = generate_arrays(m, h, index, features, arms, cfg.n, tokens_per_step=cfg.tokens_per_step)
+        t2 = time.perf_counter()
+        timings.generate += t2 - t1
+        for arm, r in res.items():
+            spool.write(candidate_rows_from_arrays(h.user_ids, r, arm, budgets[arm], model_version,
+                                                   generated_at))
+        t0 = time.perf_counter()
+        timings.write += t0 - t2
+        timings.users += len(h.user_ids)
+        yield len(h.user_ids)
+
+
+def build_retriever(cfg: ScoreConfig, m, index_dir: Path, items: pa.Table, features):
+    """The retriever the config asks for: the published Faiss index, or an ExactIndex of the
+    pins of items@ds embedded by the scoring model (the index was built from the same two)."""
+    from pinrec_model.api import embed_items
+    from pinrec_model.retrieval import ExactIndex, Retriever
+
+    pins = items.filter(pc.equal(items.column("item_type"), "pin"))
+    mode = cfg.retrieval
+    if mode == "auto":
+        exact_ok = str(m.device).startswith("cuda") and cfg.compression_threshold is None
+        mode = "exact" if exact_ok and 0 < pins.num_rows <= EXACT_MAX_ITEMS else "faiss"
+    if mode == "faiss":
+        return Retriever.load(index_dir)
+    ids = pins.column("item_id").to_numpy()
+    return ExactIndex(ids, embed_items(m, ids, ["pin"] * len(ids), features.lookup(ids)), m.device)
 
 
 def resolve_index(lake: Lake, ds: str, model_version: str, requested: str | None) -> Path:
@@ -214,7 +314,6 @@ def run_job(cfg: ScoreConfig, progress: bool = True) -> dict:
     from jobs.index import resolve_model
     from jobs.lake import LakeTables
     from pinrec_model.api import ItemFeatures, load_model
-    from pinrec_model.retrieval import Retriever
 
     lake = Lake.at(cfg.lake)
     tables = LakeTables(lake)
@@ -224,8 +323,10 @@ def run_job(cfg: ScoreConfig, progress: bool = True) -> dict:
     t_load = time.perf_counter()
     m = load_model(mdir, device=cfg.device)
     arms = load_arms(cfg.arms, m.vocab)
-    retriever = Retriever.load(resolve_index(lake, cfg.ds, model_version, cfg.index_version))
-    features = ItemFeatures.from_table(tables.read("items", [cfg.ds], columns=["item_id", "features"]))
+    items = tables.read("items", [cfg.ds], columns=["item_id", "item_type", "features"])
+    features = ItemFeatures.from_table(items)
+    retriever = build_retriever(cfg, m, resolve_index(lake, cfg.ds, model_version, cfg.index_version),
+                                items, features)
     load_s = time.perf_counter() - t_load
 
     seq = tables.dataset("sequences", [cfg.ds])
@@ -257,6 +358,7 @@ def run_job(cfg: ScoreConfig, progress: bool = True) -> dict:
     return {"ds": cfg.ds, "model_version": model_version, "arms": sorted(arms), "users": timings.users,
             "rows": spool.rows, "device": m.device, "seconds": round(secs, 3),
             "users_per_s": round(timings.users / max(secs, 1e-9), 1), "load_s": round(load_s, 3),
+            "retrieval": getattr(retriever, "kind", "?"),
             "read_s": round(timings.read, 3), "generate_s": round(timings.generate, 3),
             "write_s": round(timings.write, 3), "table_version": version}
 
@@ -290,12 +392,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens-per-step", type=int, help="multi-token generation: embeddings per step")
     p.add_argument("--compression-threshold", type=float, help="merge generated embeddings closer than this")
     p.add_argument("--max-users", type=int, help="score only the first N users (smoke runs)")
+    p.add_argument("--retrieval", choices=("auto", "faiss", "exact"), default=d.retrieval,
+                   help="faiss: the published index; exact: one matmul on the device (GPU path); "
+                        "auto: exact on CUDA for catalogs up to 5M pins")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = ScoreConfig(ds=args.ds, lake=args.lake, arms=args.arms, model_version=args.model_version,
                       index_version=args.index_version, n=args.n, batch_size=args.batch_size,
                       device=args.device, tokens_per_step=args.tokens_per_step,
-                      compression_threshold=args.compression_threshold, max_users=args.max_users)
+                      compression_threshold=args.compression_threshold, max_users=args.max_users,
+                      retrieval=args.retrieval)
     print(json.dumps(run_job(cfg)))
     return 0

@@ -153,7 +153,7 @@ def _type_ids(item_types: Sequence[str]) -> np.ndarray:
 def _embed_items_on_device(m: LoadedModel, ids: np.ndarray, type_ids: np.ndarray, features: np.ndarray,
                            batch_size: int = 65536) -> torch.Tensor:
     """The item tower on int64 ids / type ids: float32 [N, D] on the model's device."""
-    ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    ids_t = torch.from_numpy(np.array(ids, dtype=np.int64))  # a copy: Arrow buffers are read-only
     types_t = torch.as_tensor(np.asarray(type_ids, dtype=np.int64))
     feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
     out = [m.model.embed_items(ids_t[s:s + batch_size].to(m.device), types_t[s:s + batch_size].to(m.device),
@@ -230,6 +230,35 @@ def condition_order(counts: dict[int, int]) -> list[int]:
     return out
 
 
+def generation_plan(m: LoadedModel, budget: dict[str, float], n: int, n_emb: int):
+    """What to generate and how to spend N: (condition action id of each of the n_emb
+    embeddings in generation order, [(outcome name, its embeddings' columns, items for it)])."""
+    if m.config.action_conditioned:
+        names = [a for a in budget if budget[a] > 0]
+        per = largest_remainder(np.array([budget[a] for a in names]), n_emb)
+        order = condition_order({m.vocab.action_id(a) + 1: int(c) for a, c in zip(names, per)})
+        items_per_action = {a: c for a, c in zip(names, largest_remainder(np.array([budget[a] for a in names]), n))}
+    else:
+        order = [0] * n_emb
+        items_per_action = {UNCONDITIONED: n}
+    names_by_id = {m.vocab.action_id(a) + 1: a for a in m.vocab.engagement_actions}
+    groups = []  # per action, in order of first appearance
+    for aid in dict.fromkeys(order):
+        name = names_by_id.get(aid, UNCONDITIONED)
+        groups.append((name, [i for i, a in enumerate(order) if a == aid], int(items_per_action.get(name, 0))))
+    return order, groups
+
+
+def uniform_plan(groups) -> list[tuple[str, int, int]]:
+    """Without compression: [(outcome, embedding column, items to take from its results)],
+    each outcome's items split evenly over its embeddings (largest remainder)."""
+    plan = []
+    for name, sel, items in groups:
+        quota = largest_remainder(np.ones(len(sel), dtype=np.int64), items)
+        plan += [(name, sel[i], int(q)) for i, q in enumerate(quota.tolist()) if q > 0]
+    return plan
+
+
 def generate_candidates(m: LoadedModel, histories: Sequence[History], features: ItemFeatures,
                         budget: dict[str, float], n: int, retriever: Retriever, *,
                         exclude_history: bool = True, tokens_per_step: int | None = None,
@@ -245,28 +274,13 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
     hist_len = min(cfg.max_len, cfg.max_positions - n_emb - 1)
     emb, types, acts, surf, ts, valid = history_tensors(m, histories, features, hist_len)
     st = prefill(m.model, emb, types, acts, surf, ts, valid)
-    if cfg.action_conditioned:
-        names = [a for a in budget if budget[a] > 0]
-        per = largest_remainder(np.array([budget[a] for a in names]), n_emb)
-        order = condition_order({m.vocab.action_id(a) + 1: int(c) for a, c in zip(names, per)})
-        items_per_action = {a: c for a, c in zip(names, largest_remainder(np.array([budget[a] for a in names]), n))}
-    else:
-        order = [0] * n_emb
-        items_per_action = {UNCONDITIONED: n}
+    order, groups = generation_plan(m, budget, n, n_emb)
     cond = torch.tensor(order, device=m.device)[None, :].expand(len(histories), -1)
     gen = generate(m.model, st, cond, k).float().cpu().numpy()  # [B, n_emb, D]
     B = len(histories)
-    names_by_id = {m.vocab.action_id(a) + 1: a for a in m.vocab.engagement_actions}
-    groups = []  # per action, in order of first appearance: (name, its embeddings' columns, items)
-    for aid in dict.fromkeys(order):
-        name = names_by_id.get(aid, UNCONDITIONED)
-        groups.append((name, [i for i, a in enumerate(order) if a == aid], items_per_action.get(name, 0)))
     if compression_threshold is None:
         # Nothing is compressed, so the plan [(action, column, quota)] is the same for every user.
-        plan = []
-        for name, sel, items in groups:
-            quota = largest_remainder(np.ones(len(sel), dtype=np.int64), items)
-            plan += [(name, sel[i], int(q)) for i, q in enumerate(quota.tolist()) if q > 0]
+        plan = uniform_plan(groups)
         plans = [plan] * B
         cols = [c for _, c, _ in plan]
         queries = gen[:, cols].reshape(-1, gen.shape[-1]) if plan else None
@@ -286,10 +300,19 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
     max_q = max((q for p in plans for _, _, q in p), default=0)
     k_search = int(math.ceil(max_q * overfetch)) + excl
     scores, ids = retriever.search(queries, k_search) if max_q and len(queries) else (None, None)
+    seen = [set(np.asarray(h.item_ids, dtype=np.int64).tolist()) if exclude_history else set()
+            for h in histories]
+    return select_walk(plans, scores, ids, seen, n)
+
+
+def select_walk(plans, scores: np.ndarray, ids: np.ndarray, seen: list[set], n: int) -> list[list[Candidate]]:
+    """Per user, plan entry by plan entry, take the entry's best `quota` results not yet seen
+    (history or chosen); fill what de-duplication took away from the over-fetched tails, best
+    score first; order by score. scores/ids: one row per plan entry of every user, in order."""
     by_score = lambda c: -c[1]
     out, qi = [], 0
     for b, plan in enumerate(plans):
-        seen = set(np.asarray(histories[b].item_ids, dtype=np.int64).tolist()) if exclude_history else set()
+        seen_b = seen[b]
         chosen, rest = [], []  # (item id, score, outcome) tuples
         for name, _, quota in plan:
             got, pos = 0, 0
@@ -304,9 +327,9 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
                         break
                     lst = row_i.tolist()
                 i = lst[pos]
-                if i >= 0 and i not in seen:
+                if i >= 0 and i not in seen_b:
                     chosen.append((i, float(scores[qi, pos]), name))
-                    seen.add(i)
+                    seen_b.add(i)
                     got += 1
                 pos += 1
             rest.append((qi, pos, name))
@@ -318,9 +341,9 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
             for c in sorted(spare, key=by_score):
                 if len(chosen) >= n:
                     break
-                if c[0] not in seen:
+                if c[0] not in seen_b:
                     chosen.append(c)
-                    seen.add(c[0])
+                    seen_b.add(c[0])
         chosen.sort(key=by_score)
         out.append(list(map(Candidate._make, chosen[:n])))
     return out

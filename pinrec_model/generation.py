@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pinrec_model.model import GENERATED_SURFACE, KV, PinRec, time_features
+from pinrec_model.model import GENERATED_SURFACE, KVBuffer, PinRec, time_features
 
 
 @dataclass
 class DecodeState:
-    cache: list[KV]  # per layer ([B, H, T, hd], [B, H, T, hd])
+    cache: list  # per layer: (k, v) [B, H, T, hd] each, or a KVBuffer (preallocated, in place)
     key_valid: torch.Tensor  # [B, T] bool
     next_pos: torch.Tensor  # [B] position id of the next token
     last_ts: torch.Tensor  # [B] seconds of the newest history token
@@ -24,12 +24,16 @@ class DecodeState:
 
 
 @torch.no_grad()
-def prefill(model: PinRec, emb, type_ids, actions, surfaces, ts_s, valid) -> DecodeState:
-    """Left-padded histories: emb [B, T, D], the rest [B, T] -> the decode state."""
+def prefill(model: PinRec, emb, type_ids, actions, surfaces, ts_s, valid,
+            capacity: int | None = None) -> DecodeState:
+    """Left-padded histories: emb [B, T, D], the rest [B, T] -> the decode state.
+
+    With `capacity` (history + tokens to be generated) the KV cache is preallocated and decode
+    steps write into it; `generate` can then run several times from one prefill (once per arm)."""
     pos = (valid.long().cumsum(1) - 1).clamp(min=0)
     x = model.input_tokens(emb, type_ids * valid, actions * valid, surfaces * valid,
                            time_features(ts_s, valid, ts_s[:, -1]), pos)
-    h, cache = model.encode(x, None if bool(valid.all()) else valid)
+    h, cache = model.encode(x, None if bool(valid.all()) else valid, capacity=capacity)
     return DecodeState(cache, valid, valid.sum(1), ts_s[:, -1], h[:, -1])
 
 
@@ -64,6 +68,9 @@ def generate(model: PinRec, st: DecodeState, cond_actions: torch.Tensor, tokens_
     B, n = cond_actions.shape
     k = tokens_per_step if cfg.offset_conditioned else 1
     offsets = torch.tensor(step_offsets(k, cfg.t_lim), device=cond_actions.device)
+    for buf in st.cache:  # a preallocated cache may hold an earlier generation: drop it
+        if isinstance(buf, KVBuffer):
+            buf.length = st.key_valid.shape[1]
     out = []
     for s in range(math.ceil(n / k)):
         acts = cond_actions[:, s * k:(s + 1) * k]

@@ -171,6 +171,30 @@ class ItemTower(nn.Module):
 KV = tuple[torch.Tensor, torch.Tensor]  # ([B, H, T, hd], [B, H, T, hd])
 
 
+class KVBuffer:
+    """One layer's preallocated KV cache ([B, H, capacity, hd] each) filled up to `length`.
+
+    Decode steps write their keys/values in place instead of concatenating (torch.cat copies
+    the whole cache every step: at B=1024, 256 tokens and 12 layers that is ~10 GB per step),
+    and several generations from one prefill (one per arm) rewind `length` to the prefix."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, capacity: int):
+        B, H, T, hd = k.shape
+        self.k = k.new_empty(B, H, capacity, hd)
+        self.v = v.new_empty(B, H, capacity, hd)
+        self.length = 0
+        self.append(k, v)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> KV:
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache full: {end} tokens > capacity {self.k.shape[2]}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: PinRecConfig):
         super().__init__()
@@ -179,19 +203,31 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, past: KV | None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, past: KV | KVBuffer | None,
+                capacity: int | None = None):
         """x: [B, Tn, d]; mask: [B, 1, Tn, Tpast+Tn] bool (True = may attend) or None (plain
-        causal, no padding, no past: the flash-attention path)."""
+        causal, no padding, no past: the flash-attention path). `past` is a (k, v) pair
+        (concatenated) or a KVBuffer (written in place); `capacity` without a past starts a
+        KVBuffer of that many tokens. Returns the output and the cache to pass next time."""
         B, Tn, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
         # [B, Tn, d] -> [B, H, Tn, hd]
         q, k, v = (t.view(B, Tn, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        if past is not None:
+        cache: KV | KVBuffer
+        if isinstance(past, KVBuffer):
+            k, v = past.append(k, v)
+            cache = past
+        elif past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            cache = (k, v)
+        elif capacity is not None:
+            cache = KVBuffer(k, v, capacity)
+        else:
+            cache = (k, v)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None,
             dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, Tn, d)), (k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, Tn, d)), cache
 
 
 class Block(nn.Module):
@@ -205,8 +241,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.d_ff, cfg.d_model), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, mask, past):
-        a, kv = self.attn(self.ln_1(x), mask, past)
+    def forward(self, x, mask, past, capacity=None):
+        a, kv = self.attn(self.ln_1(x), mask, past, capacity)
         x = x + a
         return x + self.mlp(self.ln_2(x)), kv
 
@@ -290,13 +326,14 @@ class PinRec(nn.Module):
         return self.drop(x)
 
     def encode(self, x: torch.Tensor, key_valid: torch.Tensor | None,
-               past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:
+               past: list | None = None, capacity: int | None = None) -> tuple[torch.Tensor, list]:
         """x: [B, Tn, d] new tokens; key_valid: [B, Tpast+Tn] or None when nothing is padded
-        and there is no past -> hidden states [B, Tn, d] and the updated KV cache."""
+        and there is no past -> hidden states [B, Tn, d] and the updated KV cache (a list of
+        (k, v) per layer, or of KVBuffer when `capacity` or a KVBuffer past is given)."""
         mask = None if key_valid is None else attention_mask(key_valid, x.shape[1])
         cache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, mask, None if past is None else past[i])
+            x, kv = block(x, mask, None if past is None else past[i], capacity)
             cache.append(kv)
         return self.ln_f(x), cache
 

@@ -63,3 +63,64 @@ class Retriever:
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text())
         return Retriever(faiss.read_index(str(folder / "index.faiss")), np.load(folder / "ids.npy"), meta["kind"])
+
+
+class ExactIndex:
+    """Exact inner-product search as one matmul on the model's device (the GPU scoring path).
+
+    On an H100 scoring 16 queries per user against 100k items costs ~1 GFLOP per user, a few
+    percent of the prefill, and gives recall 1 (Faiss IVF-HNSW here is CPU-only and was a quarter
+    of the job's time). The catalog embeddings also serve as the item tower's output for history
+    tokens that are catalog pins, so the tower need not run per batch. Scores are computed in the
+    embeddings' dtype (bf16 on CUDA: ~3 significant digits, so near-ties may swap ranks)."""
+
+    def __init__(self, ids: np.ndarray, emb: np.ndarray, device: str, dtype=None):
+        import torch
+
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) != len(emb):
+            raise ValueError(f"ExactIndex: {len(ids)} ids but {len(emb)} embeddings")
+        order = np.argsort(ids, kind="stable")
+        dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+        self.ids = torch.as_tensor(ids[order], device=device)
+        self.emb = torch.as_tensor(np.ascontiguousarray(np.asarray(emb, np.float32)[order]),
+                                   device=device).to(dtype)
+        self.kind, self.device = "exact", device
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, item_ids):
+        """int64 tensor of ids -> (row positions, found mask), same shape."""
+        import torch
+
+        if len(self.ids) == 0:
+            return torch.zeros_like(item_ids), torch.zeros_like(item_ids, dtype=torch.bool)
+        pos = torch.searchsorted(self.ids, item_ids).clamp(max=len(self.ids) - 1)
+        return pos, self.ids[pos] == item_ids
+
+    def search(self, q, k: int, exclude=None, max_scores: int = 1 << 28):
+        """q [B, E, D] -> (scores [B, E, k] float32, item ids [B, E, k]); `exclude` [B, T] item
+        ids (-1 = none) are never returned for that user. Missing slots have id -1 and -inf.
+        Users are processed in chunks so the score matrix stays under `max_scores` entries."""
+        import torch
+
+        B, E, _ = q.shape
+        k = int(min(k, len(self.ids)))
+        chunk = max(1, max_scores // max(1, E * len(self.ids)))
+        out_s, out_i = [], []
+        for s in range(0, B, chunk):
+            sc = torch.matmul(q[s:s + chunk].to(self.emb.dtype), self.emb.T)  # [c, E, N]
+            if exclude is not None and exclude.shape[1]:
+                ex = exclude[s:s + chunk]
+                pos, found = self.positions(ex.clamp(min=0))
+                found &= ex >= 0
+                # Summed, not assigned: an unknown id may share a position with a known one.
+                hit = torch.zeros(sc.shape[0], sc.shape[2], dtype=torch.int32, device=sc.device)
+                hit.scatter_add_(1, pos, found.to(torch.int32))
+                sc.masked_fill_((hit > 0)[:, None, :], float("-inf"))
+            v, p = sc.topk(k, dim=2)
+            v = v.float()
+            out_s.append(v)
+            out_i.append(torch.where(torch.isinf(v), torch.full_like(p, -1), self.ids[p]))
+        return torch.cat(out_s), torch.cat(out_i)

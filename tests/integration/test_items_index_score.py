@@ -103,12 +103,14 @@ def test_index_publishes_reuses_and_rejects_without_touching_current(lake):
     assert read_pointer(lake.artifacts("index") / "CURRENT") == good
 
 
-def test_score_writes_contract_rows_idempotently(lake, tmp_path):
+@pytest.mark.parametrize("retrieval", ["faiss", "exact"])  # exact: the GPU path's arrays, on CPU
+def test_score_writes_contract_rows_idempotently(lake, tmp_path, retrieval):
     arms = tmp_path / "arms.json"
     arms.write_text(json.dumps(ARMS))
     cfg = ScoreConfig(ds=DAY1, lake=str(lake.root), arms=str(arms), model_version="m1", n=12,
-                      batch_size=32, device="cpu")
+                      batch_size=32, device="cpu", retrieval=retrieval)
     stats = run_score(cfg, progress=False)
+    assert stats["retrieval"] == ("exact" if retrieval == "exact" else "flat")
     first = rows(lake, "candidates", DAY1)
     seqs = {r["user_id"]: set(r["item_ids"]) for r in LakeTables(lake).read("sequences", [DAY1]).to_pylist()}
     assert stats["users"] == len(seqs) and stats["rows"] == len(first)

@@ -1,0 +1,212 @@
+"""Generation for the batch layer: a RecordBatch of `sequences` rows in, candidate arrays out.
+
+`api.generate_candidates` serves one request or a small batch through Python objects (History,
+Candidate); the daily job scores every user, so this path keeps everything in arrays:
+
+    arrow_history_arrays   sequences rows -> int64 [B, T] grids (numpy, pyarrow compute; no
+                           per-token Python)                      -- runs on a prefetch thread
+    device_history         grids -> the prefill's tensors; pins in the catalog take their
+                           embedding from the ExactIndex instead of re-running the item tower
+    generate_arrays        prefill once, then per arm: multi-token decode into a preallocated
+                           KV cache, exact search with the history masked, vectorised selection
+    select_candidates      the walk of api.generate_candidates (per-embedding quotas, de-dup,
+                           fill from the over-fetched tail, order by score) as tensor ops
+
+Selection gives exactly what `api.select_walk` gives on the same search results (tested); the
+search differs from the Faiss path in two ways: it is exact, and history items are masked before
+the top-k, which is fetched at least N deep, so de-duplication can always fill N. Compression
+(per-user plans) is not vectorised: the job uses the per-user path when it is asked for.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from pinrec.contracts import ITEM_TYPES, SURFACES, validate_budget
+from pinrec_model.api import LoadedModel, generation_plan, uniform_plan, _embed_items_on_device
+from pinrec_model.generation import generate, prefill
+
+HISTORY_COLUMNS = ("user_id", "item_ids", "item_types", "actions", "surfaces", "ts")
+
+
+@dataclass
+class HistoryArrays:
+    """A batch of left-padded histories as int64 grids [B, T] (0 = padding; ids -1 = padding)."""
+
+    user_ids: np.ndarray  # [B]
+    item_ids: np.ndarray
+    types: np.ndarray
+    actions: np.ndarray
+    surfaces: np.ndarray
+    ts_s: np.ndarray
+    valid: np.ndarray  # bool
+    seen: np.ndarray  # [B, L] every item of the whole history (not only the newest T), -1 = none
+
+
+def _codes(values: pa.Array, vocab, default: int) -> np.ndarray:
+    """Strings -> 1-based ids in `vocab` (C-level lookup); unknown -> default."""
+    idx = pc.index_in(values, value_set=pa.array(list(vocab), pa.string()))
+    return (pc.fill_null(idx, default - 1).to_numpy(zero_copy_only=False).astype(np.int64) + 1)
+
+
+def arrow_history_arrays(batch: pa.RecordBatch, actions: list[str], max_len: int) -> HistoryArrays:
+    """The newest `max_len` tokens of each row, left-padded into [B, T] grids (T = the longest
+    kept history of the batch). Same layout as api.history_tensors."""
+    B = batch.num_rows
+    col = batch.column("item_ids")
+    offs = col.offsets.to_numpy().astype(np.int64)
+    lens = np.diff(offs)
+    T = max(1, min(max_len, int(lens.max()) if B else 1))
+    n = np.minimum(lens, T)
+    tot = int(n.sum())
+    first = np.cumsum(n) - n
+    # source positions in the values arrays, destination positions in the [B, T] grid
+    src = np.arange(tot) - np.repeat(first, n) + np.repeat(offs[1:] - n, n)
+    dst = np.arange(tot) - np.repeat(first, n) + np.repeat(np.arange(B) * T + (T - n), n)
+    take = pa.array(src)
+
+    def grid(values: np.ndarray, fill: int = 0) -> np.ndarray:
+        g = np.full(B * T, fill, np.int64)
+        g[dst] = values
+        return g.reshape(B, T)
+
+    def values(name: str) -> pa.Array:
+        c = batch.column(name)
+        if c.offsets.to_numpy()[0] != offs[0] or len(c.values) < offs[-1]:
+            raise ValueError(f"sequences column {name!r} is not aligned with item_ids")
+        return c.values.take(take)
+
+    ids = col.values.take(take).to_numpy(zero_copy_only=False)
+    ts = values("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) // 1_000_000
+    valid = np.zeros(B * T, bool)
+    valid[dst] = True
+    valid = valid.reshape(B, T)
+    valid[:, -1] = True  # users without history still get one (padding) token to prefill
+    # The whole history is excluded from the candidates, also what the model does not read.
+    L = max(1, int(lens.max()) if B else 1)
+    seen = np.full(B * L, -1, np.int64)
+    seen[np.arange(offs[-1] - offs[0]) - np.repeat(offs[:-1] - offs[0], lens) + np.repeat(np.arange(B) * L, lens)] = \
+        col.values.slice(offs[0], offs[-1] - offs[0]).to_numpy(zero_copy_only=False)
+    return HistoryArrays(batch.column("user_id").to_numpy().astype(np.int64), grid(ids, -1),
+                         grid(_codes(values("item_types"), ITEM_TYPES, 1)),
+                         grid(_codes(values("actions"), actions, 0)),
+                         grid(_codes(values("surfaces"), SURFACES, 1)), grid(ts), valid, seen.reshape(B, L))
+
+
+@torch.no_grad()
+def device_history(m: LoadedModel, h: HistoryArrays, index, features):
+    """HistoryArrays -> (emb, types, actions, surfaces, ts, valid) on the model's device.
+
+    Pins found in the index take its embedding (the item tower's output for that id); other
+    tokens (queries, pins outside the catalog) run the tower once per distinct (id, type)."""
+    dev = m.device
+    t = lambda a: torch.as_tensor(a).to(dev, non_blocking=True)
+    ids, types, valid = t(h.item_ids), t(h.types), t(h.valid)
+    real = ids >= 0
+    pos, found = index.positions(ids.clamp(min=0))
+    found &= real & (types == 1)
+    emb = torch.where(found[..., None], index.emb[pos].to(torch.float32), 0.0)
+    rest = (real & ~found).cpu().numpy()
+    if rest.any():
+        r_ids, r_types = h.item_ids[rest], h.types[rest]
+        keys, inv = np.unique(np.stack([r_ids, r_types], 1), axis=0, return_inverse=True)
+        e = _embed_items_on_device(m, keys[:, 0], keys[:, 1], features.lookup(keys[:, 0]))
+        emb[torch.as_tensor(rest, device=dev)] = e[torch.as_tensor(inv.reshape(-1), device=dev)]
+    return emb, types, t(h.actions), t(h.surfaces), t(h.ts_s), valid
+
+
+def select_candidates(scores: torch.Tensor, ids: torch.Tensor, quotas: list[int], n: int):
+    """Vectorised api.generate_candidates walk. scores/ids [B, E, K]: each plan entry's ranked
+    results (history already excluded, -1 = none); quotas [E]: items each entry contributes.
+
+    Entry by entry, take its best `quota` results not already chosen; then fill what
+    de-duplication took away from the over-fetched tails (results after each walk's stop), best
+    score first, each item once; finally order by score. -> (ids [B, n], scores [B, n],
+    plan entry [B, n]); unfilled slots have id -1."""
+    B, E, K = ids.shape
+    dev = ids.device
+    chosen = torch.full((B, n + 1), -1, dtype=torch.long, device=dev)  # column n: discard
+    c_score = torch.full((B, n + 1), float("-inf"), device=dev)
+    c_entry = torch.full((B, n + 1), -1, dtype=torch.long, device=dev)
+    count = torch.zeros(B, dtype=torch.long, device=dev)
+    stop = torch.full((B, E), K, dtype=torch.long, device=dev)
+    ar = torch.arange(K, device=dev)
+
+    def put(take, rank, row_ids, row_scores, row_entry):
+        dest = torch.where(take, count[:, None] + rank - 1, n).clamp(max=n)
+        chosen.scatter_(1, dest, torch.where(take, row_ids, -1))
+        c_score.scatter_(1, dest, torch.where(take, row_scores, float("-inf")))
+        c_entry.scatter_(1, dest, torch.where(take, row_entry, -1))
+
+    for j, q in enumerate(quotas):
+        row = ids[:, j]
+        ok = (row >= 0) & ~(row[:, :, None] == chosen[:, None, :n]).any(-1)
+        rank = ok.cumsum(1)
+        take = ok & (rank <= q)
+        got = take.sum(1)
+        last = torch.where(take, ar, -1).max(1).values
+        stop[:, j] = torch.where(got >= q, last + 1, K)
+        put(take, rank, row, scores[:, j], torch.full_like(row, j))
+        chosen[:, n], c_score[:, n], c_entry[:, n] = -1, float("-inf"), -1
+        count += got
+    # Fill from the tails: best score first, each item once, never one already chosen.
+    tail = (ar[None, None, :] >= stop[:, :, None]) & (ids >= 0)
+    flat_ids = ids.reshape(B, -1)
+    tail = tail.reshape(B, -1) & ~(flat_ids[:, :, None] == chosen[:, None, :n]).any(-1)
+    flat_s = torch.where(tail, scores.reshape(B, -1), float("-inf"))
+    s_sorted, order = flat_s.sort(dim=1, descending=True, stable=True)
+    i_sorted = flat_ids.gather(1, order)
+    ok = ~torch.isinf(s_sorted)
+    by_id, perm = torch.where(ok, i_sorted, -1).sort(dim=1, stable=True)
+    dup = torch.zeros_like(ok)
+    dup.scatter_(1, perm[:, 1:], (by_id[:, 1:] == by_id[:, :-1]) & (by_id[:, 1:] >= 0))
+    ok &= ~dup
+    rank = ok.cumsum(1)
+    put(ok & (rank <= (n - count)[:, None]), rank, i_sorted, s_sorted, order // K)
+    s_final, o = c_score[:, :n].sort(dim=1, descending=True, stable=True)
+    return chosen[:, :n].gather(1, o), s_final, c_entry[:, :n].gather(1, o)
+
+
+@dataclass
+class ArmResult:
+    """One arm's candidates for a batch: arrays [B, n] (id -1 = no candidate) + outcome names."""
+
+    item_ids: np.ndarray
+    scores: np.ndarray
+    outcome_codes: np.ndarray  # index into outcomes
+    outcomes: list[str]
+
+
+@torch.no_grad()
+def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: dict[str, dict],
+                    n: int, *, tokens_per_step: int | None = None, overfetch: float = 2.0,
+                    num_embeddings: int | None = None) -> dict[str, ArmResult]:
+    """Candidates for every arm of a batch: one prefill, then per arm the generation from that
+    prefill (the preallocated KV cache rewinds between arms), exact search, selection."""
+    cfg = m.config
+    n_emb = num_embeddings or cfg.num_embeddings
+    k = tokens_per_step or (cfg.tokens_per_step if cfg.offset_conditioned else 1)
+    emb, types, acts, surf, ts, valid = device_history(m, h, index, features)
+    st = prefill(m.model, emb, types, acts, surf, ts, valid, capacity=valid.shape[1] + n_emb)
+    exclude = torch.as_tensor(h.seen).to(m.device, non_blocking=True)
+    B = len(h.user_ids)
+    out = {}
+    for arm, budget in arms.items():
+        order, groups = generation_plan(m, validate_budget(budget, m.vocab), n, n_emb)
+        plan = uniform_plan(groups)
+        cond = torch.tensor(order, device=m.device)[None, :].expand(B, -1)
+        gen = generate(m.model, st, cond, k)  # [B, n_emb, D]
+        quotas = [q for _, _, q in plan]
+        q = gen[:, [c for _, c, _ in plan]]
+        # n deep at least: whatever de-duplication takes away, the union of the rows can fill N
+        depth = max(int(math.ceil(max(quotas, default=0) * overfetch)), n)
+        scores, ids = index.search(q, depth, exclude)
+        items, sc, entry = select_candidates(scores, ids, quotas, n)
+        names = [name for name, _, _ in plan]
+        out[arm] = ArmResult(items.cpu().numpy(), sc.cpu().numpy(), entry.cpu().numpy(), names)
+    return out
