@@ -9,6 +9,9 @@ time, so time spent waiting for a free connection is charged to it (no coordinat
 
 Phase 1 — precomputed + RocksDB tail: server with --no-regenerate; every request reads the
 user's fresh events from RocksDB, removes engaged items and blends.
+Floor — the same client against a trivial server (the same stdlib HTTP stack returning a
+fixed response body captured from phase 1): what the client and HTTP layer alone cost on
+this host, so the phase-1 figure can be read against it.
 Phase 2 — CPU regeneration: server with regeneration on; a --regen-fraction of the requests
 are for users with fresh events (they regenerate on CPU), the rest for users without.
 """
@@ -67,15 +70,50 @@ def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
     return cfg.root, work / "db", fresh
 
 
+def trivial_server(port: int, token: str, body_file: str) -> None:
+    """The HTTP layer of `pinrec serve` (stdlib, HTTP/1.1 keep-alive, no Nagle, thread per
+    connection, bearer check) answering every request with one fixed body: the floor."""
+    import hmac
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body, expected = Path(body_file).read_bytes(), f"Bearer {token}".encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def do_GET(self):  # noqa: N802
+            ok = hmac.compare_digest((self.headers.get("Authorization") or "").encode(), expected)
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body) if ok else 2))
+            self.end_headers()
+            self.wfile.write(body if ok else b"{}")
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    srv.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        srv.server_close()
+
+
 class Server:
     def __init__(self, lake: Path, db: Path, token: str, regenerate: bool, log: Path,
-                 regen_workers: int = 1):
+                 regen_workers: int = 1, trivial_body: Path | None = None):
         from streaming.broker import free_port, wait_port
 
         self.port = free_port()
         cmd = [str(Path(sys.executable).parent / "pinrec"), "serve", "--lake", str(lake), "--db",
                str(db), "--port", str(self.port), "--regen-workers", str(regen_workers)]
         cmd += [] if regenerate else ["--no-regenerate"]
+        if trivial_body is not None:
+            cmd = [sys.executable, "-c", f"from bench.serve_bench import trivial_server; "
+                   f"trivial_server({self.port}, {token!r}, {str(trivial_body)!r})"]
         env = {**os.environ, "PINREC_API_TOKEN": token, "OMP_NUM_THREADS": "1"}
         self.log = open(log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=env)
@@ -219,6 +257,22 @@ def run(args: argparse.Namespace) -> int:
         pre = summarize(res)
         pre.update(cpu)
         pre.update(server_regen_metrics(srv.port))
+        body = work / "response.json"
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        c.request("GET", f"/v1/recommendations/{users[0]}?n={args.n}",
+                  headers={"Authorization": f"Bearer {token}"})
+        body.write_bytes(c.getresponse().read())
+        c.close()
+    finally:
+        srv.stop()
+
+    srv = Server(lake, db, token, regenerate=False, log=work / "serve-trivial.log", trivial_body=body)
+    try:
+        offer_load(srv.port, token, users, args.rate, 2, args.n, args.workers)
+        res, cpu = measured(srv, lambda: offer_load(srv.port, token, users, args.rate,
+                                                    args.seconds, args.n, args.workers))
+        floor = summarize(res)
+        floor.update(cpu, server_p99_ms=None)  # the fixed body's took_ms means nothing here
     finally:
         srv.stop()
 
@@ -239,18 +293,21 @@ def run(args: argparse.Namespace) -> int:
         srv.stop()
 
     result = {"p99_ms": pre["p99_ms"], "p99_ms_regenerate": regen["p99_ms"],
-              "precomputed": pre, "regenerate": regen, "regenerate_phase_others": others,
+              "precomputed": pre, "trivial_server_floor": floor, "regenerate": regen, "regenerate_phase_others": others,
               "rate": args.rate, "seconds": args.seconds, "n": args.n,
               "regen_fraction": args.regen_fraction, "users": args.users,
               "regen_workers": args.regen_workers, "client_workers": args.workers,
               "host_cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "bars": BARS}
     print(f"{'phase':<44}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'server p99':>12}  bar")
-    for name, s, bar in ((f"precomputed + RocksDB tail @ {args.rate:.0f}/s", pre, "p99 <= 5 ms"),
-                         (f"regenerating requests ({args.regen_fraction:.0%} of {args.rate:.0f}/s)",
-                          regen, "p99 <= 50 ms"),
-                         ("other requests in the same phase", others, "")):
-        print(f"{name:<44}{s['requests']:>9}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}"
-              f"{s['server_p99_ms']:>12.2f}  {bar}" + (f"  errors {s['errors']}" if s["errors"] else ""))
+    rows = ((f"precomputed + RocksDB tail @ {args.rate:.0f}/s", pre, "p99 <= 5 ms"),
+            ("floor: same client, trivial server", floor, ""),
+            (f"regenerating requests ({args.regen_fraction:.0%} of {args.rate:.0f}/s)", regen,
+             "p99 <= 50 ms"),
+            ("other requests in the same phase", others, ""))
+    for name, s, bar in rows:
+        server = s["server_p99_ms"] if s["server_p99_ms"] is not None else float("nan")
+        print(f"{name:<44}{s['requests']:>9}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}{server:>12.2f}"
+              f"  {bar}" + (f"  errors {s['errors']}" if s["errors"] else ""))
     print(f"HTTP handler p99 inside the server (incl. warm-up): precomputed phase "
           f"{pre.get('handler_p99_ms_all_requests', float('nan')):.2f} ms, regeneration phase "
           f"{regen.get('handler_p99_ms_all_requests', float('nan')):.2f} ms")
@@ -263,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"requests that carried regenerated candidates: {regen['regenerated']} of "
           f"{regen['requests']} fresh-user requests (p99 over those "
           f"{regen['p99_ms_regenerated_only'] or float('nan'):.2f} ms)")
-    for name, s in (("precomputed", pre), ("regeneration", regen)):
+    for name, s in (("precomputed", pre), ("trivial-server", floor), ("regeneration", regen)):
         print(f"CPU in the {name} phase: client {s['client_cores']:.2f} cores, server "
               f"{s['server_cores']:.2f} cores (incl. workers)")
     print(f"(host: {os.cpu_count()} cpus, 1-min load average {result['load_avg_1m']:.1f})")

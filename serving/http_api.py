@@ -104,7 +104,7 @@ def make_handler(service: RecommendationService, token: str, metrics: ApiMetrics
             self.wfile.write(body)
 
         def _json(self, status: int, obj, extra=()):
-            self._send(status, json.dumps(obj).encode(), extra=extra)
+            self._send(status, json.dumps(obj, separators=(",", ":")).encode(), extra=extra)
 
         def do_GET(self):  # noqa: N802 (stdlib name)
             t0 = time.perf_counter()

@@ -12,6 +12,7 @@ Rule:
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -21,15 +22,30 @@ from serving.candidates import POPULARITY, Rec
 
 def quotas(budget: dict[str, float], n: int) -> dict[str, int]:
     """Largest-remainder split of n slots over the budget's outcomes (weights sum to 1)."""
+    return dict(_quotas(tuple(budget.items()), n))  # a handful of budgets: computed once each
+
+
+@lru_cache(maxsize=4096)
+def _quotas(budget: tuple, n: int) -> tuple:
+    budget = dict(budget)
     names = [a for a, w in budget.items() if w > 0]
     if not names:
-        return {}
+        return ()
     w = np.array([budget[a] for a in names], dtype=np.float64)
     raw = w / w.sum() * n
     base = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - base), kind="stable")[: n - base.sum()]:
         base[i] += 1
-    return dict(zip(names, base.tolist()))
+    return tuple(zip(names, base.tolist()))
+
+
+def needs_popularity(precomputed: Sequence[Rec], regenerated: Sequence[Rec], engaged: set[int],
+                     n: int) -> bool:
+    """Whether `blend` could reach the popularity list: only when fewer than n distinct,
+    not-engaged items are candidates (the hot path then skips building it)."""
+    ids = {r.item_id for r in precomputed}
+    ids.update(r.item_id for r in regenerated)
+    return len(ids - engaged) < n
 
 
 def blend(precomputed: Sequence[Rec], regenerated: Sequence[Rec], popular: Sequence[Rec],

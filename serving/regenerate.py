@@ -100,6 +100,9 @@ def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, s
         import faiss
 
         faiss.omp_set_num_threads(threads)
+        # A regeneration searches ~16 queries; below 20 Faiss scores them one vector at a time
+        # (measured 8.8 ms CPU over 20k x 64 items) instead of one BLAS matrix product (3.4 ms).
+        faiss.cvar.distance_compute_blas_threshold = 1
     except ImportError:
         pass
     lake = Lake.at(lake_root)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.candidates import CandidateStore, load_candidate_store
-from serving.merge import blend, quotas, sources_of
+from serving.merge import blend, needs_popularity, quotas, sources_of
 from serving.regen_worker import RegenerationFailed
 from serving.signals import BatchSequences, load_batch_sequences, merge_history
 
@@ -199,7 +199,8 @@ class RecommendationService:
                 notes.append(f"regeneration skipped: {e}")
         elif fresh and regenerator is None:
             notes.append(f"regeneration unavailable: {snap.regen_unavailable}")
-        popular = cands.popularity(2 * n, engaged)  # spare for de-duplication
+        popular = (cands.popularity(2 * n, engaged)  # spare for de-duplication
+                   if needs_popularity(pre, regen, engaged, n) else [])
         items = blend(pre, regen, popular, engaged, budget, n, self.cfg.regen_share)
         sources = sources_of(items, engaged, bool(tail), query)
         fallback = bool(items) and all(r.source == "popularity" for r in items)

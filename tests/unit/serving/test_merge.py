@@ -73,3 +73,16 @@ def test_popularity_skips_excluded_items():
     store = CandidateStore.empty(popular=[5, 6, 7, 8])
     assert [r.item_id for r in store.popularity(2, {6})] == [5, 7]
     assert all(r.source == "popularity" for r in store.popularity(3, set()))
+
+
+def test_popularity_is_needed_exactly_when_candidates_run_short():
+    from serving.merge import needs_popularity
+
+    engaged = {1, 2, 1000}
+    for n in (10, 50, 76, 77, 78, 120):
+        distinct = len({r.item_id for r in PRE + REG} - engaged)  # 77
+        need = needs_popularity(PRE, REG, engaged, n)
+        assert need == (distinct < n)
+        full = blend(PRE, REG, POP, engaged, BUDGET, n, 0.5)
+        without = blend(PRE, REG, [], engaged, BUDGET, n, 0.5)
+        assert (full != without) == need  # skipping popularity changes nothing unless needed
