@@ -37,6 +37,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--device", default="auto")
     p.add_argument("--tokens-per-step", type=int)
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="eager prefill (as `pinrec score --no-compile`)")
     p.add_argument("--profile-batches", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the result here")
@@ -141,7 +143,9 @@ def profile_exact(m, tables_batches, features, index, arms, cfg, hist_len: int) 
     from pinrec_model.generation import generate, prefill
 
     dev = str(m.device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.startswith("cuda") else contextlib.nullcontext()
+    bf16_weights = next(m.model.parameters()).dtype == torch.bfloat16
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.startswith("cuda") and not bf16_weights \
+        else contextlib.nullcontext()
     names = ("arrow_to_grids", "to_device_and_item_emb", "prefill", "decode_and_head",
              "exact_search", "select", "to_host_and_rows")
     t = dict.fromkeys(names, 0.0)
@@ -193,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from jobs.score import DEFAULT_ARMS, ScoreConfig, SpoolWriter, Timings, load_arms, score_batches
+    from jobs.score import DEFAULT_ARMS, ScoreConfig, SpoolWriter, Timings, compile_prefill, inference_dtype, \
+        load_arms, score_batches
     from pinrec.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import ItemFeatures, embed_items, load_model, save_model
     from pinrec_model.model import PinRec, preset
@@ -205,7 +210,9 @@ def run(args: argparse.Namespace) -> int:
     mcfg = preset(args.preset, variant=args.variant, max_len=args.hist_len,
                   max_positions=max(base.max_positions, args.hist_len + base.num_embeddings + 1))
     save_model(work / "model", PinRec(mcfg), None, PINTEREST_ACTIONS, {})
-    m = load_model(work / "model", device=args.device)
+    job_cfg = ScoreConfig(ds="2026-01-01", lake="", device=args.device, compile=args.compile)
+    m = load_model(work / "model", device=args.device, dtype=inference_dtype(job_cfg))
+    compile_prefill(m, job_cfg)
     dev = str(m.device)
     _say(f"model {args.preset} loaded on {dev}")
     rng = np.random.default_rng(args.seed)
@@ -260,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
         "preset": args.preset, "variant": args.variant, "hist_len": args.hist_len,
         "users": timings.users, "arms": len(arms), "n": args.n, "items": args.items,
         "index": retriever.kind, "batch_size": args.batch_size, "bf16": dev.startswith("cuda"),
+        "compiled_prefill": getattr(m.model, "compiled_encode", None) is not None,
         "seconds": round(secs, 3), "users_per_s": round(timings.users / secs, 1),
         "read_s": round(timings.read, 3), "generate_s": round(timings.generate, 3),
         "write_s": round(timings.write, 3), "candidate_rows": spool.rows,

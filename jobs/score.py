@@ -47,11 +47,12 @@ class ScoreConfig:
     tokens_per_step: int | None = None
     compression_threshold: float | None = None
     max_users: int | None = None  # for smoke runs and benchmarks
-    bf16: bool = True  # autocast the model to bfloat16 on CUDA (inference; CPU stays fp32)
+    bf16: bool = True  # bfloat16 weights on CUDA (inference; CPU stays fp32)
     # faiss: the published index, per-user selection. exact: one matmul per batch on the model's
     # device against the pins of items@ds embedded by the same model, vectorised selection (the
     # GPU path). auto: exact on CUDA up to EXACT_MAX_ITEMS pins without compression, else faiss.
     retrieval: str = "auto"
+    compile: bool = True  # torch.compile the prefill on CUDA (fuses LayerNorm/GELU/residuals)
 
     def __post_init__(self):
         parse_ds(self.ds)
@@ -62,6 +63,23 @@ class ScoreConfig:
         if self.retrieval == "exact" and self.compression_threshold is not None:
             raise ValueError("--retrieval exact does not compress; drop --compression-threshold "
                              "or use --retrieval faiss")
+
+
+def inference_dtype(cfg: ScoreConfig) -> str | None:
+    """bf16 weights on CUDA (`bf16`), the stored fp32 elsewhere."""
+    import torch
+
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    return "bfloat16" if cuda and cfg.bf16 else None
+
+
+def compile_prefill(m, cfg: ScoreConfig) -> None:
+    """On CUDA, give the model a compiled encode for the prefill (generation.prefill uses it).
+    Shapes are static per batch (B, T): a job sees a handful (last batch, shorter histories)."""
+    import torch
+
+    if cfg.compile and str(m.device).startswith("cuda"):
+        m.model.compiled_encode = torch.compile(m.model.encode, dynamic=False)
 
 
 def load_arms(path: str | Path, vocab: ActionVocab) -> dict[str, dict[str, float]]:
@@ -186,7 +204,8 @@ def score_batches(m, batches: Iterable[pa.RecordBatch], features, retriever, arm
     from pinrec_model.api import generate_candidates
 
     on_cuda = str(m.device).startswith("cuda")
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda and cfg.bf16 \
+    fp32_weights = next(m.model.parameters()).dtype == torch.float32
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda and cfg.bf16 and fp32_weights \
         else contextlib.nullcontext
     generated_at = cutoff_us(cfg.ds)
     budgets = {a: json.dumps(b, sort_keys=True) for a, b in arms.items()}
@@ -321,7 +340,8 @@ def run_job(cfg: ScoreConfig, progress: bool = True) -> dict:
         raise ValueError(f"no sequences for ds={cfg.ds}; run `pinrec sequences --ds {cfg.ds}` first")
     model_version, mdir = resolve_model(lake, cfg.model_version)
     t_load = time.perf_counter()
-    m = load_model(mdir, device=cfg.device)
+    m = load_model(mdir, device=cfg.device, dtype=inference_dtype(cfg))
+    compile_prefill(m, cfg)
     arms = load_arms(cfg.arms, m.vocab)
     items = tables.read("items", [cfg.ds], columns=["item_id", "item_type", "features"])
     features = ItemFeatures.from_table(items)
@@ -392,6 +412,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens-per-step", type=int, help="multi-token generation: embeddings per step")
     p.add_argument("--compression-threshold", type=float, help="merge generated embeddings closer than this")
     p.add_argument("--max-users", type=int, help="score only the first N users (smoke runs)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="do not torch.compile the prefill on CUDA")
     p.add_argument("--retrieval", choices=("auto", "faiss", "exact"), default=d.retrieval,
                    help="faiss: the published index; exact: one matmul on the device (GPU path); "
                         "auto: exact on CUDA for catalogs up to 5M pins")
@@ -402,6 +424,6 @@ def run(args: argparse.Namespace) -> int:
                       index_version=args.index_version, n=args.n, batch_size=args.batch_size,
                       device=args.device, tokens_per_step=args.tokens_per_step,
                       compression_threshold=args.compression_threshold, max_users=args.max_users,
-                      retrieval=args.retrieval)
+                      retrieval=args.retrieval, compile=args.compile)
     print(json.dumps(run_job(cfg)))
     return 0

@@ -119,7 +119,10 @@ def save_model(version_dir: str | Path, model: PinRec, cms: CountMinSketch | Non
     return vdir
 
 
-def load_model(version_dir: str | Path, device: str = "cpu") -> LoadedModel:
+def load_model(version_dir: str | Path, device: str = "cpu", dtype: str | None = None) -> LoadedModel:
+    """A model version on `device`; dtype "bfloat16" casts the weights for inference (the GPU
+    scoring path: half the activation traffic of fp32 weights under autocast, which keeps
+    LayerNorm and the residual stream in fp32)."""
     from safetensors.torch import load_file
 
     vdir = Path(version_dir)
@@ -133,6 +136,8 @@ def load_model(version_dir: str | Path, device: str = "cpu") -> LoadedModel:
     state = load_file(str(vdir / "model.safetensors"))
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("cms.")})
     model.to(dev).eval()
+    if dtype is not None:
+        model.to(getattr(torch, dtype))
     return LoadedModel(model, cfg, ActionVocab.from_json(meta["vocab"]), cfg.variant, meta.get("version", vdir.name), dev)
 
 

@@ -29,11 +29,16 @@ def prefill(model: PinRec, emb, type_ids, actions, surfaces, ts_s, valid,
     """Left-padded histories: emb [B, T, D], the rest [B, T] -> the decode state.
 
     With `capacity` (history + tokens to be generated) the KV cache is preallocated and decode
-    steps write into it; `generate` can then run several times from one prefill (once per arm)."""
+    steps write into it; `generate` can then run several times from one prefill (once per arm).
+    A `compiled_encode` attribute on the model (torch.compile of encode, set by the GPU scoring
+    job) is used for the prefill: plain tensors in and out, one graph per batch shape."""
     pos = (valid.long().cumsum(1) - 1).clamp(min=0)
     x = model.input_tokens(emb, type_ids * valid, actions * valid, surfaces * valid,
                            time_features(ts_s, valid, ts_s[:, -1]), pos)
-    h, cache = model.encode(x, None if bool(valid.all()) else valid, capacity=capacity)
+    encode = getattr(model, "compiled_encode", None) or model.encode
+    h, cache = encode(x, None if bool(valid.all()) else valid)
+    if capacity is not None:
+        cache = [KVBuffer(k, v, capacity) for k, v in cache]
     return DecodeState(cache, valid, valid.sum(1), ts_s[:, -1], h[:, -1])
 
 
@@ -46,7 +51,7 @@ def decode(model: PinRec, st: DecodeState, gen: torch.Tensor, gen_actions: torch
     ts = st.last_ts[:, None].expand(B, k)
     vk = torch.ones(B, k, dtype=torch.bool, device=dev)
     pos = (st.next_pos[:, None] + torch.arange(k, device=dev)[None]).clamp(max=model.cfg.max_positions - 1)
-    x = model.input_tokens(gen.to(model.in_proj.weight.dtype), ones, gen_actions, ones * GENERATED_SURFACE,
+    x = model.input_tokens(gen, ones, gen_actions, ones * GENERATED_SURFACE,
                            time_features(ts, vk, st.last_ts), pos)
     key_valid = torch.cat([st.key_valid, vk], dim=1)
     h, cache = model.encode(x, key_valid, st.cache)

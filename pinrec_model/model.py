@@ -180,8 +180,9 @@ class KVBuffer:
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, capacity: int):
         B, H, T, hd = k.shape
-        self.k = k.new_empty(B, H, capacity, hd)
-        self.v = v.new_empty(B, H, capacity, hd)
+        # zeros, not empty: attention reads the whole buffer (masked), and 0 * NaN garbage is NaN
+        self.k = k.new_zeros(B, H, capacity, hd)
+        self.v = v.new_zeros(B, H, capacity, hd)
         self.length = 0
         self.append(k, v)
 
@@ -203,25 +204,23 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, past: KV | KVBuffer | None,
-                capacity: int | None = None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, past: KV | KVBuffer | None):
         """x: [B, Tn, d]; mask: [B, 1, Tn, Tpast+Tn] bool (True = may attend) or None (plain
         causal, no padding, no past: the flash-attention path). `past` is a (k, v) pair
-        (concatenated) or a KVBuffer (written in place); `capacity` without a past starts a
-        KVBuffer of that many tokens. Returns the output and the cache to pass next time."""
+        (concatenated) or a KVBuffer (written in place). Returns the output and the cache."""
         B, Tn, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
         # [B, Tn, d] -> [B, H, Tn, hd]
         q, k, v = (t.view(B, Tn, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
         cache: KV | KVBuffer
         if isinstance(past, KVBuffer):
-            k, v = past.append(k, v)
-            cache = past
+            # Attend over the whole (contiguous) buffer, the unfilled tail masked by encode: a
+            # [:length] slice is strided, and SDPA would copy all of it every decode step.
+            past.append(k, v)
+            k, v, cache = past.k, past.v, past
         elif past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
             cache = (k, v)
-        elif capacity is not None:
-            cache = KVBuffer(k, v, capacity)
         else:
             cache = (k, v)
         y = F.scaled_dot_product_attention(
@@ -241,8 +240,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.d_ff, cfg.d_model), nn.Dropout(cfg.dropout))
 
-    def forward(self, x, mask, past, capacity=None):
-        a, kv = self.attn(self.ln_1(x), mask, past, capacity)
+    def forward(self, x, mask, past):
+        a, kv = self.attn(self.ln_1(x), mask, past)
         x = x + a
         return x + self.mlp(self.ln_2(x)), kv
 
@@ -321,19 +320,24 @@ class PinRec(nn.Module):
 
     def input_tokens(self, item_emb, type_ids, action_ids, surface_ids, time_feats, pos_ids):
         """Sum of the token's parts: [B, T, D], [B, T] x4, [B, T, 6] -> [B, T, d]."""
+        dt = self.time_in.weight.dtype  # float inputs follow the weights (bf16 for inference)
+        item_emb, time_feats = item_emb.to(dt), time_feats.to(dt)
         x = (self.in_proj(item_emb) + self.type_in(type_ids) + self.action_in(action_ids)
              + self.surface_in(surface_ids) + self.time_in(time_feats) + self.pos(pos_ids))
         return self.drop(x)
 
     def encode(self, x: torch.Tensor, key_valid: torch.Tensor | None,
-               past: list | None = None, capacity: int | None = None) -> tuple[torch.Tensor, list]:
+               past: list | None = None) -> tuple[torch.Tensor, list]:
         """x: [B, Tn, d] new tokens; key_valid: [B, Tpast+Tn] or None when nothing is padded
         and there is no past -> hidden states [B, Tn, d] and the updated KV cache (a list of
-        (k, v) per layer, or of KVBuffer when `capacity` or a KVBuffer past is given)."""
+        (k, v) per layer, or the same KVBuffers when those are the past)."""
         mask = None if key_valid is None else attention_mask(key_valid, x.shape[1])
+        if mask is not None and past is not None and isinstance(past[0], KVBuffer):
+            pad = past[0].k.shape[2] - mask.shape[-1]  # preallocated: mask the unfilled tail
+            mask = torch.cat([mask, mask.new_zeros(*mask.shape[:-1], pad)], dim=-1)
         cache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, mask, None if past is None else past[i], capacity)
+            x, kv = block(x, mask, None if past is None else past[i])
             cache.append(kv)
         return self.ln_f(x), cache
 
