@@ -46,6 +46,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="the server's regeneration processes (pinrec serve --regen-workers)")
     p.add_argument("--json", default=None)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--phases", default="precomputed,floor,regenerate",
+                   help="comma-separated subset of precomputed,floor,regenerate")
 
 
 def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
@@ -229,13 +231,24 @@ def summarize(results, users_of_interest=None) -> dict:
             "p99_ms_regenerated_only": float(np.percentile(regen, 99)) if len(regen) else None}
 
 
+def host_busy_s() -> float:
+    """CPU seconds the whole host has been busy (every process, every core): /proc/stat."""
+    f = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def measured(srv: "Server", fn):
-    """fn() plus the CPU it cost: cores used by the client (this process) and the server."""
-    w0, c0, s0 = time.perf_counter(), time.process_time(), srv.cpu_s()
+    """fn() plus the CPU it cost: cores used by the client (this process), the server, and
+    everything else on the host (other people's jobs on a shared machine)."""
+    w0, c0, s0, h0 = time.perf_counter(), time.process_time(), srv.cpu_s(), host_busy_s()
     out = fn()
     wall = time.perf_counter() - w0
-    return out, {"client_cores": (time.process_time() - c0) / wall,
-                 "server_cores": (srv.cpu_s() - s0) / wall}
+    client = (time.process_time() - c0) / wall
+    server = (srv.cpu_s() - s0) / wall
+    return out, {"client_cores": client, "server_cores": server,
+                 "other_processes_cores": max(0.0, (host_busy_s() - h0) / wall - client - server),
+                 "load_avg_1m_after": os.getloadavg()[0]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -247,53 +260,57 @@ def run(args: argparse.Namespace) -> int:
     stale = [u for u in range(args.users) if u not in fresh]
     rng = random.Random(0)
 
-    srv = Server(lake, db, token, regenerate=False, log=work / "serve-precomputed.log")
-    try:
-        users = list(fresh)
-        rng.shuffle(users)
-        offer_load(srv.port, token, users, args.rate, 2, args.n, args.workers)  # warm up
-        res, cpu = measured(srv, lambda: offer_load(srv.port, token, users, args.rate,
-                                                    args.seconds, args.n, args.workers))
-        pre = summarize(res)
-        pre.update(cpu)
-        pre.update(server_regen_metrics(srv.port))
-        body = work / "response.json"
-        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
-        c.request("GET", f"/v1/recommendations/{users[0]}?n={args.n}",
-                  headers={"Authorization": f"Bearer {token}"})
-        body.write_bytes(c.getresponse().read())
-        c.close()
-    finally:
-        srv.stop()
+    users = list(fresh)
+    rng.shuffle(users)
+    k = max(1, int(round(args.regen_fraction * 1000)))
+    mix = [rng.choice(list(fresh)) if i < k else rng.choice(stale) for i in range(1000)]
+    rng.shuffle(mix)
+    phases = set(args.phases.split(","))
+    nothing = summarize([(0, float("nan"), float("nan"), 0, False)])
+    pre, floor, regen, others = nothing, nothing, nothing, nothing
 
-    srv = Server(lake, db, token, regenerate=False, log=work / "serve-trivial.log", trivial_body=body)
-    try:
-        offer_load(srv.port, token, users, args.rate, 2, args.n, args.workers)
-        res, cpu = measured(srv, lambda: offer_load(srv.port, token, users, args.rate,
-                                                    args.seconds, args.n, args.workers))
-        floor = summarize(res)
-        floor.update(cpu, server_p99_ms=None)  # the fixed body's took_ms means nothing here
-    finally:
-        srv.stop()
+    def load(srv, who):
+        offer_load(srv.port, token, who, args.rate, 2, args.n, args.workers)  # warm up
+        return measured(srv, lambda: offer_load(srv.port, token, who, args.rate, args.seconds,
+                                                args.n, args.workers))
 
-    srv = Server(lake, db, token, regenerate=True, log=work / "serve-regenerate.log",
-                 regen_workers=args.regen_workers)
-    try:
-        k = max(1, int(round(args.regen_fraction * 1000)))
-        mix = [rng.choice(list(fresh)) if i < k else rng.choice(stale) for i in range(1000)]
-        rng.shuffle(mix)
-        offer_load(srv.port, token, mix, args.rate, 2, args.n, args.workers)
-        res, cpu = measured(srv, lambda: offer_load(srv.port, token, mix, args.rate,
-                                                    args.seconds, args.n, args.workers))
-        regen = summarize(res, fresh)
-        regen.update(cpu)
-        regen.update(server_regen_metrics(srv.port))
-        others = summarize(res, set(stale))
-    finally:
-        srv.stop()
+    body = work / "response.json"
+    if "precomputed" in phases or not body.exists():
+        srv = Server(lake, db, token, regenerate=False, log=work / "serve-precomputed.log")
+        try:
+            res, cpu = load(srv, users)
+            pre = {**summarize(res), **cpu, **server_regen_metrics(srv.port)}
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+            c.request("GET", f"/v1/recommendations/{users[0]}?n={args.n}",
+                      headers={"Authorization": f"Bearer {token}"})
+            body.write_bytes(c.getresponse().read())
+            c.close()
+        finally:
+            srv.stop()
+
+    if "floor" in phases:
+        srv = Server(lake, db, token, regenerate=False, log=work / "serve-trivial.log",
+                     trivial_body=body)
+        try:
+            res, cpu = load(srv, users)
+            # the fixed body's took_ms means nothing here
+            floor = {**summarize(res), **cpu, "server_p99_ms": None}
+        finally:
+            srv.stop()
+
+    if "regenerate" in phases:
+        srv = Server(lake, db, token, regenerate=True, log=work / "serve-regenerate.log",
+                     regen_workers=args.regen_workers)
+        try:
+            res, cpu = load(srv, mix)
+            regen = {**summarize(res, fresh), **cpu, **server_regen_metrics(srv.port)}
+            others = summarize(res, set(stale))
+        finally:
+            srv.stop()
 
     result = {"p99_ms": pre["p99_ms"], "p99_ms_regenerate": regen["p99_ms"],
-              "precomputed": pre, "trivial_server_floor": floor, "regenerate": regen, "regenerate_phase_others": others,
+              "precomputed": pre, "trivial_server_floor": floor, "regenerate": regen,
+              "regenerate_phase_others": others,
               "rate": args.rate, "seconds": args.seconds, "n": args.n,
               "regen_fraction": args.regen_fraction, "users": args.users,
               "regen_workers": args.regen_workers, "client_workers": args.workers,
@@ -321,8 +338,10 @@ def run(args: argparse.Namespace) -> int:
           f"{regen['requests']} fresh-user requests (p99 over those "
           f"{regen['p99_ms_regenerated_only'] or float('nan'):.2f} ms)")
     for name, s in (("precomputed", pre), ("trivial-server", floor), ("regeneration", regen)):
-        print(f"CPU in the {name} phase: client {s['client_cores']:.2f} cores, server "
-              f"{s['server_cores']:.2f} cores (incl. workers)")
+        if "client_cores" in s:
+            print(f"CPU in the {name} phase: client {s['client_cores']:.2f} cores, server "
+                  f"{s['server_cores']:.2f} (incl. workers), other processes on the host "
+                  f"{s['other_processes_cores']:.2f} cores")
     print(f"(host: {os.cpu_count()} cpus, 1-min load average {result['load_avg_1m']:.1f})")
     write_json(args.json, result)
     return 0
