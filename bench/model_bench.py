@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--peak-tflops", type=float, default=741.0, help="measured bf16 matmul peak")
-    p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument("--train-batch", default="256", help="batch size(s), comma-separated")
     p.add_argument("--train-steps", type=int, default=30)
     p.add_argument("--variant", default="mt_oc")
     p.add_argument("--prefill-batch", type=int, default=256)
@@ -26,6 +27,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-prefill", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--dropout", type=float, help="override the preset's dropout (default: the preset's)")
+    p.add_argument("--tf32", action="store_true", help="TF32 for fp32 matmuls (pinrec train: off)")
+    p.add_argument("--profile", help="path prefix: torch.profiler tables of 3 training steps per batch size")
     p.add_argument("--tiny", action="store_true", help="a 2-layer model (CPU smoke run)")
     p.add_argument("--json", dest="json_out")
 
@@ -40,7 +44,9 @@ def _sync(dev):
 def _cfg(args):
     from pinrec_model.model import preset
 
-    over = dict(variant=args.variant, max_len=args.seq, dropout=0.0)
+    over = dict(variant=args.variant, max_len=args.seq)
+    if args.dropout is not None:
+        over["dropout"] = args.dropout
     if args.tiny:
         over.update(d_model=64, n_layers=2, n_heads=2, d_ff=256, emb_dim=32, id_dim=32, id_buckets=4096)
     return preset("paper", **over)
@@ -59,52 +65,80 @@ def _synthetic(args, cfg, dev):
     return cat, CatalogTensors(cat, dev)
 
 
-def bench_train(args, cfg, dev) -> dict:
+def bench_train(args, cfg, dev, B: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from pinrec_model.losses import CountMinSketch
     from pinrec_model.model import PinRec
-    from pinrec_model.training import lookahead, training_loss
+    from pinrec_model.training import TrainConfig, compile_blocks, lookahead, make_optimizer, train_step
 
     cat, ct = _synthetic(args, cfg, dev)
-    B, L, E = args.train_batch, cfg.max_len, lookahead(cfg)
+    L, E = cfg.max_len, lookahead(cfg)
     g = torch.Generator().manual_seed(0)
     batch = {"rows": torch.randint(0, len(cat), (B, L + E), generator=g).to(dev),
              "actions": torch.randint(1, 6, (B, L + E), generator=g).to(dev),
              "surfaces": torch.randint(1, 4, (B, L + E), generator=g).to(dev),
              "ts_s": (1_767_225_600 + torch.arange(L + E)[None].repeat(B, 1) * 60).to(dev)}
+    # The step `pinrec train` runs (training.train_step): same optimizer, clipping, autocast and
+    # compiled regions; only the data is synthetic and already on the device.
+    tc = TrainConfig(batch_size=B, lr=1e-4, device=dev, compile=dev.startswith("cuda"), progress=False)
     model = PinRec(cfg).to(dev)
     cms = CountMinSketch(cfg.cms_width, cfg.cms_depth).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.startswith("cuda"))
-    amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda"))
-
-    def step():
-        with torch.autocast(**amp):
-            loss = training_loss(model, cms, ct, batch, g, L)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
+    opt = make_optimizer(model, tc, dev)
+    step = lambda t=tc: train_step(model, cms, ct, opt, batch, g, L, tc.lr, t)
 
     with FlopCounterMode(display=False) as fc:
-        step()
+        step(replace(tc, compile=False))  # eager: FlopCounterMode sees every matmul
     flops = fc.get_total_flops()
-    for b in model.blocks:
-        b.compile()
+    # Attention share of the count: FlopCounterMode (like PaLM's MFU formula) counts the full
+    # T x T score matrix though causal attention needs half of it; reported alongside.
+    sdpa = sum(v for k, v in fc.get_flop_counts().get("Global", {}).items() if "attention" in str(k))
+    if tc.compile:
+        compile_blocks(model)
     for _ in range(3):
         step()  # compile + warm-up
     _sync(dev)
+    if dev.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(args.train_steps):
         step()
     _sync(dev)
     dt = (time.perf_counter() - t0) / args.train_steps
-    tokens = B * L
-    n_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks."))
-    return {"variant": cfg.variant, "batch": B, "seq": L, "step_s": dt, "tokens_per_s": tokens / dt,
-            "flops_per_step": flops, "tflops": flops / dt / 1e12, "mfu": flops / dt / 1e12 / args.peak_tflops,
-            "transformer_params": n_params, "loss": float(step().detach())}
+    out = {"variant": cfg.variant, "batch": B, "seq": L, "dropout": cfg.dropout, "step_s": dt,
+           "tokens_per_s": B * L / dt, "flops_per_step": flops, "tflops": flops / dt / 1e12,
+           "mfu": flops / dt / 1e12 / args.peak_tflops, "sdpa_flops_per_step": sdpa,
+           "mfu_causal_half": (flops - sdpa / 2) / dt / 1e12 / args.peak_tflops, "loss": float(step()),
+           "transformer_params": sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks."))}
+    if dev.startswith("cuda"):
+        out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if args.profile:
+        out["profile"] = _profile(step, dev, f"{args.profile}.b{B}.txt")
+    return out
+
+
+def _profile(step, dev, path: str, n: int = 3) -> dict:
+    """torch.profiler over n steps: kernel table to `path`, and how busy the GPU was."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith("cuda") else [])
+    _sync(dev)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        _sync(dev)
+        wall = (time.perf_counter() - t0) / n
+    ka = prof.key_averages()
+    kernel_s = sum(e.self_device_time_total for e in ka) / 1e6 / n
+    with open(path, "w") as f:
+        f.write(f"wall per step {wall * 1e3:.2f} ms, device time per step {kernel_s * 1e3:.2f} ms\n")
+        f.write(ka.table(sort_by="self_device_time_total" if dev.startswith("cuda") else "self_cpu_time_total",
+                         row_limit=60, max_name_column_width=70))
+        f.write(ka.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70))
+    return {"wall_ms": wall * 1e3, "device_busy_ms": kernel_s * 1e3, "table": path}
 
 
 def bench_prefill(args, cfg, dev) -> dict:
@@ -170,15 +204,24 @@ def run(args) -> int:
     import torch
 
     dev = args.device if (args.device != "cuda" or torch.cuda.is_available()) else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = True
+    # pinrec train leaves fp32 matmuls (the loss's logits) at full fp32; --tf32 shows the cost.
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     cfg = _cfg(args)
     out = {"device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu",
            "peak_tflops": args.peak_tflops, "preset": "tiny" if args.tiny else "paper"}
     if not args.skip_train:
-        out["train"] = bench_train(args, cfg, dev)
-        t = out["train"]
-        print(f"train {t['variant']}: {t['tokens_per_s']:,.0f} tokens/s, {t['tflops']:.0f} TFLOP/s, "
-              f"MFU {100 * t['mfu']:.1f}% of {args.peak_tflops:.0f}", flush=True)
+        out["train"] = []
+        for B in (int(b) for b in str(args.train_batch).split(",")):
+            t = bench_train(args, cfg, dev, B)
+            out["train"].append(t)
+            print(f"train {t['variant']} batch {B} x {t['seq']}: {t['tokens_per_s']:,.0f} tokens/s, "
+                  f"{t['tflops']:.0f} TFLOP/s, MFU {100 * t['mfu']:.1f}% of {args.peak_tflops:.0f} "
+                  f"({t['flops_per_step'] / 1e12:.2f} TFLOP/step, {1e3 * t['step_s']:.1f} ms/step"
+                  + (f", GPU busy {t['profile']['device_busy_ms']:.1f} of {t['profile']['wall_ms']:.1f} ms"
+                     if "profile" in t else "") + ")", flush=True)
+            torch._dynamo.reset()  # the next batch size compiles its own static graphs
+            if dev.startswith("cuda"):
+                torch.cuda.empty_cache()
     if not args.skip_prefill:
         out["prefill"] = bench_prefill(args, cfg, dev)
         print(f"prefill {args.prefill_batch} x {args.seq} tokens:")

@@ -70,8 +70,10 @@ def lookahead(cfg: PinRecConfig) -> int:
     return cfg.t_lim + w
 
 
-def embed_tokens(model: PinRec, ct: CatalogTensors, rows, actions, surfaces, ts_s, item_emb=None):
-    """Left-padded token arrays [B, T] -> transformer inputs [B, T, d] and validity [B, T]."""
+def embed_tokens(model: PinRec, ct: CatalogTensors, rows, actions, surfaces, ts_s, item_emb=None,
+                 now=None, compiled: bool = False):
+    """Token arrays [B, T] -> transformer inputs [B, T, d] and validity [B, T]. `now` [B]: the
+    time the ages count from (default: the last column, the newest token of left-padded rows)."""
     valid = rows >= 0
     r = rows.clamp(min=0)
     if item_emb is None:
@@ -79,11 +81,57 @@ def embed_tokens(model: PinRec, ct: CatalogTensors, rows, actions, surfaces, ts_
         emb = ct.embed(model, uniq)[inv]  # [B, T, D]
     else:
         emb = item_emb[r]
-    now = ts_s[:, -1]
+    now = ts_s[:, -1] if now is None else now
     pos = (valid.long().cumsum(1) - 1).clamp(min=0)
-    x = model.input_tokens(emb, ct.type_ids[r] * valid, actions, surfaces,
-                           time_features(ts_s, valid, now), pos)
-    return x, valid
+    tokens = _maybe_compiled(_input_tokens, compiled)
+    return tokens(model, emb, ct.type_ids[r] * valid, actions, surfaces, ts_s, valid, now, pos), valid
+
+
+def _input_tokens(model: PinRec, emb, type_ids, actions, surfaces, ts_s, valid, now, pos):
+    # One region for torch.compile: six embedding sums and the time features are element-wise
+    # passes over [B, T, d] that fuse into a few kernels.
+    return model.input_tokens(emb, type_ids, actions, surfaces, time_features(ts_s, valid, now), pos)
+
+
+_COMPILED: dict = {}
+
+
+def _maybe_compiled(fn, on: bool):
+    """`fn` itself, or its torch.compile'd twin (made once per process; static shapes first, and
+    one recompile with dynamic ones once the number of loss rows changes between batches)."""
+    if not on:
+        return fn
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn)
+    return _COMPILED[fn]
+
+
+def right_align(rows, actions, surfaces, ts_s, L: int):
+    """Windows [B, L + E] laid out [pad.., inputs.., lookahead.., pad..] -> the same tokens
+    shifted left so every row starts with its first real token, and n_in [B] (real inputs).
+
+    With padding only at the end, plain causal attention (flash, no mask) gives every real
+    token exactly the keys the padding mask would: the earlier real tokens. Lookahead tokens
+    that move into the input slots are only ever keys of later slots, and those slots are not
+    trained on (the caller masks rows i >= n_in)."""
+    B, width = rows.shape
+    lead = (rows[:, :L] < 0).sum(dim=1)  # make_examples pads inputs on the left only
+    src = torch.arange(width, device=rows.device)[None, :] + lead[:, None]
+    inside = src < width
+    src = src.clamp(max=width - 1)
+
+    def take(a, fill):
+        return torch.where(inside, a.gather(1, src), torch.full_like(a, fill))
+
+    return take(rows, -1), take(actions, 0), take(surfaces, 0), take(ts_s, 0), L - lead
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Host tensor -> device without a stream sync: pinned memory and an async copy (a plain
+    .to() from pageable memory waits for everything queued on the GPU first)."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def sample_targets(cfg: PinRecConfig, rows, actions, ts_s, is_pin, L: int, gen: torch.Generator):
@@ -100,7 +148,7 @@ def sample_targets(cfg: PinRecConfig, rows, actions, ts_s, is_pin, L: int, gen: 
     last = torch.where(tok_valid, torch.arange(width, device=dev)[None, :], -1).max(dim=1).values  # [B]
     left = (last[:, None] - i).clamp(min=0)  # tokens after i
     if cfg.multi_token:
-        u = torch.rand(B, L, generator=gen).to(dev)
+        u = _to_device(torch.rand(B, L, generator=gen), dev)
         span = left.clamp(max=cfg.t_lim).clamp(min=1)
         offset = 1 + (u * span).long().clamp(max=cfg.t_lim - 1)
         offset = torch.minimum(offset, span)
@@ -126,11 +174,16 @@ def sample_targets(cfg: PinRecConfig, rows, actions, ts_s, is_pin, L: int, gen: 
 
 
 def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch: dict,
-                  gen: torch.Generator, L: int) -> torch.Tensor:
+                  gen: torch.Generator, L: int, compiled: bool = False) -> torch.Tensor:
+    """The mean training loss of a batch of windows [B, L + E]. `compiled`: run the parts
+    around the transformer blocks through torch.compile (same function, fused kernels)."""
     cfg = model.cfg
-    rows, actions, surfaces, ts = batch["rows"], batch["actions"], batch["surfaces"], batch["ts_s"]
+    rows, actions, surfaces, ts, n_in = right_align(batch["rows"], batch["actions"], batch["surfaces"],
+                                                    batch["ts_s"], L)
     is_pin = ct.type_ids[rows.clamp(min=0)] == 1
     wpos, wvalid, offset, tact, row_valid = sample_targets(cfg, rows, actions, ts, is_pin, L, gen)
+    row_valid &= torch.arange(L, device=rows.device)[None, :] < n_in[:, None]  # see right_align
+    now = ts.gather(1, (n_in - 1).clamp(min=0)[:, None])[:, 0]  # the newest input token's time
     all_emb = ct.embed(model, ct.pin_rows) if cfg.full_softmax else None
     if all_emb is not None:
         # Every catalog row gets an embedding; queries (not candidates) go through the tower here.
@@ -139,12 +192,14 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         full[ct.pin_rows] = all_emb
         if len(qrows):
             full[qrows] = ct.embed(model, qrows).to(full.dtype)
-        x, valid = embed_tokens(model, ct, rows[:, :L], actions[:, :L], surfaces[:, :L], ts[:, :L], full)
+        x, valid = embed_tokens(model, ct, rows[:, :L], actions[:, :L], surfaces[:, :L], ts[:, :L], full,
+                                now, compiled)
     else:
-        x, valid = embed_tokens(model, ct, rows[:, :L], actions[:, :L], surfaces[:, :L], ts[:, :L])
-    h, _ = model.encode(x, None if bool(valid.all()) else valid)
+        x, valid = embed_tokens(model, ct, rows[:, :L], actions[:, :L], surfaces[:, :L], ts[:, :L],
+                                now=now, compiled=compiled)
+    h, _ = model.encode(x, None)  # right-aligned: causal attention needs no padding mask
     sel = row_valid
-    query = model.output(h[sel], tact[sel], offset[sel])  # [M, D]
+    query = _maybe_compiled(_output, compiled)(model, h[sel], tact[sel], offset[sel])  # [M, D]
     B = rows.shape[0]
     trow = rows.gather(1, wpos.reshape(B, -1)).reshape(wpos.shape)[sel]  # [M, W] catalog rows
     tvalid = wvalid[sel]
@@ -152,16 +207,18 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         # full-softmax positions index pins only: map catalog rows -> pin positions
         pin_pos = torch.full((len(ct.ids),), 0, dtype=torch.long, device=rows.device)
         pin_pos[ct.pin_rows] = torch.arange(len(ct.pin_rows), device=rows.device)
-        return full_softmax_loss(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.logit_scale)
+        loss_fn = _maybe_compiled(full_softmax_loss, compiled)
+        return loss_fn(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.logit_scale)
     prim = trow[:, 0]
     cms.update(ct.ids[prim])
     # In-batch negatives: the rows' primary targets (subsampled); random: uniform over pins.
     if len(prim) > cfg.max_in_batch_negatives:
-        pick = torch.randperm(len(prim), generator=gen)[: cfg.max_in_batch_negatives].to(prim.device)
+        pick = _to_device(torch.randperm(len(prim), generator=gen)[: cfg.max_in_batch_negatives], prim.device)
         inb = prim[pick]
     else:
         inb = prim
-    rnd = ct.pin_rows[torch.randint(0, len(ct.pin_rows), (cfg.n_random_negatives,), generator=gen).to(rows.device)]
+    rnd = ct.pin_rows[_to_device(torch.randint(0, len(ct.pin_rows), (cfg.n_random_negatives,), generator=gen),
+                                 rows.device)]
     uniq, inv = torch.unique(torch.cat([trow.clamp(min=0).reshape(-1), inb, rnd]), return_inverse=True)
     emb = ct.embed(model, uniq)
     n_t = trow.numel()
@@ -180,8 +237,13 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
     else:
         pos_q = torch.zeros(trow.shape, device=rows.device)
         neg_q = torch.zeros(len(neg_rows), device=rows.device)
-    return sampled_softmax_loss(query, pos, ct.ids[trow.clamp(min=0)], tvalid, pos_q.to(rows.device),
-                                neg, ct.ids[neg_rows], neg_q.to(rows.device), cfg.logit_scale)
+    loss_fn = _maybe_compiled(sampled_softmax_loss, compiled)
+    return loss_fn(query, pos, ct.ids[trow.clamp(min=0)], tvalid, pos_q.to(rows.device),
+                   neg, ct.ids[neg_rows], neg_q.to(rows.device), cfg.logit_scale)
+
+
+def _output(model: PinRec, h, actions, offsets):
+    return model.output(h, actions, offsets)
 
 
 def lr_at(step: int, total: int, tc: TrainConfig) -> float:
@@ -190,6 +252,41 @@ def lr_at(step: int, total: int, tc: TrainConfig) -> float:
         return tc.lr * (step + 1) / tc.warmup_steps
     frac = (step - tc.warmup_steps) / max(1, total - tc.warmup_steps)
     return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def compile_blocks(model: PinRec) -> None:
+    """torch.compile each transformer block (one graph, reused by all 12; the rest of the step
+    is compiled region by region through training_loss(compiled=True))."""
+    for b in model.blocks:
+        b.compile()
+
+
+def make_optimizer(model: PinRec, tc: TrainConfig, device: str) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices except the hashed-ID table (unless decay_embeddings).
+    On CUDA the fused kernel: one launch per group instead of one pass per tensor and moment."""
+    decayed = lambda n, p: p.dim() >= 2 and (tc.decay_embeddings or "id_table" not in n)
+    decay = [p for n, p in model.named_parameters() if decayed(n, p)]
+    rest = [p for n, p in model.named_parameters() if not decayed(n, p)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=tc.lr,
+                             fused=torch.device(device).type == "cuda")
+
+
+def train_step(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, opt: torch.optim.Optimizer,
+               batch: dict, gen: torch.Generator, L: int, lr: float, tc: TrainConfig) -> torch.Tensor:
+    """One optimisation step (bf16 autocast on CUDA, clipping, AdamW) -> the detached loss, left
+    on the device: nothing here waits for the GPU, so the host queues the next step meanwhile.
+    `pinrec train` and `pinrec bench model` both run exactly this."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    cuda = batch["rows"].device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        loss = training_loss(model, cms, ct, batch, gen, L, compiled=tc.compile)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    return loss.detach()
 
 
 def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
@@ -213,13 +310,8 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
         if cms_state:
             cms.load_state_dict(cms_state)
     if tc.compile:
-        for b in model.blocks:
-            b.compile()
-    decayed = lambda n, p: p.dim() >= 2 and (tc.decay_embeddings or "id_table" not in n)
-    decay = [p for n, p in model.named_parameters() if decayed(n, p)]
-    rest = [p for n, p in model.named_parameters() if not decayed(n, p)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=tc.lr)
+        compile_blocks(model)
+    opt = make_optimizer(model, tc, dev)
     arrays = {k: torch.as_tensor(getattr(ex, k)) for k in ("rows", "actions", "surfaces", "ts_s")}
     n = len(ex.rows)
     steps_per_epoch = max(1, math.ceil(n / tc.batch_size))
@@ -235,21 +327,16 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
         tokens, t0, losses = 0, time.perf_counter(), []
         for b in bar:
             idx = torch.as_tensor(perm[b * tc.batch_size:(b + 1) * tc.batch_size])
-            batch = {k: v[idx].to(dev, non_blocking=True) for k, v in arrays.items()}
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, tc)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda")):
-                loss = training_loss(model, cms, ct, batch, gen, ex.n_inputs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
+            batch = {k: _to_device(v[idx], dev) for k, v in arrays.items()}
+            loss = train_step(model, cms, ct, opt, batch, gen, ex.n_inputs, lr_at(step, total, tc), tc)
             step += 1
-            losses.append(float(loss.detach()))
-            tokens += int((batch["rows"][:, : ex.n_inputs] >= 0).sum())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+            losses.append(loss)  # kept on the device: a float() here would wait for the GPU every step
+            tokens += int((arrays["rows"][idx, : ex.n_inputs] >= 0).sum())  # host copy: no sync
+            if b % 50 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
             if tc.max_seconds and time.perf_counter() - t_start > tc.max_seconds:
                 break
+        losses = torch.stack(losses).float().cpu().numpy()
         val = float(validate(model, ct)) if validate else float("nan")
         res.history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_recall@10": val,
                             "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})
