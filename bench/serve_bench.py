@@ -46,6 +46,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="the server's regeneration processes (pinrec serve --regen-workers)")
     p.add_argument("--json", default=None)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--attempts", type=int, default=1,
+                   help="measure a phase up to this many times while the host is busy")
+    p.add_argument("--max-other-cores", type=float, default=0.25,
+                   help="an attempt counts as undisturbed when other processes on the host "
+                        "used at most this many cores during it")
     p.add_argument("--phases", default="precomputed,floor,regenerate",
                    help="comma-separated subset of precomputed,floor,regenerate")
 
@@ -269,10 +274,21 @@ def run(args: argparse.Namespace) -> int:
     nothing = summarize([(0, float("nan"), float("nan"), 0, False)])
     pre, floor, regen, others = nothing, nothing, nothing, nothing
 
-    def load(srv, who):
-        offer_load(srv.port, token, who, args.rate, 2, args.n, args.workers)  # warm up
-        return measured(srv, lambda: offer_load(srv.port, token, who, args.rate, args.seconds,
-                                                args.n, args.workers))
+    def load(srv, who, of_interest=None):
+        """Warm up, then measure; on a shared host, measure again (up to --attempts) while
+        other processes used more than --max-other-cores, and keep the least disturbed
+        attempt. The choice looks only at the others' CPU, never at our latency; every
+        attempt is reported."""
+        offer_load(srv.port, token, who, args.rate, 2, args.n, args.workers)
+        tries = []
+        for _ in range(max(1, args.attempts)):
+            tries.append(measured(srv, lambda: offer_load(srv.port, token, who, args.rate,
+                                                          args.seconds, args.n, args.workers)))
+            if tries[-1][1]["other_processes_cores"] <= args.max_other_cores:
+                break
+        res, cpu = min(tries, key=lambda t: t[1]["other_processes_cores"])
+        return res, {**cpu, "contended": cpu["other_processes_cores"] > args.max_other_cores,
+                     "attempts": [{**summarize(r, of_interest), **c} for r, c in tries]}
 
     body = work / "response.json"
     if "precomputed" in phases or not body.exists():
@@ -302,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         srv = Server(lake, db, token, regenerate=True, log=work / "serve-regenerate.log",
                      regen_workers=args.regen_workers)
         try:
-            res, cpu = load(srv, mix)
+            res, cpu = load(srv, mix, fresh)
             regen = {**summarize(res, fresh), **cpu, **server_regen_metrics(srv.port)}
             others = summarize(res, set(stale))
         finally:
@@ -341,7 +357,10 @@ def run(args: argparse.Namespace) -> int:
         if "client_cores" in s:
             print(f"CPU in the {name} phase: client {s['client_cores']:.2f} cores, server "
                   f"{s['server_cores']:.2f} (incl. workers), other processes on the host "
-                  f"{s['other_processes_cores']:.2f} cores")
+                  f"{s['other_processes_cores']:.2f} cores"
+                  + (" (CONTENDED)" if s["contended"] else "")
+                  + f"; attempts {len(s['attempts'])}, their p99 "
+                  + ", ".join(f"{a['p99_ms']:.1f}" for a in s["attempts"]) + " ms")
     print(f"(host: {os.cpu_count()} cpus, 1-min load average {result['load_avg_1m']:.1f})")
     write_json(args.json, result)
     return 0
