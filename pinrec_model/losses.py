@@ -70,10 +70,12 @@ def sampled_softmax_loss(
 
     With the negatives shared by all positives of a row, L_s is decreasing in the positive's
     score, so the minimum over the window is L_s of the best-scoring positive."""
-    pos_s = scale * torch.einsum("md,mwd->mw", query, pos).float() - pos_q
+    with torch.autocast(query.device.type, enabled=False):  # fp32 logits (see full_softmax_loss)
+        query, pos, neg = query.float(), pos.float(), neg.float()
+        pos_s = scale * torch.einsum("md,mwd->mw", query, pos) - pos_q
+        neg_s = scale * (query @ neg.T) - neg_q[None, :]  # [M, K]
     pos_s = pos_s.masked_fill(~pos_valid, NEG_INF)
     best = pos_s.max(dim=1).values  # [M]
-    neg_s = scale * (query @ neg.T).float() - neg_q[None, :]  # [M, K]
     # A negative that IS one of the row's targets is not a negative: mask it.
     same = torch.zeros_like(neg_s, dtype=torch.bool)
     for w in range(pos_ids.shape[1]):
@@ -90,8 +92,12 @@ def full_softmax_loss(
     pos_valid: torch.Tensor,  # [M, W]
     scale: float,
 ) -> torch.Tensor:
-    """Cross-entropy over every catalog item, min over the window of positives."""
-    logits = scale * (query @ catalog.T).float()  # [M, N]
+    """Cross-entropy over every catalog item, min over the window of positives.
+
+    The logits are computed in fp32 even under bf16 autocast: raw dot-product logits reach
+    tens, where bf16's 8-bit mantissa rounds them by ~0.1 and blurs the ranking the loss learns."""
+    with torch.autocast(query.device.type, enabled=False):
+        logits = scale * (query.float() @ catalog.float().T)  # [M, N]
     pos_s = logits.gather(1, pos_rows.clamp(min=0)).masked_fill(~pos_valid, NEG_INF)
     best = pos_s.max(dim=1).values
     return (torch.logsumexp(logits, dim=1) - best).mean()

@@ -17,6 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 VARIANTS = ("uc", "oc", "mt_oc", "pinnerformer", "sasrec")
+ITEM_TOWERS = ("hashed_mlp", "id", "id_mlp")
+ID_HASHES = ("universal", "direct")
+LOGITS = ("cosine", "dot")
+HEADS = ("mlp", "none", "add")
 N_TIME_FEATURES = 6
 GENERATED_SURFACE = 4  # surface id of tokens fed back during generation (1..3 are real surfaces)
 _P = 2147483647  # 2^31 - 1, the modulus of the ID hash family
@@ -58,6 +62,20 @@ class PinRecConfig:
     window_max_tokens: int = 16  # cap on targets per window when window_unit == seconds
     tokens_per_step: int = 4  # default embeddings per generation step (MT variants)
     num_embeddings: int = 16  # default embeddings generated per user
+    # Recipe options (docs/model.md, Beauty). The defaults are the first recipe, unchanged.
+    # item_tower: hashed_mlp = f_T([features, hashed ID]) (paper 4.1); id = the ID embedding
+    # alone (SASRec); id_mlp = ID embedding + f_T(features), the ID part kept outside the MLP.
+    item_tower: str = "hashed_mlp"
+    id_hash: str = "universal"  # universal (k hashes) | direct (row = id % id_buckets: exact for dense ids)
+    logits: str = "cosine"  # cosine: lambda * <unit, unit> | dot: plain inner product, no normalisation
+    # head: mlp = MLP([h, Phi]) | none = h itself (unconditioned only) | add = h + E_a + E_t',
+    # a linear O([h, Phi]); none and add need d_model == emb_dim
+    head: str = "mlp"
+    input_proj: bool = True  # False: the item embedding * sqrt(d) is the token (tied, SASRec-style)
+    # The age feature (time since the NEWEST history token) is not causal in training: at input
+    # position i it tells how many tokens of the window come after i, and the age-0 regime of
+    # serving is seen at one position per window only. False zeroes it (gap + phases remain).
+    time_age: bool = True
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -66,6 +84,30 @@ class PinRecConfig:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
         if self.window_unit not in ("steps", "seconds"):
             raise ValueError(f"window_unit must be 'steps' or 'seconds', got {self.window_unit!r}")
+        for name, allowed in (("item_tower", ITEM_TOWERS), ("id_hash", ID_HASHES), ("logits", LOGITS),
+                              ("head", HEADS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.item_tower != "hashed_mlp" and self.id_dim != self.emb_dim:
+            raise ValueError(f"item_tower={self.item_tower} adds the ID embedding to the output space: "
+                             f"id_dim ({self.id_dim}) must equal emb_dim ({self.emb_dim})")
+        if self.item_tower == "id_mlp" and not self.use_features:
+            raise ValueError("item_tower=id_mlp needs use_features (use item_tower=id without features)")
+        if self.head == "none" and (self.action_conditioned or self.offset_conditioned):
+            raise ValueError(f"head=none has no input for Phi: variant {self.variant} needs head=mlp")
+        if (self.head != "mlp" or not self.input_proj) and self.d_model != self.emb_dim:
+            raise ValueError(f"head={self.head} / input_proj=False tie the token and item spaces: "
+                             f"d_model ({self.d_model}) must equal emb_dim ({self.emb_dim})")
+
+    @property
+    def normalised(self) -> bool:
+        """Unit item and output vectors (cosine logits) or raw ones (dot logits)."""
+        return self.logits == "cosine"
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor on <i_hat, i> in the softmax: lambda for cosine logits, 1 for dot."""
+        return self.logit_scale if self.normalised else 1.0
 
     @property
     def multi_token(self) -> bool:
@@ -123,10 +165,12 @@ def hash_ids(ids: torch.Tensor, n_hashes: int, buckets: int) -> torch.Tensor:
 
 
 class MLPEmbedder(nn.Module):
-    """One item type's f_t: 3 linear layers with ReLU and LayerNorm, L2-normalised output."""
+    """One item type's f_t: 3 linear layers with ReLU and LayerNorm, L2-normalised output
+    unless `normalise` is off (dot-product logits)."""
 
-    def __init__(self, d_in: int, d_out: int):
+    def __init__(self, d_in: int, d_out: int, normalise: bool = True):
         super().__init__()
+        self.normalise = normalise
         h = max(d_out * 2, 64)
         self.net = nn.Sequential(
             nn.Linear(d_in, h), nn.ReLU(), nn.LayerNorm(h),
@@ -135,32 +179,52 @@ class MLPEmbedder(nn.Module):
         )
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(v), dim=-1)
+        out = self.net(v)
+        return F.normalize(out, dim=-1) if self.normalise else out
 
 
 class ItemTower(nn.Module):
-    """i = f_{T(i)}([content features, hashed ID embedding]) for pins and queries."""
+    """i = f_{T(i)}([content features, hashed ID embedding]) for pins and queries (hashed_mlp);
+    or the ID embedding alone (id); or ID embedding + f_{T(i)}(features) (id_mlp)."""
 
     def __init__(self, cfg: PinRecConfig):
         super().__init__()
         self.cfg = cfg
         self.id_table = nn.Embedding(cfg.id_buckets, cfg.id_dim)
         nn.init.normal_(self.id_table.weight, std=0.02)
-        d_in = cfg.id_dim + (cfg.feature_dim if cfg.use_features else 0)
-        self.embedders = nn.ModuleList([MLPEmbedder(d_in, cfg.emb_dim) for _ in range(cfg.n_item_types)])
+        if cfg.item_tower == "hashed_mlp":
+            d_in = cfg.id_dim + (cfg.feature_dim if cfg.use_features else 0)
+        else:
+            d_in = cfg.feature_dim
+        n_mlp = 0 if cfg.item_tower == "id" else cfg.n_item_types
+        self.embedders = nn.ModuleList([MLPEmbedder(d_in, cfg.emb_dim, normalise=cfg.item_tower == "hashed_mlp"
+                                                    and cfg.normalised) for _ in range(n_mlp)])
+
+    def id_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """[N] raw ids -> [N, id_dim]: the sum of k hashed rows, or the row id % buckets."""
+        if self.cfg.id_hash == "direct":
+            return self.id_table(torch.remainder(ids, self.cfg.id_buckets))
+        return self.id_table(hash_ids(ids, self.cfg.id_hashes, self.cfg.id_buckets)).sum(dim=1)
 
     def forward(self, ids: torch.Tensor, type_ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """ids, type_ids: [N] (type 1 = pin, 2 = query); feats: [N, F] -> [N, D]."""
-        v = self.id_table(hash_ids(ids, self.cfg.id_hashes, self.cfg.id_buckets)).sum(dim=1)
-        if self.cfg.use_features:
-            v = torch.cat([feats.to(v.dtype), v], dim=-1)
+        v = self.id_vectors(ids)
+        if self.cfg.item_tower == "id":
+            return F.normalize(v, dim=-1) if self.cfg.normalised else v
+        if self.cfg.item_tower == "hashed_mlp":
+            x = torch.cat([feats.to(v.dtype), v], dim=-1) if self.cfg.use_features else v
+        else:
+            x = feats.to(v.dtype)
         out = torch.zeros(len(ids), self.cfg.emb_dim, device=ids.device, dtype=v.dtype)
         for t, emb in enumerate(self.embedders, start=1):
             sel = type_ids == t
             if t == 1:
                 sel = sel | (type_ids == 0)  # padding rows: embedded as pins, masked later
             if sel.any():
-                out[sel] = emb(v[sel]).to(out.dtype)
+                out[sel] = emb(x[sel]).to(out.dtype)
+        if self.cfg.item_tower == "id_mlp":
+            out = out + v.to(out.dtype)  # the ID part stays a plain learned vector per item
+            return F.normalize(out, dim=-1) if self.cfg.normalised else out
         return out
 
 
@@ -259,6 +323,9 @@ def attention_mask(key_valid: torch.Tensor, n_new: int) -> torch.Tensor:
     return allowed[:, None]
 
 
+_AGE_OFF = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # time_features' column 1 is the age
+
+
 def time_features(ts_s: torch.Tensor, valid: torch.Tensor, now_s: torch.Tensor) -> torch.Tensor:
     """Raw-timestamp features after PinnerFormer: [B, T] seconds -> [B, T, 6].
 
@@ -299,12 +366,20 @@ class PinRec(nn.Module):
         if cfg.offset_conditioned:
             self.offset_head = nn.Embedding(cfg.t_lim + 1, d)
             d_cond += d
-        self.head = nn.Sequential(nn.Linear(d + d_cond, 2 * d), nn.GELU(), nn.LayerNorm(2 * d),
-                                  nn.Linear(2 * d, cfg.emb_dim))
+        if cfg.head == "mlp":
+            self.head = nn.Sequential(nn.Linear(d + d_cond, 2 * d), nn.GELU(), nn.LayerNorm(2 * d),
+                                      nn.Linear(2 * d, cfg.emb_dim))
         self.apply(self._init)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))  # GPT-2 residual init
+        if cfg.item_tower == "id_mlp":
+            # The feature MLP's last layer starts at zero: the model starts as a plain ID model
+            # and learns what the features add. At the default init its output (~0.3 per dim)
+            # dwarfs the ID vectors (0.02) and items sharing attributes start out identical
+            # (initial loss ~25 instead of ~log N on Beauty).
+            for emb in self.items.embedders:
+                nn.init.zeros_(emb.net[-1].weight)
 
     @staticmethod
     def _init(m):
@@ -315,14 +390,22 @@ class PinRec(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     def embed_items(self, ids, type_ids, feats) -> torch.Tensor:
-        """[N], [N], [N, F] -> [N, D] L2-normalised item representations."""
+        """[N], [N], [N, F] -> [N, D] item representations (L2-normalised for cosine logits)."""
         return self.items(ids, type_ids, feats)
 
     def input_tokens(self, item_emb, type_ids, action_ids, surface_ids, time_feats, pos_ids):
         """Sum of the token's parts: [B, T, D], [B, T] x4, [B, T, 6] -> [B, T, d]."""
         dt = self.time_in.weight.dtype  # float inputs follow the weights (bf16 for inference)
         item_emb, time_feats = item_emb.to(dt), time_feats.to(dt)
-        x = (self.in_proj(item_emb) + self.type_in(type_ids) + self.action_in(action_ids)
+        if self.cfg.input_proj:
+            item = self.in_proj(item_emb)
+        else:
+            # SASRec's tied input: the output-space vector itself, scaled so it outweighs the
+            # small positional/feature embeddings at initialisation as in SASRec.
+            item = item_emb * math.sqrt(self.cfg.d_model)
+        if not self.cfg.time_age:
+            time_feats = time_feats * _AGE_OFF.to(time_feats.device, time_feats.dtype)
+        x = (item + self.type_in(type_ids) + self.action_in(action_ids)
              + self.surface_in(surface_ids) + self.time_in(time_feats) + self.pos(pos_ids))
         return self.drop(x)
 
@@ -343,10 +426,19 @@ class PinRec(nn.Module):
 
     def output(self, h: torch.Tensor, action_ids: torch.Tensor | None = None,
                offsets: torch.Tensor | None = None) -> torch.Tensor:
-        """O(h, Phi): h [..., d], action_ids / offsets [...] -> [..., D], L2-normalised."""
+        """O(h, Phi): h [..., d], action_ids / offsets [...] -> [..., D], L2-normalised for
+        cosine logits. head=none returns h (SASRec: the hidden state is the query)."""
+        if self.cfg.head != "mlp":
+            out = h
+            if self.cfg.head == "add" and self.cfg.action_conditioned:
+                out = out + self.action_head(action_ids)
+            if self.cfg.head == "add" and self.cfg.offset_conditioned:
+                out = out + self.offset_head(offsets.clamp(1, self.cfg.t_lim))
+            return F.normalize(out, dim=-1) if self.cfg.normalised else out
         parts = [h]
         if self.cfg.action_conditioned:
             parts.append(self.action_head(action_ids))
         if self.cfg.offset_conditioned:
             parts.append(self.offset_head(offsets.clamp(1, self.cfg.t_lim)))
-        return F.normalize(self.head(torch.cat(parts, dim=-1)), dim=-1)
+        out = self.head(torch.cat(parts, dim=-1))
+        return F.normalize(out, dim=-1) if self.cfg.normalised else out

@@ -208,7 +208,7 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         pin_pos = torch.full((len(ct.ids),), 0, dtype=torch.long, device=rows.device)
         pin_pos[ct.pin_rows] = torch.arange(len(ct.pin_rows), device=rows.device)
         loss_fn = _maybe_compiled(full_softmax_loss, compiled)
-        return loss_fn(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.logit_scale)
+        return loss_fn(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.loss_scale)
     prim = trow[:, 0]
     cms.update(ct.ids[prim])
     # In-batch negatives: the rows' primary targets (subsampled); random: uniform over pins.
@@ -239,7 +239,7 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         neg_q = torch.zeros(len(neg_rows), device=rows.device)
     loss_fn = _maybe_compiled(sampled_softmax_loss, compiled)
     return loss_fn(query, pos, ct.ids[trow.clamp(min=0)], tvalid, pos_q.to(rows.device),
-                   neg, ct.ids[neg_rows], neg_q.to(rows.device), cfg.logit_scale)
+                   neg, ct.ids[neg_rows], neg_q.to(rows.device), cfg.loss_scale)
 
 
 def _output(model: PinRec, h, actions, offsets):
