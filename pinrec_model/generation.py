@@ -119,9 +119,11 @@ def allocate_budget(budget: dict[str, float], n: int, stochastic: bool = False,
 
 def compress(emb: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Fold each embedding, in generation order, into the first earlier kept embedding whose
-    cosine similarity exceeds `threshold`. emb [S, D] (unit rows) -> (kept indices, counts)."""
+    cosine similarity exceeds `threshold`. emb [S, D] -> (kept indices, counts). Rows are
+    normalised here: dot-product models (`logits=dot`) generate raw, non-unit vectors."""
     if threshold is None or len(emb) == 0:
         return np.arange(len(emb)), np.ones(len(emb), dtype=np.int64)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     kept, counts = [], []
     for i, e in enumerate(emb):
         if kept:
