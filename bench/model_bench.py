@@ -29,6 +29,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--dropout", type=float, help="override the preset's dropout (default: the preset's)")
     p.add_argument("--tf32", action="store_true", help="TF32 for fp32 matmuls (pinrec train: off)")
+    p.add_argument("--sdpa", choices=["flash", "cudnn", "efficient"], help="experiment: one attention backend")
     p.add_argument("--profile", help="path prefix: torch.profiler tables of 3 training steps per batch size")
     p.add_argument("--tiny", action="store_true", help="a 2-layer model (CPU smoke run)")
     p.add_argument("--json", dest="json_out")
@@ -71,7 +72,7 @@ def bench_train(args, cfg, dev, B: int) -> dict:
 
     from pinrec_model.losses import CountMinSketch
     from pinrec_model.model import PinRec
-    from pinrec_model.training import TrainConfig, compile_blocks, lookahead, make_optimizer, train_step
+    from pinrec_model.training import TrainConfig, lookahead, make_optimizer, train_step
 
     cat, ct = _synthetic(args, cfg, dev)
     L, E = cfg.max_len, lookahead(cfg)
@@ -86,7 +87,9 @@ def bench_train(args, cfg, dev, B: int) -> dict:
     model = PinRec(cfg).to(dev)
     cms = CountMinSketch(cfg.cms_width, cfg.cms_depth).to(dev)
     opt = make_optimizer(model, tc, dev)
-    step = lambda t=tc: train_step(model, cms, ct, opt, batch, g, L, tc.lr, t)
+    def step(t=tc):
+        with _sdpa(args.sdpa):
+            return train_step(model, cms, ct, opt, batch, g, L, tc.lr, t)
 
     with FlopCounterMode(display=False) as fc:
         step(replace(tc, compile=False))  # eager: FlopCounterMode sees every matmul
@@ -94,8 +97,6 @@ def bench_train(args, cfg, dev, B: int) -> dict:
     # Attention share of the count: FlopCounterMode (like PaLM's MFU formula) counts the full
     # T x T score matrix though causal attention needs half of it; reported alongside.
     sdpa = sum(v for k, v in fc.get_flop_counts().get("Global", {}).items() if "attention" in str(k))
-    if tc.compile:
-        compile_blocks(model)
     for _ in range(3):
         step()  # compile + warm-up
     _sync(dev)
@@ -118,6 +119,19 @@ def bench_train(args, cfg, dev, B: int) -> dict:
     return out
 
 
+def _sdpa(name: str | None):
+    """An experiment: pin scaled_dot_product_attention to one backend (default: torch's choice,
+    which is what pinrec train uses)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not name:
+        return contextlib.nullcontext()
+    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION}[name])
+
+
 def _profile(step, dev, path: str, n: int = 3) -> dict:
     """torch.profiler over n steps: kernel table to `path`, and how busy the GPU was."""
     import torch
@@ -132,7 +146,10 @@ def _profile(step, dev, path: str, n: int = 3) -> dict:
         _sync(dev)
         wall = (time.perf_counter() - t0) / n
     ka = prof.key_averages()
-    kernel_s = sum(e.self_device_time_total for e in ka) / 1e6 / n
+    from torch.autograd import DeviceType
+
+    # kernels only (an aten op's row repeats its kernels' time)
+    kernel_s = sum(e.self_device_time_total for e in ka if e.device_type == DeviceType.CUDA) / 1e6 / n
     with open(path, "w") as f:
         f.write(f"wall per step {wall * 1e3:.2f} ms, device time per step {kernel_s * 1e3:.2f} ms\n")
         f.write(ka.table(sort_by="self_device_time_total" if dev.startswith("cuda") else "self_cpu_time_total",
