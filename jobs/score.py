@@ -261,28 +261,57 @@ def _prefetch(it, depth: int = 2):
 
 def _score_exact(m, batches, features, index, arms, cfg, model_version, spool, timings, amp,
                  budgets, generated_at) -> Iterator[int]:
-    """The array path (pinrec_model.batch_generation): prefetch thread -> device -> rows."""
-    from pinrec_model.batch_generation import arrow_history_arrays, generate_arrays
+    """The array path (pinrec_model.batch_generation), three stages that overlap:
+    prefetch thread (Arrow -> grids -> catalog rows -> pinned memory) -> this thread (device
+    work, launched without waiting) -> writer thread (wait for the copies, rows, Parquet)."""
+    import queue
+    import threading
+
+    from pinrec_model.batch_generation import arrow_history_arrays, generate_arrays, locate
 
     n_emb = m.config.num_embeddings
     hist_len = min(m.config.max_len, m.config.max_positions - n_emb - 1)
     actions = list(m.vocab.actions)
-    grids = _prefetch(arrow_history_arrays(b, actions, hist_len) for b in batches)
-    t0 = time.perf_counter()
-    for h in grids:
-        t1 = time.perf_counter()
-        timings.read += t1 - t0
-        with amp():
-            res = generate_arrays(m, h, index, features, arms, cfg.n, tokens_per_step=cfg.tokens_per_step)
-        t2 = time.perf_counter()
-        timings.generate += t2 - t1
-        for arm, r in res.items():
-            spool.write(candidate_rows_from_arrays(h.user_ids, r, arm, budgets[arm], model_version,
-                                                   generated_at))
+    on_cuda = str(m.device).startswith("cuda")
+    grids = _prefetch(locate(arrow_history_arrays(b, actions, hist_len), index.host_ids, pin=on_cuda)
+                      for b in batches)
+    todo: queue.Queue = queue.Queue(maxsize=2)
+    failed: list[BaseException] = []
+
+    def writer():
+        while (item := todo.get()) is not None:
+            try:
+                user_ids, res = item
+                t_w = time.perf_counter()
+                for arm, r in res.items():
+                    spool.write(candidate_rows_from_arrays(user_ids, r.host(), arm, budgets[arm],
+                                                           model_version, generated_at))
+                timings.write += time.perf_counter() - t_w
+            except BaseException as e:  # surfaced on the main thread; keep draining
+                failed.append(e)
+
+    w = threading.Thread(target=writer, daemon=True, name="score-writer")
+    w.start()
+    try:
         t0 = time.perf_counter()
-        timings.write += t0 - t2
-        timings.users += len(h.user_ids)
-        yield len(h.user_ids)
+        for h in grids:
+            t1 = time.perf_counter()
+            timings.read += t1 - t0
+            with amp():
+                res = generate_arrays(m, h, index, features, arms, cfg.n,
+                                      tokens_per_step=cfg.tokens_per_step, asynchronous=True)
+            todo.put((h.user_ids, res))
+            if failed:
+                raise failed[0]
+            t0 = time.perf_counter()
+            timings.generate += t0 - t1
+            timings.users += len(h.user_ids)
+            yield len(h.user_ids)
+    finally:
+        todo.put(None)
+        w.join()
+    if failed:
+        raise failed[0]
 
 
 def build_retriever(cfg: ScoreConfig, m, index_dir: Path, items: pa.Table, features):

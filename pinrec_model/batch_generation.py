@@ -46,6 +46,27 @@ class HistoryArrays:
     ts_s: np.ndarray
     valid: np.ndarray  # bool
     seen: np.ndarray  # [B, L] every item of the whole history (not only the newest T), -1 = none
+    catalog_pos: np.ndarray | None = None  # [B, T] row in the index (N = not a catalog pin): `locate`
+    pinned: dict | None = None  # the grids in page-locked memory (CUDA): asynchronous copies
+
+    GRIDS = ("item_ids", "types", "actions", "surfaces", "ts_s", "valid", "seen", "catalog_pos")
+
+    def grid(self, name: str):
+        return self.pinned[name] if self.pinned is not None else getattr(self, name)
+
+
+def locate(h: HistoryArrays, catalog_ids: np.ndarray, pin: bool) -> HistoryArrays:
+    """Host side (the prefetch thread): each token's row in the sorted catalog ids, len(catalog)
+    where it is not a catalog pin (the index's zero row), and with `pin` the grids copied to
+    page-locked memory, so that the device copies neither wait for the GPU nor block the host."""
+    n_cat = len(catalog_ids)
+    pos = np.searchsorted(catalog_ids, h.item_ids).clip(0, max(n_cat - 1, 0))
+    found = (h.item_ids >= 0) & (h.types == 1)
+    found &= (catalog_ids[pos] == h.item_ids) if n_cat else False
+    h.catalog_pos = np.where(found, pos, n_cat)
+    if pin:
+        h.pinned = {g: torch.from_numpy(getattr(h, g)).pin_memory() for g in HistoryArrays.GRIDS}
+    return h
 
 
 def _codes(values: pa.Array, vocab, default: int) -> np.ndarray:
@@ -103,21 +124,20 @@ def device_history(m: LoadedModel, h: HistoryArrays, index, features):
     """HistoryArrays -> (emb, types, actions, surfaces, ts, valid) on the model's device.
 
     Pins found in the index take its embedding (the item tower's output for that id); other
-    tokens (queries, pins outside the catalog) run the tower once per distinct (id, type)."""
+    tokens (queries, pins outside the catalog) run the tower once per distinct (id, type).
+    No host synchronisation unless such tokens exist (they are known on the host)."""
+    if h.catalog_pos is None:
+        locate(h, index.host_ids, pin=False)
     dev = m.device
-    t = lambda a: torch.as_tensor(a).to(dev, non_blocking=True)
-    ids, types, valid = t(h.item_ids), t(h.types), t(h.valid)
-    real = ids >= 0
-    pos, found = index.positions(ids.clamp(min=0))
-    found &= real & (types == 1)
-    emb = torch.where(found[..., None], index.emb[pos].to(torch.float32), 0.0)
-    rest = (real & ~found).cpu().numpy()
+    t = lambda name: torch.as_tensor(h.grid(name)).to(dev, non_blocking=True)
+    emb = index.rows(t("catalog_pos"))  # the zero row where a token is not a catalog pin
+    rest = (h.item_ids >= 0) & (h.catalog_pos == len(index))
     if rest.any():
         r_ids, r_types = h.item_ids[rest], h.types[rest]
         keys, inv = np.unique(np.stack([r_ids, r_types], 1), axis=0, return_inverse=True)
         e = _embed_items_on_device(m, keys[:, 0], keys[:, 1], features.lookup(keys[:, 0]))
-        emb[torch.as_tensor(rest, device=dev)] = e[torch.as_tensor(inv.reshape(-1), device=dev)]
-    return emb, types, t(h.actions), t(h.surfaces), t(h.ts_s), valid
+        emb[torch.as_tensor(rest, device=dev)] = e[torch.as_tensor(inv.reshape(-1), device=dev)].to(emb.dtype)
+    return emb, t("types"), t("actions"), t("surfaces"), t("ts_s"), t("valid")
 
 
 def select_candidates(scores: torch.Tensor, ids: torch.Tensor, quotas: list[int], n: int):
@@ -174,27 +194,50 @@ def select_candidates(scores: torch.Tensor, ids: torch.Tensor, quotas: list[int]
 
 @dataclass
 class ArmResult:
-    """One arm's candidates for a batch: arrays [B, n] (id -1 = no candidate) + outcome names."""
+    """One arm's candidates for a batch: [B, n] (id -1 = no candidate) + outcome names. The
+    arrays are numpy, or page-locked tensors still being copied until `ready` has fired."""
 
-    item_ids: np.ndarray
-    scores: np.ndarray
-    outcome_codes: np.ndarray  # index into outcomes
+    item_ids: object
+    scores: object
+    outcome_codes: object  # index into outcomes
     outcomes: list[str]
+    ready: object = None  # torch.cuda.Event
+
+    def host(self) -> "ArmResult":
+        """Wait for the copies (if any) and return numpy arrays."""
+        if self.ready is None:
+            return self
+        self.ready.synchronize()
+        return ArmResult(self.item_ids.numpy(), self.scores.numpy(), self.outcome_codes.numpy(), self.outcomes)
+
+
+def _to_host(items, scores, entry, names, asynchronous: bool) -> ArmResult:
+    if not asynchronous:
+        return ArmResult(items.cpu().numpy(), scores.cpu().numpy(), entry.cpu().numpy(), names)
+    out = [torch.empty(x.shape, dtype=x.dtype, pin_memory=True) for x in (items, scores, entry)]
+    for dst, src in zip(out, (items, scores, entry)):
+        dst.copy_(src, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return ArmResult(*out, names, ready)
 
 
 @torch.no_grad()
 def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: dict[str, dict],
                     n: int, *, tokens_per_step: int | None = None, overfetch: float = 2.0,
-                    num_embeddings: int | None = None) -> dict[str, ArmResult]:
+                    num_embeddings: int | None = None, asynchronous: bool = False) -> dict[str, ArmResult]:
     """Candidates for every arm of a batch: one prefill, then per arm the generation from that
-    prefill (the preallocated KV cache rewinds between arms), exact search, selection."""
+    prefill (the preallocated KV cache rewinds between arms), exact search, selection. With
+    `asynchronous` (CUDA) the results come back while the next batch is already launched:
+    call `.host()` on each (on a writer thread)."""
     cfg = m.config
     n_emb = num_embeddings or cfg.num_embeddings
     k = tokens_per_step or (cfg.tokens_per_step if cfg.offset_conditioned else 1)
     emb, types, acts, surf, ts, valid = device_history(m, h, index, features)
     st = prefill(m.model, emb, types, acts, surf, ts, valid, capacity=valid.shape[1] + n_emb)
-    exclude = torch.as_tensor(h.seen).to(m.device, non_blocking=True)
+    exclude = torch.as_tensor(h.grid("seen")).to(m.device, non_blocking=True)
     B = len(h.user_ids)
+    asynchronous = asynchronous and str(m.device).startswith("cuda")
     out = {}
     for arm, budget in arms.items():
         order, groups = generation_plan(m, validate_budget(budget, m.vocab), n, n_emb)
@@ -207,6 +250,5 @@ def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: dic
         depth = max(int(math.ceil(max(quotas, default=0) * overfetch)), n)
         scores, ids = index.search(q, depth, exclude)
         items, sc, entry = select_candidates(scores, ids, quotas, n)
-        names = [name for name, _, _ in plan]
-        out[arm] = ArmResult(items.cpu().numpy(), sc.cpu().numpy(), entry.cpu().numpy(), names)
+        out[arm] = _to_host(items, sc, entry, [name for name, _, _ in plan], asynchronous)
     return out

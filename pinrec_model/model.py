@@ -282,6 +282,14 @@ class CausalSelfAttention(nn.Module):
             # [:length] slice is strided, and SDPA would copy all of it every decode step.
             past.append(k, v)
             k, v, cache = past.k, past.v, past
+            if mask is not None and not self.training:
+                # A few queries against a long cache: two batched matmuls read K and V once.
+                # The fused kernels tile 64+ queries and idle on the empty rows (profiled on
+                # the H100: cuDNN flash 16 ms per decode step at B=2048 vs ~1 ms per layer here).
+                att = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+                att = att.float().masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype)
+                y = torch.matmul(att, v)
+                return self.proj(y.transpose(1, 2).reshape(B, Tn, d)), cache
         elif past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
             cache = (k, v)

@@ -83,9 +83,23 @@ class ExactIndex:
         order = np.argsort(ids, kind="stable")
         dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
         self.ids = torch.as_tensor(ids[order], device=device)
-        self.emb = torch.as_tensor(np.ascontiguousarray(np.asarray(emb, np.float32)[order]),
-                                   device=device).to(dtype)
+        emb = np.asarray(emb, np.float32).reshape(len(ids), -1)[order]
+        # One extra zero row (id -1) at position N: excluded ids that are not in the catalog
+        # point there, so exclusion is a scatter of -inf with no special case.
+        self._emb = torch.as_tensor(np.concatenate([emb, np.zeros((1, emb.shape[1]), np.float32)]),
+                                    device=device).to(dtype)
+        self._ids = torch.cat([self.ids, torch.full((1,), -1, dtype=torch.long, device=device)])
+        self.host_ids = ids[order]  # sorted, for lookups on the host (no device round trip)
         self.kind, self.device = "exact", device
+
+    def rows(self, pos):
+        """Embeddings at catalog positions; position N (len(self)) is the zero row."""
+        return self._emb[pos]
+
+    @property
+    def emb(self):
+        """[N, D] the catalog's embeddings in id order."""
+        return self._emb[:-1]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -109,18 +123,17 @@ class ExactIndex:
         k = int(min(k, len(self.ids)))
         chunk = max(1, max_scores // max(1, E * len(self.ids)))
         out_s, out_i = [], []
+        N = len(self.ids)
         for s in range(0, B, chunk):
-            sc = torch.matmul(q[s:s + chunk].to(self.emb.dtype), self.emb.T)  # [c, E, N]
+            sc = torch.matmul(q[s:s + chunk].to(self._emb.dtype), self._emb.T)  # [c, E, N + 1]
+            sc[:, :, N] = float("-inf")  # the padding row is never a result
             if exclude is not None and exclude.shape[1]:
                 ex = exclude[s:s + chunk]
                 pos, found = self.positions(ex.clamp(min=0))
-                found &= ex >= 0
-                # Summed, not assigned: an unknown id may share a position with a known one.
-                hit = torch.zeros(sc.shape[0], sc.shape[2], dtype=torch.int32, device=sc.device)
-                hit.scatter_add_(1, pos, found.to(torch.int32))
-                sc.masked_fill_((hit > 0)[:, None, :], float("-inf"))
+                pos = torch.where(found & (ex >= 0), pos, N)
+                sc.scatter_(2, pos[:, None, :].expand(-1, E, -1), float("-inf"))
             v, p = sc.topk(k, dim=2)
             v = v.float()
             out_s.append(v)
-            out_i.append(torch.where(torch.isinf(v), torch.full_like(p, -1), self.ids[p]))
+            out_i.append(torch.where(torch.isinf(v), torch.full_like(p, -1), self._ids[p]))
         return torch.cat(out_s), torch.cat(out_i)
