@@ -104,6 +104,7 @@ class RegenPool:
     max_len: int
     threads: int = 1
     wait_timeout_s: float = 1.0   # a safety valve under overload, not a latency target
+    reply_timeout_s: float = 30.0  # a worker silent this long is treated as dead
     start_timeout_s: float = 300.0
     _idle: queue.Queue = field(default_factory=queue.Queue, repr=False)
     _all: list = field(default_factory=list, repr=False)
@@ -155,10 +156,12 @@ class RegenPool:
         t1 = time.perf_counter()
         try:
             w.conn.send((user_id, cols, seen_before, dict(budget), n))
+            if not w.conn.poll(self.reply_timeout_s):
+                raise TimeoutError(f"no answer in {self.reply_timeout_s:.0f} s")
             reply = w.conn.recv()
-        except (EOFError, OSError) as e:
+        except (EOFError, OSError) as e:  # TimeoutError is an OSError
             self._replace(w)
-            raise RegenerationFailed(f"regeneration worker died ({type(e).__name__}); "
+            raise RegenerationFailed(f"regeneration worker died ({type(e).__name__}: {e}); "
                                      f"a new one is starting") from None
         self._idle.put(w)
         t2 = time.perf_counter()
@@ -178,7 +181,8 @@ class RegenPool:
         (or give up after wait_timeout_s and serve precomputed candidates)."""
         with self._lock:
             self.failures += 1
-        _stop(dead)
+            self._all = [x for x in self._all if x is not dead]  # close() must not wait for it
+        _stop(dead, grace_s=0.0)  # dead or hung: no goodbye; this runs on a request's thread
 
         def respawn():
             w, _ = _spawn(self.lake_root, self.threads, self.start_timeout_s)
@@ -188,7 +192,7 @@ class RegenPool:
                 if self._closed:
                     _stop(w)
                     return
-                self._all = [x for x in self._all if x is not dead] + [w]
+                self._all.append(w)
             self._idle.put(w)
 
         threading.Thread(target=respawn, daemon=True, name="pinrec-regen-respawn").start()
@@ -213,12 +217,12 @@ class RegenPool:
             return [w.proc.pid for w in self._all]
 
 
-def _stop(w: _Worker) -> None:
+def _stop(w: _Worker, grace_s: float = 5.0) -> None:
     try:
         w.conn.send(None)
     except (OSError, ValueError):
         pass
-    w.proc.join(5)
+    w.proc.join(grace_s)
     if w.proc.is_alive():
         w.proc.kill()
         w.proc.join(5)
