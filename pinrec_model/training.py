@@ -71,12 +71,15 @@ def lookahead(cfg: PinRecConfig) -> int:
 
 
 def embed_tokens(model: PinRec, ct: CatalogTensors, rows, actions, surfaces, ts_s, item_emb=None,
-                 now=None, compiled: bool = False):
+                 now=None, compiled: bool = False, token_emb=None):
     """Token arrays [B, T] -> transformer inputs [B, T, d] and validity [B, T]. `now` [B]: the
-    time the ages count from (default: the last column, the newest token of left-padded rows)."""
+    time the ages count from (default: the last column, the newest token of left-padded rows).
+    Item embeddings: `token_emb` [B, T, D] as given, else rows of `item_emb` [N, D], else the tower."""
     valid = rows >= 0
     r = rows.clamp(min=0)
-    if item_emb is None:
+    if token_emb is not None:
+        emb = token_emb
+    elif item_emb is None:
         uniq, inv = torch.unique(r, return_inverse=True)
         emb = ct.embed(model, uniq)[inv]  # [B, T, D]
     else:
@@ -195,8 +198,19 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         x, valid = embed_tokens(model, ct, rows[:, :L], actions[:, :L], surfaces[:, :L], ts[:, :L], full,
                                 now, compiled)
     else:
+        # Sampled softmax: every random draw and the step's one item-tower pass come before the
+        # transformer, so nothing after it waits on the host (the GPU would idle meanwhile).
+        # Targets and in-batch negatives are window tokens; random negatives are drawn here.
+        B, width = rows.shape
+        rnd = ct.pin_rows[_to_device(torch.randint(0, len(ct.pin_rows), (cfg.n_random_negatives,), generator=gen),
+                                     rows.device)]
+        keys = _to_device(torch.rand(B, L, generator=gen), rows.device)  # in-batch negative subsample
+        uniq, inv = torch.unique(torch.cat([rows.clamp(min=0).reshape(-1), rnd]), return_inverse=True)
+        emb = ct.embed(model, uniq)
+        tok_emb = emb[inv[: rows.numel()]].reshape(B, width, -1)  # [B, L + E, D]
+        rnd_emb = emb[inv[rows.numel():]]
         x, valid = embed_tokens(model, ct, rows[:, :L], actions[:, :L], surfaces[:, :L], ts[:, :L],
-                                now=now, compiled=compiled)
+                                now=now, compiled=compiled, token_emb=tok_emb[:, :L])
     h = hidden_states(model, x, compiled)  # right-aligned: causal attention needs no padding mask
     sel = row_valid.nonzero(as_tuple=True)  # one host sync for every row selection below
     query = _maybe_compiled(_output, compiled)(model, h[sel], tact[sel], offset[sel])  # [M, D]
@@ -211,21 +225,16 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         return loss_fn(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.loss_scale)
     prim = trow[:, 0]
     cms.update(ct.ids[prim])
+    pos = tok_emb[sel[0][:, None], wpos[sel]]  # [M, W, D]: the targets' window tokens
     # In-batch negatives: the rows' primary targets (subsampled); random: uniform over pins.
     if len(prim) > cfg.max_in_batch_negatives:
         # A uniform subset without replacement: the rows with the k largest uniform keys (a CPU
         # randperm of every row took ~6 ms a step at 65k rows, with the GPU waiting on it).
-        keys = _to_device(torch.rand(len(prim), generator=gen), prim.device)
-        inb = prim[keys.topk(cfg.max_in_batch_negatives, sorted=False).indices]
+        pick = keys[sel].topk(cfg.max_in_batch_negatives, sorted=False).indices
+        inb, inb_emb = prim[pick], pos[pick, 0]
     else:
-        inb = prim
-    rnd = ct.pin_rows[_to_device(torch.randint(0, len(ct.pin_rows), (cfg.n_random_negatives,), generator=gen),
-                                 rows.device)]
-    uniq, inv = torch.unique(torch.cat([trow.clamp(min=0).reshape(-1), inb, rnd]), return_inverse=True)
-    emb = ct.embed(model, uniq)
-    n_t = trow.numel()
-    pos = emb[inv[:n_t]].reshape(*trow.shape, -1)
-    neg = emb[inv[n_t:]]
+        inb, inb_emb = prim, pos[:, 0]
+    neg = torch.cat([inb_emb, rnd_emb])
     neg_rows = torch.cat([inb, rnd])
     if cfg.logq_correction:
         m = float(len(inb))
