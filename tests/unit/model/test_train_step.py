@@ -90,3 +90,23 @@ def test_train_step_updates_weights_and_returns_a_finite_detached_loss():
     la = training_loss(model, CountMinSketch(cfg.cms_width, cfg.cms_depth), ct, batch, gen_a, cfg.max_len)
     lb = training_loss(model, CountMinSketch(cfg.cms_width, cfg.cms_depth), ct, batch, gen_b, cfg.max_len)
     assert torch.equal(la, lb)
+
+
+def test_sampled_softmax_step_runs_the_item_tower_once(monkeypatch):
+    """Inputs, targets and negatives share one tower pass (a second pass after the transformer
+    made the host wait on the GPU); the pass covers every window token and random negative."""
+    cfg, cat, batch, _ = _setup("mt_oc", B=16)
+    ct = CatalogTensors(cat, "cpu")
+    calls = []
+    real = CatalogTensors.embed
+
+    def counting(self, model, rows):
+        calls.append(len(rows))
+        return real(self, model, rows)
+
+    monkeypatch.setattr(CatalogTensors, "embed", counting)
+    loss = training_loss(PinRec(cfg), CountMinSketch(cfg.cms_width, cfg.cms_depth), ct, batch,
+                         torch.Generator().manual_seed(0), cfg.max_len)
+    assert torch.isfinite(loss)
+    assert len(calls) == 1
+    assert calls[0] >= len(torch.unique(batch["rows"][batch["rows"] >= 0]))
