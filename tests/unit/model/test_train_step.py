@@ -110,3 +110,23 @@ def test_sampled_softmax_step_runs_the_item_tower_once(monkeypatch):
     assert torch.isfinite(loss)
     assert len(calls) == 1
     assert calls[0] >= len(torch.unique(batch["rows"][batch["rows"] >= 0]))
+
+
+def test_bench_model_times_train_step_and_counts_its_flops(tmp_path):
+    """`pinrec bench model --tiny` on CPU: the JSON carries the figures the README quotes."""
+    import argparse
+    import json
+
+    from bench import model_bench
+
+    p = argparse.ArgumentParser()
+    model_bench.configure(p)
+    out = tmp_path / "m.json"
+    args = p.parse_args(["--device", "cpu", "--tiny", "--skip-prefill", "--train-batch", "2", "--train-steps", "1",
+                         "--items", "500", "--json", str(out)])
+    assert model_bench.run(args) == 0
+    t = json.loads(out.read_text())["train"][0]
+    assert t["batch"] == 2 and t["seq"] == 256 and t["step_s"] > 0
+    assert t["flops_per_step"] > 6 * t["transformer_params"] * 2 * 256  # at least the blocks' 6 N T
+    assert abs(t["tokens_per_s"] - 2 * 256 / t["step_s"]) < 1e-6 * t["tokens_per_s"]
+    assert abs(t["mfu"] - t["flops_per_step"] / t["step_s"] / 1e12 / 741) < 1e-12
