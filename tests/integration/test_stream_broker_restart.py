@@ -50,7 +50,8 @@ class AckedProducer(threading.Thread):
     def run(self):
         from kafka import KafkaProducer
 
-        p = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, retries=20,
+        # linger 50 ms: fewer, larger batches = fewer S3 objects for every Tansu fetch to list
+        p = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=50, retries=20,
                           retry_backoff_ms=200, request_timeout_ms=10_000)
         t0 = time.perf_counter()
         for i, e in enumerate(self.events):
@@ -88,19 +89,19 @@ class AckedProducer(threading.Thread):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_broker_restart_mid_stream_loses_nothing_acknowledged(tmp_path):
     s3 = MotoS3.start(log=tmp_path / "moto.log")
     broker = Tansu.start(storage="s3://tansu/", env=s3.env(), log=tmp_path / "tansu.log")
     try:
         topic, dlq = fresh_topics(broker.bootstrap, partitions=2)
-        n = 16000
+        n = 12000
         events = list(synthetic_events(n, 50, 500, int(time.time() * 1e6) - 10_000_000))
         cfg = ConsumerConfig(broker.bootstrap, tmp_path / "db", topic=topic, dlq_topic=dlq,
                              group="restart")
         c = ConsumerThread(cfg).start()
         c.wait_for(lambda m: len(m.assigned) == 2, timeout_s=60)
-        prod = AckedProducer(broker.bootstrap, topic, events, rate=1000)  # ~16 s of stream
+        prod = AckedProducer(broker.bootstrap, topic, events, rate=1000)  # ~12 s of stream
         prod.start()
         # Restart on the producer's clock, not the consumer's: on a loaded machine the consumer
         # can lag the whole stream, and the restart must still come while events are in flight.
@@ -123,10 +124,12 @@ def test_broker_restart_mid_stream_loses_nothing_acknowledged(tmp_path):
             return {e.event_id for e in events if e.to_bytes() in values}
 
         kept_ids = broker_holds()
+        print(f"acknowledged with an offset but not read back from the broker: "
+              f"{len(acked - kept_ids)}")
         # Wait on what RocksDB holds, not on the stored-events counter: re-sent copies and
         # re-deliveries count there twice, so the counter can reach the total early.
         reader = RealtimeStore.open_secondary(tmp_path / "db", tmp_path / "db-reader")
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 240
         while not kept_ids <= (held := consumer_holds(reader)) and time.monotonic() < deadline:
             c.wait_for(lambda m: True)  # surfaces a consumer error
             time.sleep(0.5)
@@ -134,8 +137,9 @@ def test_broker_restart_mid_stream_loses_nothing_acknowledged(tmp_path):
         # Over moto, each Tansu fetch lists the partition's batch objects and GETs them one by
         # one; on a loaded host the consumer has been seen crawling at ~25 events/s after the
         # restart. Say so rather than fail on a set difference.
+        metrics = c.metrics.snapshot(time.time())
         assert kept_ids <= held, (f"the consumer holds {len(kept_ids & held)} of the {len(kept_ids)} "
-                                  f"events the broker holds after 180 s: {c.metrics.snapshot(time.time())}")
+                                  f"events the broker holds after 240 s: {metrics}")
         time.sleep(1.0)  # let anything beyond it arrive too
         c.stop()
         ids = stored_event_ids(tmp_path / "db")
