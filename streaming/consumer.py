@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pinrec.contracts import Event, vocab as vocab_by_name
 from streaming.events import MAX_MESSAGE_BYTES, parse
+from streaming.produce import send_confirmed
 from streaming.metrics import ConsumerMetrics, prometheus_text, serve_metrics
 from streaming.store import RealtimeStore
 
@@ -150,6 +151,7 @@ class ConsumerRunner:
         good: list[Event] = []
         produce_ms = []
         offsets = {}
+        dead_letters = []
         for tp, records in polled.items():
             for r in records:
                 p = parse(r.value, self.vocab, max_ts, self.cfg.max_bytes)
@@ -160,8 +162,7 @@ class ConsumerRunner:
                         good.append(p)
                         produce_ms.append(r.timestamp)
                 else:
-                    self.producer.send(self.cfg.dlq_topic, key=r.key, value=r.value or b"",
-                                       headers=dlq_headers(r, p.reason))
+                    dead_letters.append((r.key, r.value or b"", dlq_headers(r, p.reason)))
                     self.metrics.dlq += 1
                     log.info("DLQ %s/%d@%d: %s", r.topic, r.partition, r.offset, p.reason)
             if records:
@@ -169,7 +170,9 @@ class ConsumerRunner:
         self.store.apply(good)
         visible_ms = time.time() * 1e3
         self.metrics.add_visible([visible_ms - t for t in produce_ms])
-        self.producer.flush()  # the DLQ copy must exist before the offset moves past it
+        # The DLQ copy must exist before the offset moves past it: confirmed with an offset,
+        # not just flushed (streaming/produce.py says why); raises, so nothing is committed.
+        send_confirmed(self.producer, self.cfg.dlq_topic, dead_letters)
         # Only now is the batch durable (RocksDB WAL + DLQ acks): if anything above raised,
         # these offsets are never committed, not even by the shutdown path, and the batch
         # is re-delivered.

@@ -81,12 +81,17 @@ def synthetic_events(n: int, users: int, items: int, start_us: int, seed: int = 
 
 
 def produce(cfg: ReplayConfig, messages: Iterable[Message], progress=None) -> int:
-    """Send messages, paced to `cfg.rate`; returns how many were acknowledged."""
+    """Send messages, paced to `cfg.rate`; returns how many were sent. Records the broker
+    answered without an offset, or failed, are sent again until confirmed
+    (streaming/produce.py); raises if some never are."""
     from kafka import KafkaProducer
+
+    from streaming.produce import send_confirmed
 
     producer = KafkaProducer(bootstrap_servers=cfg.bootstrap, linger_ms=cfg.linger_ms,
                              batch_size=256 << 10, acks=1, client_id="pinrec-replay")
     sent = 0
+    again: list = []  # appended from the producer's I/O thread (list.append is atomic)
     t0 = time.perf_counter()
     try:
         for key, value in messages:
@@ -96,11 +101,16 @@ def produce(cfg: ReplayConfig, messages: Iterable[Message], progress=None) -> in
                 ahead = t0 + sent / cfg.rate - time.perf_counter()
                 if ahead > 0.001:
                     time.sleep(ahead)
-            producer.send(cfg.topic, key=key, value=value)
+            m = (key, value)
+            producer.send(cfg.topic, key=key, value=value) \
+                .add_callback(lambda meta, m=m: meta.offset < 0 and again.append(m)) \
+                .add_errback(lambda _e, m=m: again.append(m))
             sent += 1
             if progress is not None and sent % 10_000 == 0:
                 progress(sent)
         producer.flush()
+        if again:
+            send_confirmed(producer, cfg.topic, again)
     finally:
         producer.close()
     return sent
