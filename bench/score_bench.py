@@ -139,7 +139,8 @@ def profile_exact(m, tables_batches, features, index, arms, cfg, hist_len: int) 
 
     from jobs.score import candidate_rows_from_arrays
     from pinrec_model.api import generation_plan, uniform_plan
-    from pinrec_model.batch_generation import ArmResult, arrow_history_arrays, device_history, select_candidates
+    from pinrec_model.batch_generation import ArmResult, arrow_history_arrays, device_history, search_depth, \
+        select_candidates
     from pinrec_model.generation import generate, prefill
 
     dev = str(m.device)
@@ -168,7 +169,7 @@ def profile_exact(m, tables_batches, features, index, arms, cfg, hist_len: int) 
                 quotas = [q for _, _, q in plan]
                 gen = generate(m.model, st, torch.tensor(order, device=dev)[None].expand(len(h.user_ids), -1), k)
                 lap()
-                s, i = index.search(gen[:, [c for _, c, _ in plan]], max(int(np.ceil(max(quotas) * 2.0)), cfg.n), exclude)
+                s, i = index.search(gen[:, [c for _, c, _ in plan]], search_depth(quotas, cfg.n, 2.0), exclude)
                 lap()
                 items, sc, entry = select_candidates(s, i, quotas, cfg.n)
                 lap()

@@ -192,6 +192,12 @@ def select_candidates(scores: torch.Tensor, ids: torch.Tensor, quotas: list[int]
     return chosen[:, :n].gather(1, o), s_final, c_entry[:, :n].gather(1, o)
 
 
+def search_depth(quotas: list[int], n: int, overfetch: float) -> int:
+    """Results fetched per embedding: its quota over-fetched, and N at least, so that whatever
+    de-duplication takes away, the union of the rows can still fill N."""
+    return max(int(math.ceil(max(quotas, default=0) * overfetch)), n)
+
+
 @dataclass
 class ArmResult:
     """One arm's candidates for a batch: [B, n] (id -1 = no candidate) + outcome names. The
@@ -246,9 +252,7 @@ def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: dic
         gen = generate(m.model, st, cond, k)  # [B, n_emb, D]
         quotas = [q for _, _, q in plan]
         q = gen[:, [c for _, c, _ in plan]]
-        # n deep at least: whatever de-duplication takes away, the union of the rows can fill N
-        depth = max(int(math.ceil(max(quotas, default=0) * overfetch)), n)
-        scores, ids = index.search(q, depth, exclude)
+        scores, ids = index.search(q, search_depth(quotas, n, overfetch), exclude)
         items, sc, entry = select_candidates(scores, ids, quotas, n)
         out[arm] = _to_host(items, sc, entry, [name for name, _, _ in plan], asynchronous)
     return out
