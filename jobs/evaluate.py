@@ -32,6 +32,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=10, help="unordered: target tokens per eval user")
     p.add_argument("--index-size", type=int, default=1_000_000, help="unordered: random items in the index")
     p.add_argument("--num-embeddings", type=int, default=16, help="unordered: embeddings per user")
+    p.add_argument("--refit", action="store_true",
+                   help="loo: after early stopping picks the epoch count, train again from scratch on "
+                        "each user's validation item too (everything before the test item) for that "
+                        "many epochs, and evaluate the refit model")
     p.add_argument("--json", dest="json_out", help="write the result JSON here (plots beside it)")
 
 
@@ -64,9 +68,11 @@ def run(args) -> int:
     from jobs.train import prepare
     from pinrec.contracts import PINTEREST_ACTIONS
 
+    from jobs.train import model_config
+
     vocab = PINTEREST_ACTIONS
     events, feats = load_events(args)
-    prep = prepare(events, feats, vocab)
+    prep = prepare(events, feats, vocab, model_config(args, vocab).feature_dim)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     t0 = time.perf_counter()
     if args.protocol == "loo":
@@ -97,14 +103,21 @@ def run(args) -> int:
     return 0
 
 
-def _train(args, prep, vocab, seed, holdout, users=None, variant=None):
+def _train(args, prep, vocab, seed, holdout, users=None, variant=None, stop_after=None):
     from dataclasses import replace
 
     from jobs.train import model_config, train_config, train_on
 
     a = argparse.Namespace(**{**vars(args), "variant": variant or args.variant, "seed": seed})
     cfg = model_config(a, vocab)
-    return train_on(prep, cfg, replace(train_config(a), seed=seed), holdout, users, args.val_users), cfg
+    tc = replace(train_config(a), seed=seed, stop_after=stop_after)
+    return train_on(prep, cfg, tc, holdout, users, args.val_users, validate=stop_after is None), cfg
+
+
+def best_epoch(history: list[dict]) -> int:
+    """The epoch whose validation recall the early-stopped run kept (first of equals)."""
+    vals = [h["val_recall@10"] for h in history]
+    return int(history[max(range(len(vals)), key=lambda i: (vals[i], -i))]["epoch"])
 
 
 def _load(args, prep):
@@ -128,6 +141,11 @@ def _loo_once(args, prep, vocab, seed) -> dict:
     else:
         res, _ = _train(args, prep, vocab, seed, holdout=2)
         model, history = res.model, res.history
+        if args.refit:  # the validation item joins training; the test item stays unseen
+            n = best_epoch(history)
+            res, _ = _train(args, prep, vocab, seed, holdout=1, stop_after=n)
+            model = res.model
+            history = [*history, *({**h, "refit": True} for h in res.history)]
         ct = CatalogTensors(prep.catalog, resolve_device(args.device))
     m = loo_eval_model(model, ct, prep.seqs, users, test_pos, model.cfg.max_len)
     m["diversity"] = float("nan")

@@ -72,6 +72,16 @@ def model_config(args, vocab):
     return preset(args.preset, **over)
 
 
+def check_servable(cfg) -> None:
+    """A published model reads item features from the `items` table, FEATURE_DIM wide."""
+    from pinrec.features import FEATURE_DIM
+
+    if cfg.use_features and cfg.feature_dim != FEATURE_DIM:
+        raise ValueError(f"--set feature_dim={cfg.feature_dim}: the items table (and serving) carries "
+                         f"{FEATURE_DIM}-dim features; a wider feature_dim is for offline evaluation "
+                         f"(pinrec eval), drop it for pinrec train")
+
+
 def train_config(args):
     from pinrec_model.training import TrainConfig, resolve_device
 
@@ -120,10 +130,11 @@ class Prepared:
     seqs: object  # UserSeqs
 
 
-def prepare(events, item_features, vocab):
+def prepare(events, item_features, vocab, feature_dim: int | None = None):
+    from pinrec.features import FEATURE_DIM
     from pinrec_model.data import build_catalog, build_user_seqs
 
-    cat = build_catalog(events, item_features)
+    cat = build_catalog(events, item_features, feature_dim or FEATURE_DIM)
     return Prepared(cat, build_user_seqs(events, cat, vocab))
 
 
@@ -175,8 +186,9 @@ def warm_start_state(lake, source: str | None, cfg):
 
 
 def train_on(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: int = 5000,
-             init_state=None):
-    """Train on each user's tokens but the last `holdout`; validate on the token at -holdout."""
+             init_state=None, validate: bool = True):
+    """Train on each user's tokens but the last `holdout`; validate on the token at -holdout
+    (unless `validate` is False: a refit whose epoch count was chosen by an earlier run)."""
     import numpy as np
 
     from pinrec_model.data import make_examples
@@ -186,7 +198,7 @@ def train_on(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: int =
     users = np.arange(len(s.user_ids)) if users is None else users
     train_seqs = s.subset(users, keep_last=np.full(len(users), holdout))
     ex = make_examples(train_seqs, cfg.max_len, lookahead(cfg))
-    val = holdout_validation(prep, users, holdout, cfg.max_len, val_users) if holdout > 0 else None
+    val = holdout_validation(prep, users, holdout, cfg.max_len, val_users) if holdout > 0 and validate else None
     return fit(cfg, tc, prep.catalog, ex, val, init_state=init_state)
 
 
@@ -198,6 +210,7 @@ def run(args) -> int:
     lake = Lake.at(args.lake)
     vocab = PINTEREST_ACTIONS
     cfg = model_config(args, vocab)
+    check_servable(cfg)
     tc = train_config(args)
     version = args.version or f"{args.variant}-{time.strftime('%Y%m%dT%H%M%S')}-s{args.seed}"
     if lake.version_dir("models", version).exists():

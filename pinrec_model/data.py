@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from pinrec.contracts import ITEM_TYPES, SURFACES, ActionVocab
-from pinrec.features import feature_matrix
+from pinrec.features import FEATURE_DIM, feature_matrix
 
 PAD = -1
 
@@ -38,9 +38,12 @@ class Catalog:
         return len(self.ids)
 
 
-def build_catalog(events: pa.Table, item_features: pa.Table | None = None) -> Catalog:
+def build_catalog(events: pa.Table, item_features: pa.Table | None = None,
+                  feature_dim: int = FEATURE_DIM) -> Catalog:
     """Every item seen in `events`, with features from the `item_features` side table (content
-    vector or attributes) or, for queries, the query text carried by the events."""
+    vector or attributes) or, for queries, the query text carried by the events. `feature_dim`
+    is the width of the hashed attribute multi-hot: the items table (and so serving) uses
+    FEATURE_DIM; offline evaluation may widen it so attributes stop colliding (Beauty: 637 values)."""
     ids = events.column("item_id").to_numpy()
     types = events.column("item_type").to_numpy(zero_copy_only=False)
     qtext = events.column("query_text").to_numpy(zero_copy_only=False) if "query_text" in events.column_names else None
@@ -60,7 +63,7 @@ def build_catalog(events: pa.Table, item_features: pa.Table | None = None) -> Ca
             r = order[pos[i]]
             attrs[i], contents[i] = a_col[r], c_col[r]
     qt = qtext[first] if qtext is not None else None
-    feats = feature_matrix(list(utypes), attrs, contents, list(qt) if qt is not None else None)
+    feats = feature_matrix(list(utypes), attrs, contents, list(qt) if qt is not None else None, feature_dim)
     type_ids = np.array([ITEM_TYPES.index(t) + 1 for t in utypes], dtype=np.int64)
     return Catalog(uniq.astype(np.int64), type_ids, feats.astype(np.float32))
 

@@ -63,6 +63,20 @@ def step_offsets(k: int, t_lim: int) -> list[int]:
     return [1 + (j * t_lim) // k for j in range(k)]
 
 
+def condition_offsets(acts: torch.Tensor, t_lim: int) -> torch.Tensor:
+    """Offsets for one step's slots, acts [B, k] -> [B, k] in [1, t_lim].
+
+    Each action's slots spread over [1, t_lim] on their own (step_offsets per action), so a
+    step's (offset, action) conditions are distinct while no action has more than t_lim slots.
+    Spreading by slot position alone repeated pairs: with t_lim 4 and 16 slots over two actions,
+    only 8 of 16 embeddings differed, which is what cost 16-per-step its recall against 1-per-step.
+    With a single action this is exactly step_offsets(k, t_lim)."""
+    same = acts[:, :, None] == acts[:, None, :]  # [B, k, k]
+    rank = torch.tril(same, diagonal=-1).sum(-1)  # earlier slots of the same action
+    count = same.sum(-1)
+    return 1 + (rank * t_lim) // count
+
+
 @torch.no_grad()
 def generate(model: PinRec, st: DecodeState, cond_actions: torch.Tensor, tokens_per_step: int):
     """cond_actions [B, n] (action id of each embedding, generation order) -> [B, n, D].
@@ -72,7 +86,6 @@ def generate(model: PinRec, st: DecodeState, cond_actions: torch.Tensor, tokens_
     cfg = model.cfg
     B, n = cond_actions.shape
     k = tokens_per_step if cfg.offset_conditioned else 1
-    offsets = torch.tensor(step_offsets(k, cfg.t_lim), device=cond_actions.device)
     for buf in st.cache:  # a preallocated cache may hold an earlier generation: drop it
         if isinstance(buf, KVBuffer):
             buf.length = st.key_valid.shape[1]
@@ -81,7 +94,7 @@ def generate(model: PinRec, st: DecodeState, cond_actions: torch.Tensor, tokens_
         acts = cond_actions[:, s * k:(s + 1) * k]
         kk = acts.shape[1]
         h = st.h_last[:, None, :].expand(B, kk, -1)
-        e = model.output(h, acts, offsets[None, :kk].expand(B, kk))  # [B, kk, D]
+        e = model.output(h, acts, condition_offsets(acts, cfg.t_lim))  # [B, kk, D]
         out.append(e)
         if s < math.ceil(n / k) - 1:
             st = decode(model, st, e, acts)

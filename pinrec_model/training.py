@@ -33,6 +33,9 @@ class TrainConfig:
     patience: int = 3  # epochs without a better validation recall before stopping
     max_seconds: float | None = None  # wall-clock cap (CI)
     progress: bool = True
+    # stop after this many epochs, the learning-rate schedule still spanning `epochs`: a refit on
+    # more data replays the validated run's first N epochs exactly as they were scheduled
+    stop_after: int | None = None
 
 
 @dataclass
@@ -217,6 +220,8 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
     B = rows.shape[0]
     trow = rows.gather(1, wpos.reshape(B, -1)).reshape(wpos.shape)[sel]  # [M, W] catalog rows
     tvalid = wvalid[sel]
+    if len(trow) == 0:  # a batch without one pin target (e.g. a last batch of search queries)
+        return h.sum() * 0.0
     if cfg.full_softmax:
         # full-softmax positions index pins only: map catalog rows -> pin positions
         pin_pos = torch.full((len(ct.ids),), 0, dtype=torch.long, device=rows.device)
@@ -366,6 +371,8 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
             if bad >= tc.patience:
                 break
         if tc.max_seconds and time.perf_counter() - t_start > tc.max_seconds:
+            break
+        if tc.stop_after and epoch + 1 >= tc.stop_after:
             break
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -79,6 +79,11 @@ def test_train_writes_immutable_version_and_publishes(lake):
     assert main(["train", "--lake", str(lake), "--variant", "mt_oc", "--epochs", "1",
                  "--version", "v-bad", "--warm-start-from", "current", *SMALL]) == 2
     assert not Lake.at(lake).version_dir("models", "v-bad").exists()
+    # A wider attribute hash is an offline-evaluation option: the items table serving reads is
+    # FEATURE_DIM wide, so training a servable version with it is refused before any work.
+    assert main(["train", "--lake", str(lake), "--variant", "uc", "--epochs", "1",
+                 "--version", "v-wide", "--set", "feature_dim=1024", *SMALL]) == 2
+    assert not Lake.at(lake).version_dir("models", "v-wide").exists()
     # The day after a gap: the named previous model does not exist -> from scratch, recorded.
     assert main(["train", "--lake", str(lake), "--variant", "uc", "--epochs", "1", "--max-seconds", "5",
                  "--version", "v-gap", "--warm-start-from", "d20250101-uc-small", *SMALL]) == 0

@@ -102,3 +102,23 @@ def test_item_features_from_items_table_and_unknown_ids():
     f = ItemFeatures.from_table(t)
     out = f.lookup(np.array([3, 4, 5]))
     assert out.shape == (3, 32) and out[0, 0] == 2.0 and out[1].sum() == 0 and out[2, 0] == 1.0
+
+
+def test_wider_feature_dim_keeps_attributes_apart():
+    """Beauty's 637 attribute values in 32 signed buckets collide ~20 to a bucket; at 1024 the
+    multi-hot separates them (what `--set feature_dim=1024` gives offline evaluation)."""
+    n = 637
+    feats = pa.table({"item_id": list(range(1, n + 1)), "item_type": ["pin"] * n,
+                      "attributes": [[i] for i in range(n)], "content": [None] * n},
+                     schema=pa.schema([("item_id", pa.int64()), ("item_type", pa.string()),
+                                       ("attributes", pa.list_(pa.int64())), ("content", pa.list_(pa.float32()))]))
+    ev = pa.table({"user_id": [1] * n, "item_id": list(range(1, n + 1)), "item_type": ["pin"] * n,
+                   "action": ["repin"] * n, "surface": ["homefeed"] * n,
+                   "ts": pa.array([T0 + i for i in range(n)], pa.timestamp("us", tz="UTC"))})
+    narrow, wide = build_catalog(ev, feats), build_catalog(ev, feats, feature_dim=1024)
+    assert narrow.features.shape == (n, 32) and wide.features.shape == (n, 1024)
+
+    def distinct(f):
+        return len({tuple(np.flatnonzero(r)) + tuple(np.sign(r[np.flatnonzero(r)])) for r in f})
+    assert distinct(narrow.features) <= 64  # one signed bucket each: at most 2 x 32 patterns
+    assert distinct(wide.features) > 0.7 * n

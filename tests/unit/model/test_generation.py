@@ -10,7 +10,7 @@ import torch
 from pinrec.contracts import PINTEREST_ACTIONS
 from pinrec_model.api import Candidate, History, ItemFeatures, LoadedModel, embed_items, generate_candidates, \
     load_model, save_model
-from pinrec_model.generation import allocate_budget, compress, largest_remainder, step_offsets
+from pinrec_model.generation import allocate_budget, compress, condition_offsets, largest_remainder, step_offsets
 from pinrec_model.model import PinRec, preset
 from pinrec_model.retrieval import Retriever
 
@@ -38,6 +38,24 @@ def test_compress_merges_near_duplicates_in_generation_order():
     assert kept.tolist() == [0, 2] and counts.tolist() == [3, 2]
     kept, counts = compress(e, None)
     assert kept.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_condition_offsets_keep_a_steps_conditions_distinct():
+    # 16 slots over two interleaved actions, t_lim 4: by slot position alone only 8 pairs differed
+    acts = torch.tensor([[1, 2] * 8, [3] * 4 + [5] * 12])
+    offs = condition_offsets(acts, 4)
+    assert offs.min() >= 1 and offs.max() <= 4
+    for a, o in zip(acts.tolist(), offs.tolist()):
+        pairs = list(zip(a, o))
+        per_action = {x: a.count(x) for x in a}
+        # distinct up to t_lim per action; beyond that each offset is used evenly
+        assert len(set(pairs)) == sum(min(c, 4) for c in per_action.values())
+        for x, c in per_action.items():
+            used = [oo for aa, oo in pairs if aa == x]
+            assert max(used.count(v) for v in set(used)) == -(-c // 4)
+    # one action: the same spread as step_offsets
+    assert condition_offsets(torch.full((1, 8), 2), 8).tolist() == [step_offsets(8, 8)]
+    assert condition_offsets(torch.full((1, 4), 2), 8).tolist() == [step_offsets(4, 8)]
 
 
 def test_step_offsets_spread_over_t_lim():

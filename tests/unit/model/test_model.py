@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pinrec_model.generation import decode, generate, prefill, step_offsets
+from pinrec_model.generation import condition_offsets, decode, generate, prefill
 from pinrec_model.model import GENERATED_SURFACE, PinRec, hash_ids, preset, time_features
 
 
@@ -77,7 +77,7 @@ def test_generate_uses_cache_and_matches_stepwise_recompute():
     # step 2 recomputed from scratch with step 1's embeddings appended
     with torch.no_grad():
         h = _full_recompute(m, *hist, out[:, :2], cond[:, :2])[:, -1]
-        e = m.output(h[:, None].expand(3, 2, -1), cond[:, 2:4], torch.tensor([step_offsets(2, m.cfg.t_lim)] * 3))
+        e = m.output(h[:, None].expand(3, 2, -1), cond[:, 2:4], condition_offsets(cond[:, 2:4], m.cfg.t_lim))
     torch.testing.assert_close(out[:, 2:4], e, atol=1e-5, rtol=1e-4)
 
 

@@ -72,3 +72,49 @@ def test_logq_on_positive_is_a_working_opt_in():
         runs[literal] = [h["loss"] for h in res.history]
     assert runs[True][-1] < 0.8 * runs[True][0], runs[True]
     assert runs[True] != runs[False]
+
+
+def test_stop_after_replays_the_first_epochs_of_the_longer_schedule():
+    """A refit stops after N epochs with the learning rate scheduled over all `epochs`: its
+    first N epochs are the same updates as the longer run's (same seed, same data)."""
+    cat, seqs = _data()
+    cfg = preset("small", variant="uc", d_model=32, n_heads=2, d_ff=64, emb_dim=16, id_dim=16,
+                 id_buckets=1024, max_len=8, n_random_negatives=16, max_in_batch_negatives=64)
+    ex = make_examples(seqs, cfg.max_len, lookahead(cfg))
+    tc = TrainConfig(epochs=4, batch_size=16, lr=3e-3, warmup_steps=5, seed=3, progress=False)
+    full = fit(cfg, tc, cat, ex)
+    two = fit(cfg, TrainConfig(**{**tc.__dict__, "stop_after": 2}), cat, ex)
+    assert [h["epoch"] for h in two.history] == [1, 2]
+    assert [h["loss"] for h in two.history] == [h["loss"] for h in full.history[:2]]
+
+
+def test_a_batch_without_pin_targets_gives_zero_loss_not_an_error():
+    """A last batch of search queries only has no pin target: nothing to learn, no log(0)."""
+    from pinrec_model.model import PinRec
+    from pinrec_model.training import CatalogTensors, training_loss
+    from pinrec_model.losses import CountMinSketch
+
+    cat, seqs = _data()
+    types = np.full(len(cat.ids), 2)  # every item a query but the last (a pin no batch row holds)
+    types[-1] = 1
+    qcat = Catalog(cat.ids, types, cat.features)
+    for variant, full in (("mt_oc", False), ("uc", True)):
+        cfg = preset("small", variant=variant, d_model=32, n_heads=2, d_ff=64, emb_dim=16, id_dim=16,
+                     id_buckets=1024, max_len=8, n_random_negatives=16, max_in_batch_negatives=64,
+                     full_softmax=full)
+        ex = make_examples(seqs, cfg.max_len, lookahead(cfg))
+        model = PinRec(cfg)
+        keep = np.flatnonzero(~(ex.rows == len(cat.ids) - 1).any(1))[:4]
+        assert len(keep) == 4
+        batch = {k: torch.as_tensor(getattr(ex, k)[keep]) for k in ("rows", "actions", "surfaces", "ts_s")}
+        loss = training_loss(model, CountMinSketch(1024, 2), CatalogTensors(qcat, torch.device("cpu")), batch,
+                             torch.Generator().manual_seed(0), ex.n_inputs)
+        assert loss.item() == 0.0
+        loss.backward()  # still a graph: the training step needs no special case
+
+
+def test_refit_length_is_the_kept_epoch():
+    from jobs.evaluate import best_epoch
+
+    h = [{"epoch": i + 1, "val_recall@10": v} for i, v in enumerate([0.1, 0.3, 0.2, 0.3, 0.25])]
+    assert best_epoch(h) == 2  # the first of equals: the epoch whose weights fit() kept
