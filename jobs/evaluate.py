@@ -29,6 +29,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controllability", action="store_true",
                    help="Figure 4: lift of the conditioned variant over UC per desired x actual action")
     p.add_argument("--tokens-per-step", default=None, help="Figure 5 sweep, e.g. 1,2,4,8,16")
+    p.add_argument("--latency-repeats", type=int, default=7,
+                   help="tokens-per-step: timed generation runs per k (the median is reported)")
     p.add_argument("--window", type=int, default=10, help="unordered: target tokens per eval user")
     p.add_argument("--index-size", type=int, default=1_000_000, help="unordered: random items in the index")
     p.add_argument("--num-embeddings", type=int, default=16, help="unordered: embeddings per user")
@@ -72,7 +74,8 @@ def run(args) -> int:
 
     vocab = PINTEREST_ACTIONS
     events, feats = load_events(args)
-    prep = prepare(events, feats, vocab, model_config(args, vocab).feature_dim)
+    # the catalog's attribute width comes from the model config (popularity has none)
+    prep = prepare(events, feats, vocab, None if args.variant == "pop" else model_config(args, vocab).feature_dim)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     t0 = time.perf_counter()
     if args.protocol == "loo":
@@ -85,6 +88,10 @@ def run(args) -> int:
     for extra in ("controllability", "tokens_per_step", "config"):
         if extra in runs[0]:
             result[extra] = runs[0][extra]
+    if "tokens_per_step" in runs[0] and len(runs) > 1:  # Figure 5 over seeds: mean per k, and each seed's
+        ks = runs[0]["tokens_per_step"]
+        result["tokens_per_step"] = {k: _mean_std([r["tokens_per_step"][k] for r in runs]) for k in ks}
+        result["tokens_per_step_per_seed"] = [r["tokens_per_step"] for r in runs]
     result["training"] = [r.get("history", []) for r in runs]
     if "diversity" not in result:
         result["diversity"] = float("nan")
@@ -178,12 +185,13 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
         res, _ = _train(args, prep, vocab, seed, holdout=1, users=split.train_users)
         model, history = res.model, res.history
         ct = CatalogTensors(prep.catalog, dev)
-    with torch.no_grad():
-        item_emb = ct.embed(model, torch.arange(len(prep.catalog), device=ct.ids.device)).float().cpu().numpy()
+    with torch.no_grad():  # every item once: retrieval scores against it, generation looks history up in it
+        item_table = ct.embed(model, torch.arange(len(prep.catalog), device=ct.ids.device))
+        item_emb = item_table.float().cpu().numpy()
     n_emb = 1 if args.variant == "pinnerformer" else args.num_embeddings
     k = model.cfg.tokens_per_step if model.cfg.offset_conditioned else 1
     cond = target_conditions(t_acts, n_emb)
-    gen, secs = generate_for_users(model, ct, hist, cond, k)
+    gen, secs = generate_for_users(model, ct, hist, cond, k, item_table=item_table)
     rec, hits, retrieved = unordered_scores(gen, item_emb, index, t_rows)
     out = {"metrics": {**unordered_summary(rec, retrieved), "latency_s": secs, "embeddings": n_emb,
                        "gen_tokens_per_step": k}, "history": history, "config": model.cfg.to_json()}
@@ -191,11 +199,15 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
     if args.tokens_per_step:
         sweep = {}
         for kk in [int(x) for x in args.tokens_per_step.split(",")]:
-            generate_for_users(model, ct, hist, cond, kk)  # warm-up: allocator and kernel caches
-            g, s, s_dec = generate_for_users(model, ct, hist, cond, kk, with_decode_time=True)
+            generate_for_users(model, ct, hist, cond, kk, item_table=item_table)  # warm-up: allocator, kernels
+            # the median of several timed runs: one run on a shared GPU swung 2-4x between rounds
+            runs_k = [generate_for_users(model, ct, hist, cond, kk, with_decode_time=True, item_table=item_table)
+                      for _ in range(args.latency_repeats)]
+            g = runs_k[0][0]
+            s, s_dec = (float(np.median([x[i] for x in runs_k])) for i in (1, 2))
             r, _, ret = unordered_scores(g, item_emb, index, t_rows)
             sweep[str(kk)] = {"latency_s": s, "decode_latency_s": s_dec, **unordered_summary(r, ret),
-                              "embeddings": n_emb}
+                              "embeddings": n_emb, "latency_runs": [x[1] for x in runs_k]}
         out["tokens_per_step"] = sweep
     if args.controllability:
         if not model.cfg.action_conditioned:
@@ -207,7 +219,7 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
         by_desired = {}
         present = sorted(set(np.concatenate(t_acts).tolist()) & set(names))
         for a in present:
-            g_a, _ = generate_for_users(model, ct, hist, target_conditions(t_acts, n_emb, a), k)
+            g_a, _ = generate_for_users(model, ct, hist, target_conditions(t_acts, n_emb, a), k, item_table=item_table)
             by_desired[a] = unordered_scores(g_a, item_emb, index, t_rows)[1]
         out["controllability"] = controllability_matrix(by_desired, hits_uc, t_acts, names)
         rec_uc = np.array([h.mean() if len(h) else np.nan for h in hits_uc])

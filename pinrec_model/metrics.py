@@ -22,14 +22,19 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
 
 
 @torch.no_grad()
-def history_state(model: PinRec, ct, arrays: dict, dev):
-    """Left-padded catalog-row arrays [B, T] -> decode state (prefill)."""
+def history_state(model: PinRec, ct, arrays: dict, dev, item_table: torch.Tensor | None = None):
+    """Left-padded catalog-row arrays [B, T] -> decode state (prefill). With `item_table` (every
+    catalog row's embedding, computed once) history items are looked up, as the scoring job takes
+    catalog pins from its index, instead of going through the item tower again per batch."""
     rows = torch.as_tensor(arrays["rows"], device=dev)
     valid = rows >= 0
     valid[:, -1] = True  # never an empty history: prefill needs one last state
     r = rows.clamp(min=0)
-    uniq, inv = torch.unique(r, return_inverse=True)
-    emb = ct.embed(model, uniq)[inv]
+    if item_table is not None:
+        emb = item_table[r]
+    else:
+        uniq, inv = torch.unique(r, return_inverse=True)
+        emb = ct.embed(model, uniq)[inv]
     t = lambda k: torch.as_tensor(arrays[k], device=dev)
     return prefill(model, emb, ct.type_ids[r], t("actions"), t("surfaces"), t("ts_s"), valid)
 

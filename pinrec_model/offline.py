@@ -120,8 +120,9 @@ def target_conditions(t_acts: list[np.ndarray], n_emb: int, fixed_action: int | 
 
 @torch.no_grad()
 def generate_for_users(model, ct, hist, cond: np.ndarray, tokens_per_step: int, batch_size: int = 512,
-                       with_decode_time: bool = False):
-    """-> (embeddings [U, n_emb, D] numpy, seconds spent generating[, seconds after prefill])."""
+                       with_decode_time: bool = False, item_table: torch.Tensor | None = None):
+    """-> (embeddings [U, n_emb, D] numpy, seconds spent generating[, seconds after prefill]).
+    `item_table`: every catalog row's embedding on the device (see metrics.history_state)."""
     model.eval()
     dev = ct.ids.device
     hist_len = min(model.cfg.max_len, model.cfg.max_positions - cond.shape[1] - 1)
@@ -132,7 +133,7 @@ def generate_for_users(model, ct, hist, cond: np.ndarray, tokens_per_step: int, 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        st = history_state(model, ct, arr, dev)
+        st = history_state(model, ct, arr, dev, item_table)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()

@@ -1,14 +1,20 @@
 #!/bin/bash
-# One device round (lent H100): a Beauty sweep file and, beside it, the synthetic MT+OC
-# tokens-per-step run, all concurrent on the one GPU. Results land under $OUT.
-#   bash docs/model/device_round.sh docs/model/beauty/sweep3.tsv 400 [synth]
+# One device round on the lent H100: every line of a Beauty sweep file (docs/model/beauty/sweep.sh)
+# and every line of an "other" file (NAME<TAB>complete `pinrec eval` args), all concurrent on the
+# one GPU. Results: $OUT/beauty/ (+ sweep.json) and $OUT/NAME.{json,log}.
+#   bash docs/model/device_round.sh docs/model/beauty/sweep4.tsv 400 docs/model/device/round2.tsv
 set -u
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
-if [ "${3:-}" = synth ]; then
-  python -m jobs.evaluate --events .device_data/synth_events.parquet --item-features .device_data/synth_items.parquet \
-    --protocol unordered --variant mt_oc --tokens-per-step 1,2,4,8,16 --device cuda --epochs 60 --patience 8 \
-    --batch-size 256 --max-seconds 150 --quiet --json $OUT/synth_mt_tokens.json > $OUT/synth_mt_tokens.log 2>&1 &
+if [ -n "${3:-}" ]; then
+  while IFS=$'\t' read -r name args; do
+    [ -z "$name" ] && continue
+    python -m jobs.evaluate $args --json $OUT/$name.json > $OUT/$name.log 2>&1 &
+  done < "$3"
 fi
-RES=$OUT/beauty OUT=$OUT bash docs/model/beauty/sweep.sh "$1" "$2"
+[ "$1" != - ] && RES=$OUT/beauty OUT=$OUT bash docs/model/beauty/sweep.sh "$1" "$2"  # "-": no Beauty lines
 wait
+rm -f $OUT/beauty/*.png $OUT/*.training.png  # keep what comes back under the tool's file limits
+for f in $OUT/*.log; do echo "== $f"; grep -av "it/s" $f | tail -25; done
+# the tool returns a limited number of files: everything in one archive, the summary beside it
+(cd $OUT && tar czf /tmp/all.tgz --exclude=sweep.json . && find . -mindepth 1 ! -name sweep.json -delete && mv /tmp/all.tgz .)

@@ -102,10 +102,26 @@ def test_eval_unordered_with_a_trained_model_controllability_and_tokens_per_step
     assert set(r["tokens_per_step"]) == {"1", "4"}
     for v in r["tokens_per_step"].values():
         assert v["embeddings"] == 16 and v["latency_s"] > 0
+        assert len(v["latency_runs"]) == 7 and min(v["latency_runs"]) <= v["latency_s"] <= max(v["latency_runs"])
     m = r["controllability"]
     assert set(m) <= {"repin", "grid_click", "long_grid_click", "outbound_click", "other"} and len(m) >= 3
     assert all(np.isfinite(v) or np.isnan(v) for row in m.values() for v in row.values())
     assert (tmp_path / f"eval-0.controllability.png").exists()
+
+
+@pytest.mark.slow
+def test_loo_refit_trains_again_for_the_kept_epoch_count(lake, tmp_path):
+    """--refit: the early-stopped run picks N epochs, a second model trains N epochs on the
+    validation items too (no validation of its own: it would be the test item)."""
+    r = _eval(lake, tmp_path, "--variant", "uc", "--protocol", "loo", "--epochs", "3", "--patience", "3",
+              "--refit", *SMALL)
+    hist = r["training"][0]
+    first = [h for h in hist if not h.get("refit")]
+    refit = [h for h in hist if h.get("refit")]
+    kept = max(first, key=lambda h: (h["val_recall@10"], -h["epoch"]))["epoch"]
+    assert len(first) == 3 and [h["epoch"] for h in refit] == list(range(1, kept + 1))
+    assert all(np.isnan(h["val_recall@10"]) for h in refit)
+    assert 0 < r["recall@10"] <= 1 and r["recall@20"] >= r["recall@10"]
 
 
 def test_eval_needs_events(tmp_path):

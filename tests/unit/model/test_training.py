@@ -118,3 +118,25 @@ def test_refit_length_is_the_kept_epoch():
 
     h = [{"epoch": i + 1, "val_recall@10": v} for i, v in enumerate([0.1, 0.3, 0.2, 0.3, 0.25])]
     assert best_epoch(h) == 2  # the first of equals: the epoch whose weights fit() kept
+
+
+def test_generation_from_a_precomputed_item_table_equals_the_tower_path():
+    """pinrec eval looks history items up in one table of every catalog embedding (as the scoring
+    job does) instead of running the item tower per batch: the embeddings must not change."""
+    from pinrec_model.offline import generate_for_users
+    from pinrec_model.training import CatalogTensors
+
+    cat, seqs = _data()
+    cfg = preset("small", variant="mt_oc", d_model=32, n_heads=2, d_ff=64, emb_dim=16, id_dim=16,
+                 id_buckets=1024, max_len=8)
+    from pinrec_model.model import PinRec
+    torch.manual_seed(0)
+    model = PinRec(cfg).eval()
+    ct = CatalogTensors(cat, torch.device("cpu"))
+    with torch.no_grad():
+        table = ct.embed(model, torch.arange(len(cat.ids)))
+    cond = np.tile(np.array([1, 2, 3, 4] * 2), (len(seqs.user_ids), 1))
+    a, _ = generate_for_users(model, ct, seqs, cond, 4)
+    b, _ = generate_for_users(model, ct, seqs, cond, 4, item_table=table)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert a.shape == (len(seqs.user_ids), 8, 16)
