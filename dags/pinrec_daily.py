@@ -134,6 +134,10 @@ params = {
                                                  "from the serving model."),
     "train_max_seconds": Param(3600, type="integer", minimum=10,
                                description="Wall-clock cap on one training run."),
+    "train_refit": Param(False, type="boolean",
+                         description="After early stopping picks the epoch count, train once more "
+                                     "on every token, each user's newest engagement included "
+                                     "(about twice the training time; +14 % HR@10 on Beauty)."),
     "max_recall_drop": Param(0.05, type="number", minimum=0, maximum=1,
                              description="Quality gate: fail when the new model's unordered "
                                          "recall@10 is more than this fraction below the "
@@ -188,6 +192,7 @@ with DAG(
             + pinrec("train", "--variant {{ params.variant }} --preset {{ params.preset }} "
                               f"--version {MODEL_VERSION} "
                               "--max-seconds {{ params.train_max_seconds }} --quiet "
+                              "{{ '--refit' if params.train_refit else '' }} "
                               "{{ warm_start_flags(ds, params.full_retrain_every_days, params.variant, params.preset) }}")
             + "; fi"
         ),

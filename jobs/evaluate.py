@@ -34,10 +34,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=10, help="unordered: target tokens per eval user")
     p.add_argument("--index-size", type=int, default=1_000_000, help="unordered: random items in the index")
     p.add_argument("--num-embeddings", type=int, default=16, help="unordered: embeddings per user")
-    p.add_argument("--refit", action="store_true",
-                   help="loo: after early stopping picks the epoch count, train again from scratch on "
-                        "each user's validation item too (everything before the test item) for that "
-                        "many epochs, and evaluate the refit model")
     p.add_argument("--json", dest="json_out", help="write the result JSON here (plots beside it)")
 
 
@@ -110,21 +106,15 @@ def run(args) -> int:
     return 0
 
 
-def _train(args, prep, vocab, seed, holdout, users=None, variant=None, stop_after=None):
+def _train(args, prep, vocab, seed, holdout, users=None, variant=None):
     from dataclasses import replace
 
-    from jobs.train import model_config, train_config, train_on
+    from jobs.train import model_config, train_config, train_refit
 
     a = argparse.Namespace(**{**vars(args), "variant": variant or args.variant, "seed": seed})
     cfg = model_config(a, vocab)
-    tc = replace(train_config(a), seed=seed, stop_after=stop_after)
-    return train_on(prep, cfg, tc, holdout, users, args.val_users, validate=stop_after is None), cfg
-
-
-def best_epoch(history: list[dict]) -> int:
-    """The epoch whose validation recall the early-stopped run kept (first of equals)."""
-    vals = [h["val_recall@10"] for h in history]
-    return int(history[max(range(len(vals)), key=lambda i: (vals[i], -i))]["epoch"])
+    tc = replace(train_config(a), seed=seed)
+    return train_refit(prep, cfg, tc, holdout, users, args.val_users, refit=args.refit), cfg
 
 
 def _load(args, prep):
@@ -146,13 +136,8 @@ def _loo_once(args, prep, vocab, seed) -> dict:
         model, ct = _load(args, prep)
         history = []
     else:
-        res, _ = _train(args, prep, vocab, seed, holdout=2)
+        res, _ = _train(args, prep, vocab, seed, holdout=2)  # --refit: then on the validation item too
         model, history = res.model, res.history
-        if args.refit:  # the validation item joins training; the test item stays unseen
-            n = best_epoch(history)
-            res, _ = _train(args, prep, vocab, seed, holdout=1, stop_after=n)
-            model = res.model
-            history = [*history, *({**h, "refit": True} for h in res.history)]
         ct = CatalogTensors(prep.catalog, resolve_device(args.device))
     m = loo_eval_model(model, ct, prep.seqs, users, test_pos, model.cfg.max_len)
     m["diversity"] = float("nan")

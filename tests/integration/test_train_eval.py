@@ -84,6 +84,12 @@ def test_train_writes_immutable_version_and_publishes(lake):
     assert main(["train", "--lake", str(lake), "--variant", "uc", "--epochs", "1",
                  "--version", "v-wide", "--set", "feature_dim=1024", *SMALL]) == 2
     assert not Lake.at(lake).version_dir("models", "v-wide").exists()
+    # --refit: the version is the model trained again on every token for the kept epoch count
+    assert main(["train", "--lake", str(lake), "--variant", "uc", "--epochs", "2", "--patience", "2",
+                 "--version", "v-refit", "--refit", *SMALL]) == 0
+    m = metrics("v-refit")
+    assert m["refit_epochs"] in (1, 2)
+    assert [h["epoch"] for h in m["history"] if h.get("refit")] == list(range(1, m["refit_epochs"] + 1))
     # The day after a gap: the named previous model does not exist -> from scratch, recorded.
     assert main(["train", "--lake", str(lake), "--variant", "uc", "--epochs", "1", "--max-seconds", "5",
                  "--version", "v-gap", "--warm-start-from", "d20250101-uc-small", *SMALL]) == 0

@@ -83,7 +83,7 @@ def test_params_schema(dag):
     p = dag.params
     assert set(p.keys()) == {"arms", "lookback_days", "variant", "preset",
                              "full_retrain_every_days", "max_recall_drop", "maintenance_weekday",
-                             "train_max_seconds"}
+                             "train_max_seconds", "train_refit"}
     defaults = {k: p[k] for k in p.keys()}
     checked = validate_params(defaults)  # the defaults must pass the gate's own validation
     assert set(checked.arms) == {"balanced", "repin"}
@@ -136,6 +136,7 @@ def test_rendered_commands(dag):
     train = pinrec_argv(render(dag, "train"))
     assert train[train.index("--version") + 1] == "d20260107-mt_oc-small"
     assert train[train.index("--max-seconds") + 1] == "3600"
+    assert "--refit" not in train and "--refit" in pinrec_argv(render(dag, "train", train_refit=True))
     score = pinrec_argv(render(dag, "score"))
     assert score[score.index("--model-version") + 1] == "d20260107-mt_oc-small"
     assert score[score.index("--arms") + 1].endswith("/runs/params/2026-01-07/arms.json")
