@@ -14,7 +14,6 @@ if [ -n "${3:-}" ]; then
 fi
 [ "$1" != - ] && RES=$OUT/beauty OUT=$OUT bash docs/model/beauty/sweep.sh "$1" "$2"  # "-": no Beauty lines
 wait
-rm -f $OUT/beauty/*.png $OUT/*.training.png  # keep what comes back under the tool's file limits
 for f in $OUT/*.log; do echo "== $f"; grep -av "it/s" $f | tail -25; done
 # the tool returns a limited number of files: everything in one archive, the summary beside it
 (cd $OUT && tar czf /tmp/all.tgz --exclude=sweep.json . && find . -mindepth 1 ! -name sweep.json -delete && mv /tmp/all.tgz .)
