@@ -63,10 +63,8 @@ def _mean_std(runs: list[dict]) -> dict:
 
 
 def run(args) -> int:
-    from jobs.train import prepare
+    from jobs.train import model_config, prepare
     from pinrec.contracts import PINTEREST_ACTIONS
-
-    from jobs.train import model_config
 
     vocab = PINTEREST_ACTIONS
     events, feats = load_events(args)
@@ -144,9 +142,18 @@ def _loo_once(args, prep, vocab, seed) -> dict:
     return {"metrics": m, "history": history, "config": model.cfg.to_json()}
 
 
+def _item_table(model, ct):
+    """Every catalog item embedded once -> (device table, numpy copy): retrieval scores against
+    it, and generation looks history items up in it (as the scoring job does)."""
+    import torch
+
+    with torch.no_grad():
+        table = ct.embed(model, torch.arange(len(ct.ids), device=ct.ids.device))
+    return table, table.float().cpu().numpy()
+
+
 def _unordered_once(args, prep, vocab, seed) -> dict:
     import numpy as np
-    import torch
 
     from pinrec_model.offline import (controllability_matrix, eval_targets, generate_for_users, index_rows,
                                       target_conditions, unordered_scores, unordered_split, unordered_summary)
@@ -170,9 +177,7 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
         res, _ = _train(args, prep, vocab, seed, holdout=1, users=split.train_users)
         model, history = res.model, res.history
         ct = CatalogTensors(prep.catalog, dev)
-    with torch.no_grad():  # every item once: retrieval scores against it, generation looks history up in it
-        item_table = ct.embed(model, torch.arange(len(prep.catalog), device=ct.ids.device))
-        item_emb = item_table.float().cpu().numpy()
+    item_table, item_emb = _item_table(model, ct)
     n_emb = 1 if args.variant == "pinnerformer" else args.num_embeddings
     k = model.cfg.tokens_per_step if model.cfg.offset_conditioned else 1
     cond = target_conditions(t_acts, n_emb)
@@ -198,8 +203,8 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
         if not model.cfg.action_conditioned:
             raise ValueError("--controllability needs a conditioned variant: use --variant oc or mt_oc")
         uc_res, _ = _train(args, prep, vocab, seed, holdout=1, users=split.train_users, variant="uc")
-        uc_emb = ct.embed(uc_res.model, torch.arange(len(prep.catalog), device=ct.ids.device)).detach().float().cpu().numpy()
-        g_uc, _ = generate_for_users(uc_res.model, ct, hist, np.zeros_like(cond), 1)
+        uc_table, uc_emb = _item_table(uc_res.model, ct)
+        g_uc, _ = generate_for_users(uc_res.model, ct, hist, np.zeros_like(cond), 1, item_table=uc_table)
         _, hits_uc, ret_uc = unordered_scores(g_uc, uc_emb, index, t_rows)
         by_desired = {}
         present = sorted(set(np.concatenate(t_acts).tolist()) & set(names))

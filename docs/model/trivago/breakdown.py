@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
-from jobs.evaluate import configure
+from jobs.evaluate import _item_table, configure
 from jobs.train import model_config, prepare, train_config, train_refit
 from pinrec.contracts import PINTEREST_ACTIONS
 from pinrec_model.offline import (eval_targets, generate_for_users, index_rows, target_conditions,
@@ -43,8 +43,6 @@ def split_hits(hits, kind) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
-
     p = argparse.ArgumentParser()
     configure(p)
     ev_file, rest = sys.argv[1], sys.argv[2:]
@@ -63,9 +61,7 @@ if __name__ == "__main__":
         a = argparse.Namespace(**{**vars(args), "variant": variant})
         cfg = model_config(a, vocab)
         res = train_refit(prep, cfg, train_config(a), 1, split.train_users, args.val_users)
-        with torch.no_grad():
-            table = ct.embed(res.model, torch.arange(len(prep.catalog), device=dev))
-        item_emb = table.float().cpu().numpy()
+        table, item_emb = _item_table(res.model, ct)
         k = cfg.tokens_per_step if cfg.offset_conditioned else 1
         cond = target_conditions(t_acts, 16) if variant != "uc" else np.zeros((len(t_rows), 16), np.int64)
         gen, _ = generate_for_users(res.model, ct, hist, cond, k, item_table=table)
