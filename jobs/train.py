@@ -209,10 +209,12 @@ def train_on(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: int =
 
 def best_epoch(history: list[dict]) -> int:
     """The epoch whose validation recall the early-stopped run kept (first of equals)."""
-    vals = [h["val_recall@10"] for h in history]
-    if all(v != v for v in vals):  # nothing validated: every epoch ran to the end
+    import numpy as np
+
+    vals = np.array([h["val_recall@10"] for h in history], dtype=float)
+    if np.isnan(vals).all():  # nothing validated: fit() kept the last epoch
         return len(history)
-    return int(history[max(range(len(vals)), key=lambda i: (vals[i] if vals[i] == vals[i] else -1.0, -i))]["epoch"])
+    return int(history[int(np.nanargmax(vals))]["epoch"])
 
 
 def train_refit(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: int = 5000,
@@ -222,6 +224,8 @@ def train_refit(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: in
     The refit model is returned; its history follows the first run's, marked "refit"."""
     from dataclasses import replace
 
+    if refit and holdout < 1:
+        raise ValueError("--refit needs a held-out validation token to choose the epoch count")
     res = train_on(prep, cfg, tc, holdout, users, val_users, init_state)
     if not refit:
         return res
@@ -229,7 +233,7 @@ def train_refit(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: in
     again = train_on(prep, cfg, replace(tc, stop_after=n), holdout - 1, users, val_users, init_state,
                      validate=False)
     again.history = [*res.history, *({**h, "refit": True} for h in again.history)]
-    again.best_val = res.best_val
+    again.best_val, again.refit_epochs = res.best_val, n
     return again
 
 
@@ -254,7 +258,7 @@ def run(args) -> int:
     res = train_refit(prep, cfg, tc, holdout=1, val_users=args.val_users, init_state=init_state,
                       refit=args.refit)
     metrics = {"val_recall@10": res.best_val, "history": res.history, "warm_start_from": warm_from,
-               "refit_epochs": best_epoch(res.history) if args.refit else None,
+               "refit_epochs": res.refit_epochs,
                "train_seconds": time.perf_counter() - t0,
                "users": int(len(prep.seqs.user_ids)), "items": int(len(prep.catalog))}
     vdir = save_model(lake.version_dir("models", version), res.model, res.cms, vocab, metrics,

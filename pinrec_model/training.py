@@ -44,6 +44,7 @@ class TrainResult:
     cms: CountMinSketch
     history: list[dict] = field(default_factory=list)
     best_val: float = float("nan")
+    refit_epochs: int | None = None  # set by jobs.train.train_refit: the epochs the refit ran
 
 
 class CatalogTensors:
