@@ -134,6 +134,11 @@ params = {
                                                  "from the serving model."),
     "train_max_seconds": Param(3600, type="integer", minimum=10,
                                description="Wall-clock cap on one training run."),
+    "feature_dim": Param(32, type="integer", minimum=1, maximum=4096,
+                         description="Width of the item feature vectors, the same for the items "
+                                     "table and the model (hashed attributes collide less when "
+                                     "wider: Beauty's best is 256). A change needs a full-retrain "
+                                     "day: a warm start across widths is refused."),
     "train_refit": Param(False, type="boolean",
                          description="After early stopping picks the epoch count, train once more "
                                      "on every token, each user's newest engagement included "
@@ -181,7 +186,8 @@ with DAG(
         bash_command=pinrec("sequences", "--window-days {{ params.lookback_days }}"),
     )
     items = BashOperator(task_id="items",
-                         bash_command=pinrec("items", "--window-days {{ params.lookback_days }}"))
+                         bash_command=pinrec("items", "--window-days {{ params.lookback_days }} "
+                                                     "--feature-dim {{ params.feature_dim }}"))
     # Model versions are immutable and named by ds, variant and preset, so a re-run of a ds
     # reuses the version it trained (identical downstream tables) instead of failing on it.
     train = BashOperator(
@@ -192,6 +198,7 @@ with DAG(
             + pinrec("train", "--variant {{ params.variant }} --preset {{ params.preset }} "
                               f"--version {MODEL_VERSION} "
                               "--max-seconds {{ params.train_max_seconds }} --quiet "
+                              "--set feature_dim={{ params.feature_dim }} "
                               "{{ '--refit' if params.train_refit else '' }} "
                               "{{ warm_start_flags(ds, params.full_retrain_every_days, params.variant, params.preset) }}")
             + "; fi"

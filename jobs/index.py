@@ -109,7 +109,7 @@ def run_job(cfg: IndexConfig) -> dict:
     items = items.sort_by("item_id")
     ids = np.array(items.column("item_id").to_numpy())  # writable: torch wraps it
     m = load_model(mdir, device=cfg.device)
-    emb = embed_items(m, ids, ["pin"] * len(ids), ItemFeatures.from_table(items).lookup(ids))
+    emb = embed_items(m, ids, ["pin"] * len(ids), ItemFeatures.from_table(items, m.config.feature_dim).lookup(ids))
     retriever = Retriever.build(ids, emb, kind=cfg.kind, nprobe=cfg.nprobe)
     recall = recall_vs_exact(retriever, emb, ids, sample_queries(emb, cfg.sample, cfg.seed), cfg.k)
     report = {"version": version, "ds": cfg.ds, "model_version": model_version,

@@ -26,9 +26,12 @@ class ItemsConfig:
     ds: str
     lake: str
     window_days: int = 365
+    feature_dim: int = 32  # width of the hashed attribute / trigram features (the model's feature_dim)
 
     def __post_init__(self):
         parse_ds(self.ds)
+        if self.feature_dim < 1:
+            raise ValueError(f"--feature-dim must be >= 1, got {self.feature_dim}")
 
 
 def partial_stats(events: pa.Table) -> pa.Table:
@@ -53,9 +56,9 @@ def combine_stats(partials: list[pa.Table]) -> pa.Table:
     return g.sort_by([("item_id", "ascending"), ("item_type", "ascending")])
 
 
-def build_items(stats: pa.Table, item_features: pa.Table | None, ds: str) -> pa.Table:
+def build_items(stats: pa.Table, item_features: pa.Table | None, ds: str, feature_dim: int | None = None) -> pa.Table:
     """Item stats + side features -> the items partition for ds (pure)."""
-    from pinrec.features import feature_matrix
+    from pinrec.features import FEATURE_DIM, feature_matrix
 
     n = stats.num_rows
     attrs, contents = [None] * n, [None] * n
@@ -71,7 +74,7 @@ def build_items(stats: pa.Table, item_features: pa.Table | None, ds: str) -> pa.
             j = order[pos[i]]
             attrs[i], contents[i] = side_attrs[j], side_content[j]
     feats = feature_matrix(stats.column("item_type").to_pylist(), attrs, contents,
-                           stats.column("query_text").to_pylist())
+                           stats.column("query_text").to_pylist(), feature_dim or FEATURE_DIM)
     return pa.table({
         "item_id": stats.column("item_id"),
         "item_type": stats.column("item_type"),
@@ -104,7 +107,7 @@ def run_job(cfg: ItemsConfig) -> tuple[int, int]:
     if not partials:
         raise ValueError(f"no events in the {cfg.window_days}-day window of {cfg.ds} under {cfg.lake}")
     side = tables.read("item_features") if tables.exists("item_features") else None
-    items = build_items(combine_stats(partials), side, cfg.ds)
+    items = build_items(combine_stats(partials), side, cfg.ds, cfg.feature_dim)
     return items.num_rows, tables.replace_partitions("items", items, [cfg.ds])
 
 
@@ -114,9 +117,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_lake_arg(p)
     add_ds_arg(p)
     p.add_argument("--window-days", type=int, default=365)
+    p.add_argument("--feature-dim", type=int, default=32,
+                   help="feature width; must equal the model's feature_dim (pinrec train --set feature_dim=N)")
 
 
 def run(args: argparse.Namespace) -> int:
-    n, version = run_job(ItemsConfig(ds=args.ds, lake=args.lake, window_days=args.window_days))
+    n, version = run_job(ItemsConfig(ds=args.ds, lake=args.lake, window_days=args.window_days,
+                                     feature_dim=args.feature_dim))
     print(f"items ds={args.ds}: {n:,} items -> table version {version}")
     return 0

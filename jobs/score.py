@@ -373,7 +373,7 @@ def run_job(cfg: ScoreConfig, progress: bool = True) -> dict:
     compile_prefill(m, cfg)
     arms = load_arms(cfg.arms, m.vocab)
     items = tables.read("items", [cfg.ds], columns=["item_id", "item_type", "features"])
-    features = ItemFeatures.from_table(items)
+    features = ItemFeatures.from_table(items, m.config.feature_dim)
     retriever = build_retriever(cfg, m, resolve_index(lake, cfg.ds, model_version, cfg.index_version),
                                 items, features)
     load_s = time.perf_counter() - t_load

@@ -77,16 +77,6 @@ def model_config(args, vocab):
     return preset(args.preset, **over)
 
 
-def check_servable(cfg) -> None:
-    """A published model reads item features from the `items` table, FEATURE_DIM wide."""
-    from pinrec.features import FEATURE_DIM
-
-    if cfg.use_features and cfg.feature_dim != FEATURE_DIM:
-        raise ValueError(f"--set feature_dim={cfg.feature_dim}: the items table (and serving) carries "
-                         f"{FEATURE_DIM}-dim features; a wider feature_dim is for offline evaluation "
-                         f"(pinrec eval), drop it for pinrec train")
-
-
 def train_config(args):
     from pinrec_model.training import TrainConfig, resolve_device
 
@@ -245,7 +235,6 @@ def run(args) -> int:
     lake = Lake.at(args.lake)
     vocab = PINTEREST_ACTIONS
     cfg = model_config(args, vocab)
-    check_servable(cfg)
     tc = train_config(args)
     version = args.version or f"{args.variant}-{time.strftime('%Y%m%dT%H%M%S')}-s{args.seed}"
     if lake.version_dir("models", version).exists():
@@ -253,7 +242,7 @@ def run(args) -> int:
                          f"versions are immutable: pass a new --version")
     warm_from, init_state = warm_start_state(lake, args.warm_start_from, cfg)
     events, feats = read_training_data(lake, args.ds)
-    prep = prepare(events, feats, vocab)
+    prep = prepare(events, feats, vocab, cfg.feature_dim)  # serving needs items at the same width
     t0 = time.perf_counter()
     res = train_refit(prep, cfg, tc, holdout=1, val_users=args.val_users, init_state=init_state,
                       refit=args.refit)

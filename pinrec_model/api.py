@@ -56,14 +56,21 @@ class ItemFeatures:
         self.features = np.asarray(features, dtype=np.float32).reshape(len(order), -1)[order]
 
     @staticmethod
-    def from_table(table) -> "ItemFeatures":
-        """From the `items` table (pyarrow): columns item_id and features (list<float>)."""
+    def from_table(table, width: int = FEATURE_DIM) -> "ItemFeatures":
+        """From the `items` table (pyarrow): columns item_id and features (list<float>), which
+        must be `width` wide (the model's feature_dim): a mismatch is a clear error, not a
+        shape error deep inside the item tower."""
         ids = table.column("item_id").to_numpy()
         rows = table.column("features").to_pylist()
-        feats = np.zeros((len(ids), FEATURE_DIM), dtype=np.float32)
+        widths = {len(r) for r in rows if r}
+        if widths and widths != {width}:
+            raise ValueError(f"the items table has {sorted(widths)}-dim features but the model reads "
+                             f"{width}: rebuild it with `pinrec items --feature-dim {width}` (or train with "
+                             f"--set feature_dim={sorted(widths)[0]})")
+        feats = np.zeros((len(ids), width), dtype=np.float32)
         for i, r in enumerate(rows):
             if r:
-                feats[i, : len(r)] = r[:FEATURE_DIM]
+                feats[i] = r
         return ItemFeatures(ids, feats)
 
     @staticmethod

@@ -114,8 +114,8 @@ def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, s
     if ds is None:
         return None, "no items table; run `pinrec items`"
     items = tables.read("items", [ds], columns=["item_id", "item_type", "features"])
-    features = ItemFeatures.from_table(items)
     m = load_model(mdir, device="cpu")
+    features = ItemFeatures.from_table(items, m.config.feature_dim)
     idir = current(lake, "index")
     if idir is not None and Path(idir).exists():
         retriever = Retriever.load(idir)

@@ -108,7 +108,7 @@ def publish_random_model(lake, items: pa.Table, version: str = "sample", seed: i
     publish(lake, "models", version)
     m = load_model(vdir)
     ids = items.column("item_id").to_numpy()
-    feats = ItemFeatures.from_table(items)
+    feats = ItemFeatures.from_table(items, m.config.feature_dim)
     emb = embed_items(m, ids, ["pin"] * len(ids), feats.lookup(ids))
     Retriever.build(ids, emb).save(lake.version_dir("index", version))
     publish(lake, "index", version)

@@ -83,7 +83,7 @@ def test_params_schema(dag):
     p = dag.params
     assert set(p.keys()) == {"arms", "lookback_days", "variant", "preset",
                              "full_retrain_every_days", "max_recall_drop", "maintenance_weekday",
-                             "train_max_seconds", "train_refit"}
+                             "train_max_seconds", "train_refit", "feature_dim"}
     defaults = {k: p[k] for k in p.keys()}
     checked = validate_params(defaults)  # the defaults must pass the gate's own validation
     assert set(checked.arms) == {"balanced", "repin"}
@@ -152,6 +152,10 @@ def test_rendered_commands(dag):
 
     tables = maint[maint.index("--tables") + 1].split(",")
     assert sorted(tables) == sorted(t for t, cols in PARTITION_COLUMNS.items() if cols == ["ds"])
+    # one width for the items table and the model, or scoring refuses the pair
+    items = pinrec_argv(render(dag, "items", feature_dim=256))
+    assert items[items.index("--feature-dim") + 1] == "256"
+    assert "feature_dim=256" in pinrec_argv(render(dag, "train", feature_dim=256))
     seq = pinrec_argv(render(dag, "sequences", lookback_days=30))
     assert seq[seq.index("--window-days") + 1] == "30"
 

@@ -197,6 +197,15 @@ def test_items_stats_combine_partials_exactly():
     us = lambda x: datetime.fromtimestamp(x / 1e6, timezone.utc)
     assert [(r["item_id"], r["first_seen"], r["last_seen"], r["engagements"], r["query_text"])
             for r in got] == [(1, us(3), us(30), 3, None), (2, us(5), us(50), 2, "cats")]
+    # the items partition carries features at the width asked for (the model's feature_dim)
+    from jobs.items import build_items
+
+    side = pa.table({"item_id": pa.array([1], pa.int64()), "attributes": pa.array([[7, 9]], pa.list_(pa.int64())),
+                     "content": pa.array([None], pa.list_(pa.float32()))})
+    for width in (32, 256):
+        items = build_items(combine_stats([a, b]), side, "2026-01-07", width).to_pylist()
+        assert [len(r["features"]) for r in items] == [width, width]
+        assert all(abs(sum(x * x for x in r["features"]) - 1) < 1e-5 for r in items)  # unit vectors
 
 
 def test_bench_dispatcher_lists_benchmarks_and_reports_missing_ones(capsys):

@@ -104,6 +104,15 @@ def test_item_features_from_items_table_and_unknown_ids():
     assert out.shape == (3, 32) and out[0, 0] == 2.0 and out[1].sum() == 0 and out[2, 0] == 1.0
 
 
+def test_item_features_from_table_must_match_the_models_width():
+    import pytest
+
+    t = pa.table({"item_id": [5, 3], "features": [[1.0] * 256, None]})
+    assert ItemFeatures.from_table(t, 256).lookup(np.array([5])).shape == (1, 256)
+    with pytest.raises(ValueError, match=r"pinrec items --feature-dim 32"):
+        ItemFeatures.from_table(t)  # a 32-dim model over a 256-wide items table
+
+
 def test_wider_feature_dim_keeps_attributes_apart():
     """Beauty's 637 attribute values in 32 signed buckets collide ~20 to a bucket; at 1024 the
     multi-hot separates them (what `--set feature_dim=1024` gives offline evaluation)."""
