@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pinrec.contracts import ITEMS_SCHEMA, parse_ds
+from pinrec.features import FEATURE_DIM
 from pinrec.layout import Lake
 
 AGG_KEYS = ["item_id", "item_type"]
@@ -26,7 +27,7 @@ class ItemsConfig:
     ds: str
     lake: str
     window_days: int = 365
-    feature_dim: int = 32  # width of the hashed attribute / trigram features (the model's feature_dim)
+    feature_dim: int = FEATURE_DIM  # width of the hashed attribute / trigram features (the model's feature_dim)
 
     def __post_init__(self):
         parse_ds(self.ds)
@@ -56,9 +57,10 @@ def combine_stats(partials: list[pa.Table]) -> pa.Table:
     return g.sort_by([("item_id", "ascending"), ("item_type", "ascending")])
 
 
-def build_items(stats: pa.Table, item_features: pa.Table | None, ds: str, feature_dim: int | None = None) -> pa.Table:
+def build_items(stats: pa.Table, item_features: pa.Table | None, ds: str,
+                feature_dim: int = FEATURE_DIM) -> pa.Table:
     """Item stats + side features -> the items partition for ds (pure)."""
-    from pinrec.features import FEATURE_DIM, feature_matrix
+    from pinrec.features import feature_matrix
 
     n = stats.num_rows
     attrs, contents = [None] * n, [None] * n
@@ -74,7 +76,7 @@ def build_items(stats: pa.Table, item_features: pa.Table | None, ds: str, featur
             j = order[pos[i]]
             attrs[i], contents[i] = side_attrs[j], side_content[j]
     feats = feature_matrix(stats.column("item_type").to_pylist(), attrs, contents,
-                           stats.column("query_text").to_pylist(), feature_dim or FEATURE_DIM)
+                           stats.column("query_text").to_pylist(), feature_dim)
     return pa.table({
         "item_id": stats.column("item_id"),
         "item_type": stats.column("item_type"),
@@ -117,7 +119,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_lake_arg(p)
     add_ds_arg(p)
     p.add_argument("--window-days", type=int, default=365)
-    p.add_argument("--feature-dim", type=int, default=32,
+    p.add_argument("--feature-dim", type=int, default=FEATURE_DIM,
                    help="feature width; must equal the model's feature_dim (pinrec train --set feature_dim=N)")
 
 
