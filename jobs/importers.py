@@ -168,7 +168,21 @@ def read_trivago(path: Path) -> Imported:
     # Several events share a second; `step` keeps their order within it.
     df["ts_us"] = df["timestamp"].astype(np.int64) * 1_000_000 + df["step"].astype(np.int64)
     cols = ["user_id", "item_id", "item_type", "action", "query_text", "surface", "ts_us"]
-    return _finish(df[cols], "trivago")
+    return _finish(df[cols], "trivago", hotel_city_features(items) if "city" in items else None)
+
+
+def hotel_city_features(items: pd.DataFrame) -> pa.Table:
+    """Each hotel's city as its one attribute (the only item-level fact trivago's log carries).
+    A hotel's events name the city of the search it was shown in; 1 % of hotels appear under two
+    (a POI search near a border), so the most frequent city wins and ties go to the first seen.
+    The attribute id is a stable hash of the city name, like query ids, so it is the same on
+    every host and every file."""
+    named = items[items["city"].notna()]
+    city = (named.groupby(["item_id", "city"], sort=False).size().rename("n").reset_index()
+            .sort_values(["item_id", "n"], ascending=[True, False], kind="stable")
+            .drop_duplicates("item_id"))
+    return item_features_table(city["item_id"].tolist(),
+                               attributes=[[query_item_id(f"city:{c}")] for c in city["city"]])
 
 
 # ------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ does (default recipe, small preset) and splits each model's hits by those three 
 "history embeddings" reference: the item embeddings of the user's newest distinct history pins
 used as the 16 generated embeddings (no model of the future at all).
 
-    PYTHONPATH=. python docs/model/trivago/breakdown.py .device_data/trivago_events.parquet [--device cuda]
+    PYTHONPATH=. python docs/model/trivago/breakdown.py .device_data/trivago_events.parquet \
+        [--item-features .device_data/trivago_items.parquet --set feature_dim=4096] [--device cuda]
 """
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import json
 import sys
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from jobs.evaluate import _item_table, configure
+from jobs.evaluate import _item_table, configure, load_events
 from jobs.train import model_config, prepare, train_config, train_refit
 from pinrec.contracts import PINTEREST_ACTIONS
 from pinrec_model.offline import (eval_targets, generate_for_users, index_rows, target_conditions,
@@ -49,7 +49,7 @@ if __name__ == "__main__":
     args = p.parse_args(["--events", ev_file, "--protocol", "unordered", "--window", "6", "--epochs", "40",
                          "--patience", "6", "--quiet", *rest])
     vocab = PINTEREST_ACTIONS
-    prep = prepare(pq.read_table(ev_file), None, vocab)
+    prep = prepare(*load_events(args), vocab, model_config(args, vocab).feature_dim)
     split = unordered_split(prep.seqs, args.window, seed=0)
     hist, t_rows, t_acts = eval_targets(prep.seqs, prep.catalog, split)
     index = index_rows(prep.catalog, args.index_size)

@@ -56,6 +56,18 @@ def test_trivago_mapping_items_and_queries():
     assert len(pc.unique(t.column("user_id"))) == 6_593
 
 
+def test_trivago_hotels_carry_their_city():
+    got = im.read_trivago(shared_data("trivago_100k"))
+    pins = got.events.filter(pc.equal(got.events.column("item_type"), "pin"))
+    feats = {r["item_id"]: r["attributes"] for r in got.item_features.to_pylist()}
+    assert set(feats) == set(pc.unique(pins.column("item_id")).to_pylist())  # every hotel, one row
+    assert feats[5967314] == feats[913787] == [query_item_id("city:Marseille, France")]
+    # seen under Urayasu 21 times and Tokyo once: the most frequent city wins
+    assert feats[103598] == [query_item_id("city:Urayasu, Japan")]
+    # 3,033 cities have a hotel event; 19 of them are never a hotel's most frequent city
+    assert len({a[0] for a in feats.values()}) == 3_014
+
+
 def test_taobao_actions_and_categories():
     got = im.read_taobao(shared_data("taobao_head"))
     t = got.events
