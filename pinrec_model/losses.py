@@ -65,11 +65,13 @@ def sampled_softmax_loss(
     neg_ids: torch.Tensor,  # [K]
     neg_q: torch.Tensor,  # [K] Q(i) of each negative
     scale: float,
+    window_loss: str = "min",
 ) -> torch.Tensor:
     """Mean over rows of min_w L_s(i_hat, i_w) (Eq. 5; Eq. 2 when W = 1).
 
     With the negatives shared by all positives of a row, L_s is decreasing in the positive's
-    score, so the minimum over the window is L_s of the best-scoring positive."""
+    score, so the minimum over the window is L_s of the best-scoring positive.
+    `window_loss="mean"` averages L_s over the window's distinct items instead (see window_reduce)."""
     with torch.autocast(query.device.type, enabled=False):  # fp32 logits (see full_softmax_loss)
         query, pos, neg = query.float(), pos.float(), neg.float()
         pos_s = scale * torch.einsum("md,mwd->mw", query, pos) - pos_q
@@ -81,8 +83,30 @@ def sampled_softmax_loss(
     for w in range(pos_ids.shape[1]):
         same |= (neg_ids[None, :] == pos_ids[:, w:w + 1]) & pos_valid[:, w:w + 1]
     neg_s = neg_s.masked_fill(same, NEG_INF)
+    if window_loss == "mean":
+        return window_mean(pos_s, torch.logsumexp(neg_s, dim=1), first_of_each(pos_ids, pos_valid))
     lse = torch.logsumexp(torch.cat([best[:, None], neg_s], dim=1), dim=1)
     return (lse - best).mean()
+
+
+def first_of_each(ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[M, W] valid and not a repeat of an earlier valid id in its row: a hotel seen six times in
+    a window counts once, so the mean is over distinct items, not over repeats."""
+    W = ids.shape[1]
+    same = (ids[:, :, None] == ids[:, None, :]) & valid[:, None, :]  # [M, w, earlier w']
+    earlier = torch.tril(torch.ones(W, W, dtype=torch.bool, device=ids.device), diagonal=-1)
+    return valid & ~(same & earlier).any(dim=2)
+
+
+def window_mean(pos_s: torch.Tensor, other_lse: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the mean over kept positives w of L_s(w) = log(e^s_w + sum e^s_neg) - s_w,
+    where the other positives of the window are not negatives of w. Not the paper's Eq. 5 (its
+    min rewards only the easiest target): an ablation that makes every distinct item of the
+    window count. pos_s [M, W]; other_lse [M] the log-sum-exp of the negatives; keep [M, W]."""
+    s = torch.where(keep, pos_s, torch.zeros_like(pos_s))
+    per = torch.logaddexp(s, other_lse[:, None]) - s
+    per = torch.where(keep, per, torch.zeros_like(per))
+    return (per.sum(dim=1) / keep.sum(dim=1).clamp(min=1)).mean()
 
 
 def full_softmax_loss(
@@ -91,14 +115,22 @@ def full_softmax_loss(
     pos_rows: torch.Tensor,  # [M, W] catalog rows of the window targets
     pos_valid: torch.Tensor,  # [M, W]
     scale: float,
+    window_loss: str = "min",
 ) -> torch.Tensor:
-    """Cross-entropy over every catalog item, min over the window of positives.
+    """Cross-entropy over every catalog item, min over the window of positives
+    (`window_loss="mean"`: the mean over the window's distinct items, see window_mean).
 
     The logits are computed in fp32 even under bf16 autocast: raw dot-product logits reach
     tens, where bf16's 8-bit mantissa rounds them by ~0.1 and blurs the ranking the loss learns."""
     with torch.autocast(query.device.type, enabled=False):
         logits = scale * (query.float() @ catalog.float().T)  # [M, N]
     pos_s = logits.gather(1, pos_rows.clamp(min=0)).masked_fill(~pos_valid, NEG_INF)
+    if window_loss == "mean":
+        keep = first_of_each(pos_rows, pos_valid)
+        # the negatives of each positive: every catalog item but the window's targets (a count,
+        # not a bool scatter: padded slots point at row 0 too, and must not mask it)
+        hit = torch.zeros_like(logits).scatter_add(1, pos_rows.clamp(min=0), pos_valid.float()) > 0
+        return window_mean(pos_s, torch.logsumexp(logits.masked_fill(hit, NEG_INF), dim=1), keep)
     best = pos_s.max(dim=1).values
     return (torch.logsumexp(logits, dim=1) - best).mean()
 

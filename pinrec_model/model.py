@@ -60,6 +60,9 @@ class PinRecConfig:
     window: int = 2  # Delta: the target window [t', t' + Delta]
     window_unit: str = "steps"  # steps | seconds (coarse real timestamps need steps)
     window_max_tokens: int = 16  # cap on targets per window when window_unit == seconds
+    # min: Eq. 5, the loss of the easiest target in the window. mean: the mean over the window's
+    # distinct items -- NOT the paper, an ablation (on trivago the min always picks the current hotel)
+    window_loss: str = "min"
     tokens_per_step: int = 4  # default embeddings per generation step (MT variants)
     num_embeddings: int = 16  # default embeddings generated per user
     # Recipe options (docs/model.md, Beauty). The defaults are the first recipe, unchanged.
@@ -82,6 +85,8 @@ class PinRecConfig:
             raise ValueError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
+        if self.window_loss not in ("min", "mean"):
+            raise ValueError(f"window_loss must be 'min' (Eq. 5) or 'mean', got {self.window_loss!r}")
         if self.window_unit not in ("steps", "seconds"):
             raise ValueError(f"window_unit must be 'steps' or 'seconds', got {self.window_unit!r}")
         for name, allowed in (("item_tower", ITEM_TOWERS), ("id_hash", ID_HASHES), ("logits", LOGITS),

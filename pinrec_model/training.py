@@ -228,7 +228,7 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         pin_pos = torch.full((len(ct.ids),), 0, dtype=torch.long, device=rows.device)
         pin_pos[ct.pin_rows] = torch.arange(len(ct.pin_rows), device=rows.device)
         loss_fn = _maybe_compiled(full_softmax_loss, compiled)
-        return loss_fn(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.loss_scale)
+        return loss_fn(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.loss_scale, cfg.window_loss)
     prim = trow[:, 0]
     cms.update(ct.ids[prim])
     pos = tok_emb[sel[0][:, None], wpos[sel]]  # [M, W, D]: the targets' window tokens
@@ -256,7 +256,7 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         neg_q = torch.zeros(len(neg_rows), device=rows.device)
     loss_fn = _maybe_compiled(sampled_softmax_loss, compiled)
     return loss_fn(query, pos, ct.ids[trow.clamp(min=0)], tvalid, pos_q.to(rows.device),
-                   neg, ct.ids[neg_rows], neg_q.to(rows.device), cfg.loss_scale)
+                   neg, ct.ids[neg_rows], neg_q.to(rows.device), cfg.loss_scale, cfg.window_loss)
 
 
 def hidden_states(model: PinRec, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:

@@ -86,3 +86,40 @@ def test_full_softmax_is_cross_entropy():
     ours = full_softmax_loss(q, cat, tgt, torch.ones(4, 1, dtype=torch.bool), 7.0)
     ref = torch.nn.functional.cross_entropy(7.0 * q @ cat.T, tgt[:, 0])
     torch.testing.assert_close(ours, ref)
+
+
+def _ce(s_pos: float, s_negs) -> float:
+    return -s_pos + math.log(math.exp(s_pos) + sum(math.exp(x) for x in s_negs))
+
+
+def test_window_mean_averages_distinct_targets_with_the_others_out_of_the_partition():
+    # the ablation (window_loss="mean", not Eq. 5): ids 7, 7, 8 and a padded slot -> items 7 and 8
+    q = torch.tensor([[1.0, 0.0]])
+    pos = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])
+    ids, valid = torch.tensor([[7, 7, 8, 5]]), torch.tensor([[True, True, True, False]])
+    neg = torch.tensor([[0.6, 0.8], [0.0, 1.0]])  # the second negative IS item 8: masked
+    args = (q, pos, ids, valid, torch.zeros(1, 4), neg, torch.tensor([9, 8]), torch.zeros(2), 3.0)
+    got = sampled_softmax_loss(*args, window_loss="mean")
+    expected = (_ce(3.0, [1.8]) + _ce(0.0, [1.8])) / 2  # item 7 and item 8, each against item 9
+    assert abs(float(got) - expected) < 1e-5
+    assert float(got) > float(sampled_softmax_loss(*args))  # the min takes item 7 alone
+
+
+def test_full_softmax_window_mean_matches_a_hand_count_and_equals_min_for_one_target():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    cat = torch.nn.functional.normalize(torch.randn(12, 8), dim=-1)
+    rows = torch.tensor([[4, 4, 9], [0, 2, 0], [6, 0, 0]])
+    valid = torch.tensor([[True, True, True], [True, True, False], [True, False, False]])
+    got = full_softmax_loss(q, cat, rows, valid, 5.0, window_loss="mean")
+    logits = (5.0 * q @ cat.T).tolist()
+    per_row = []
+    for m in range(3):
+        targets = sorted({int(r) for r, v in zip(rows[m], valid[m]) if v})
+        others = [logits[m][n] for n in range(12) if n not in targets]
+        per_row.append(sum(_ce(logits[m][t], others) for t in targets) / len(targets))
+    assert abs(float(got) - sum(per_row) / 3) < 1e-4
+    # one target per row (next-token): the mean and the min are the same loss
+    one = valid & (torch.arange(3)[None, :] == 0)
+    torch.testing.assert_close(full_softmax_loss(q, cat, rows, one, 5.0, window_loss="mean"),
+                               full_softmax_loss(q, cat, rows, one, 5.0))
