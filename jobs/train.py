@@ -105,6 +105,33 @@ def read_training_data(lake, ds=None):
     return ev, feats
 
 
+def items_table_features(lake, ds: str | None):
+    """The `items` table at `ds` (item_id, features), or None when there is none: the vectors
+    that index, score and serving give each item."""
+    from jobs.lake import LakeTables
+
+    lt = LakeTables(lake)
+    if ds and lt.exists("items") and ds in lt.partitions("items"):
+        return lt.read("items", [ds], columns=["item_id", "features"])
+    return None
+
+
+def use_items_features(catalog, items, width: int) -> int:
+    """Give the catalog rows the `items` table's vectors -> how many rows got one.
+
+    Training from `sequences` has no query texts (the contract does not carry them), so each
+    query token would be featurised from an empty text here and from its real text at serving:
+    a train/serve skew on every search token. The items table is built before `train` in the
+    DAG, by the same featuriser, at the same width (a different width is refused, with the fix)."""
+    from pinrec_model.api import ItemFeatures
+
+    f = ItemFeatures.from_table(items, width)
+    rows = catalog.rows(f.ids)
+    hit = rows >= 0
+    catalog.features[rows[hit]] = f.features[hit]
+    return int(hit.sum())
+
+
 def events_from_sequences(seq):
     """The sequences contract (one row per user, arrays) -> one row per token."""
     import numpy as np
@@ -243,6 +270,13 @@ def run(args) -> int:
     warm_from, init_state = warm_start_state(lake, args.warm_start_from, cfg)
     events, feats = read_training_data(lake, args.ds)
     prep = prepare(events, feats, vocab, cfg.feature_dim)  # serving needs items at the same width
+    items = items_table_features(lake, args.ds)
+    if items is not None:
+        n = use_items_features(prep.catalog, items, cfg.feature_dim)
+        print(f"features: {n:,} of {len(prep.catalog):,} catalog items from items@{args.ds}")
+    elif args.ds:
+        print(f"features: no items table for {args.ds}; query tokens are featurised without their "
+              f"text (run `pinrec items --ds {args.ds}` first to train on what serving reads)")
     t0 = time.perf_counter()
     res = train_refit(prep, cfg, tc, holdout=1, val_users=args.val_users, init_state=init_state,
                       refit=args.refit)

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
 from jobs.train import events_from_sequences
@@ -131,3 +132,26 @@ def test_wider_feature_dim_keeps_attributes_apart():
         return len({tuple(np.flatnonzero(r)) + tuple(np.sign(r[np.flatnonzero(r)])) for r in f})
     assert distinct(narrow.features) <= 64  # one signed bucket each: at most 2 x 32 patterns
     assert distinct(wide.features) > 0.7 * n
+
+
+def test_training_takes_the_items_tables_vectors_so_queries_match_serving():
+    from jobs.train import use_items_features
+    from pinrec.features import query_features
+
+    seq = pa.table({
+        "user_id": [7], "event_ids": [["a", "b", "c"]], "item_ids": [[10, 99, 11]],
+        "item_types": [["pin", "query", "pin"]], "actions": [["repin", "search", "grid_click"]],
+        "surfaces": [["homefeed", "search", "search"]], "ts": [[T0, T0 + 1, T0 + 2]], "length": [3],
+        "cutoff_ts": [T0 + 10], "ds": ["2026-01-01"],
+    }, schema=SEQUENCES_SCHEMA)
+    cat = build_catalog(events_from_sequences(seq), None, 16)
+    pin10, pin11, query = cat.rows(np.array([10, 11, 99]))
+    empty = query_features(None, 16)
+    assert np.allclose(cat.features[query], empty)  # the sequences contract has no query text
+    served = query_features("red shoes", 16)
+    items = pa.table({"item_id": [99, 10, 555], "features": [served.tolist(), [0.5] * 16, [1.0] * 16]})
+    assert use_items_features(cat, items, 16) == 2  # 555 is not in the training catalog
+    assert np.allclose(cat.features[query], served) and not np.allclose(served, empty)
+    assert np.allclose(cat.features[pin10], 0.5) and np.abs(cat.features[pin11]).sum() == 0  # untouched
+    with pytest.raises(ValueError, match="pinrec items --feature-dim 8"):
+        use_items_features(cat, items, 8)
