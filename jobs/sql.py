@@ -1,7 +1,8 @@
 """`pinrec sql "SELECT ..."`: SQL over the lake tables for analysts (duckdb).
 
 Every Delta table is registered as a view over its live Arrow dataset (the snapshot's files,
-`LakeTables.dataset`), never over the folder, so files a later commit removed are never read. Tables: events, sequences, items, candidates, item_features.
+`LakeTables.dataset`), never over the folder, so files a later commit removed are never read.
+Tables: events, sequences, items, candidates, item_features.
 Ready queries live in docs/analysts.md.
 """
 from __future__ import annotations

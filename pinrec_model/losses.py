@@ -71,7 +71,7 @@ def sampled_softmax_loss(
 
     With the negatives shared by all positives of a row, L_s is decreasing in the positive's
     score, so the minimum over the window is L_s of the best-scoring positive.
-    `window_loss="mean"` averages L_s over the window's distinct items instead (see window_reduce)."""
+    `window_loss="mean"` averages L_s over the window's distinct items instead (see window_mean)."""
     with torch.autocast(query.device.type, enabled=False):  # fp32 logits (see full_softmax_loss)
         query, pos, neg = query.float(), pos.float(), neg.float()
         pos_s = scale * torch.einsum("md,mwd->mw", query, pos) - pos_q
