@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pinrec.contracts import ITEM_TYPES, SURFACES, ActionVocab, validate_budget
-from pinrec.features import FEATURE_DIM
+from pinrec.features import FEATURE_DIM, query_features
 from pinrec_model.generation import compress, generate, largest_remainder, prefill
 from pinrec_model.losses import CountMinSketch
 from pinrec_model.model import PinRec, PinRecConfig
@@ -37,6 +37,9 @@ class History:
     actions: list[str]
     surfaces: list[str]
     ts_us: np.ndarray  # int64 [T]
+    # The text of each query token (None for pins), when the caller has it: a query the items
+    # table does not know yet (searched today) is featurised from its text, as training does.
+    query_texts: Sequence[str | None] | None = None
 
 
 class Candidate(NamedTuple):
@@ -77,14 +80,21 @@ class ItemFeatures:
     def from_arrays(item_ids, features) -> "ItemFeatures":
         return ItemFeatures(item_ids, features)
 
-    def lookup(self, item_ids) -> np.ndarray:
+    def lookup(self, item_ids, query_texts: Sequence[str | None] | None = None) -> np.ndarray:
+        """[N, F] vectors; an unknown id gets zeros, or, given its text in `query_texts`
+        (parallel to item_ids, queries only), the query featuriser's vector of that text."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
-        out = np.zeros((len(item_ids), self.features.shape[1] if len(self.ids) else FEATURE_DIM), np.float32)
-        if len(self.ids) == 0:
-            return out
-        pos = np.searchsorted(self.ids, item_ids).clip(0, len(self.ids) - 1)
-        hit = self.ids[pos] == item_ids
-        out[hit] = self.features[pos[hit]]
+        width = self.features.shape[1] if len(self.ids) else FEATURE_DIM
+        out = np.zeros((len(item_ids), width), np.float32)
+        hit = np.zeros(len(item_ids), bool)
+        if len(self.ids):
+            pos = np.searchsorted(self.ids, item_ids).clip(0, len(self.ids) - 1)
+            hit = self.ids[pos] == item_ids
+            out[hit] = self.features[pos[hit]]
+        if query_texts is not None:
+            for i in np.flatnonzero(~hit):
+                if query_texts[i]:
+                    out[i] = query_features(query_texts[i], width)
         return out
 
 
@@ -149,6 +159,7 @@ def load_model(version_dir: str | Path, device: str = "cpu", dtype: str | None =
 
 
 _TYPE_IDS = {t: i + 1 for i, t in enumerate(ITEM_TYPES)}  # unknown types embed as pins (1)
+QUERY_TYPE = _TYPE_IDS["query"]
 
 
 def _str_ids(values, table: dict, default: int) -> np.ndarray:
@@ -212,6 +223,8 @@ def history_tensors(m: LoadedModel, histories: Sequence[History], features: Item
         valid.reshape(-1)[flat] = True
     # Users with no history still get one (padding) token so that prefill has a last state.
     valid[:, -1] |= True
+    query_text = {int(i): q for h in histories if h.query_texts is not None
+                  for i, q in zip(h.item_ids, h.query_texts) if q}
     # Item tower over the distinct (id, type) pairs only (padding embeds as a pin, as before).
     flat_ids, flat_types = ids.reshape(-1), np.maximum(types.reshape(-1), 1)
     emb = torch.empty((B * T, m.config.emb_dim), dtype=torch.float32, device=m.device)
@@ -219,7 +232,8 @@ def history_tensors(m: LoadedModel, histories: Sequence[History], features: Item
     for t in present.tolist():
         rows = None if len(present) == 1 else np.flatnonzero(flat_types == t)
         uniq, inv = np.unique(flat_ids if rows is None else flat_ids[rows], return_inverse=True)
-        e = _embed_items_on_device(m, uniq, np.full(len(uniq), t, np.int64), features.lookup(uniq))
+        texts = [query_text.get(int(i)) for i in uniq] if t == QUERY_TYPE and query_text else None
+        e = _embed_items_on_device(m, uniq, np.full(len(uniq), t, np.int64), features.lookup(uniq, texts))
         inv_t = torch.as_tensor(inv.reshape(-1)).to(m.device)
         if rows is None:
             emb = e[inv_t]

@@ -61,9 +61,10 @@ class Regenerator:
 
         from pinrec_model.api import History, generate_candidates
 
-        ids, types, actions, surfaces, ts = cols
+        ids, types, actions, surfaces, ts, texts = cols
         h = History(user_id=user_id, item_ids=np.array(ids, dtype=np.int64), item_types=list(types),
-                    actions=list(actions), surfaces=list(surfaces), ts_us=np.array(ts, dtype=np.int64))
+                    actions=list(actions), surfaces=list(surfaces), ts_us=np.array(ts, dtype=np.int64),
+                    query_texts=list(texts))
         k = self.tokens_per_step if self.model.config.offset_conditioned else None
         with torch.inference_mode():
             cands = generate_candidates(self.model, [h], self.features, budget, n, self.retriever,
@@ -73,8 +74,10 @@ class Regenerator:
 
 
 def split_history(history: Sequence[Event], max_len: int) -> tuple[tuple, frozenset]:
-    """((item ids, types, actions, surfaces, ts) of the newest max_len events, the item ids of
-    the older ones). Pure, plain tuples: cheap to send to a worker process.
+    """((item ids, types, actions, surfaces, ts, query texts) of the newest max_len events, the
+    item ids of the older ones). Pure, plain tuples: cheap to send to a worker process. The query
+    texts let a query the items table does not know yet (the request's own, or one searched
+    today) be featurised from its text, as training featurises it.
 
     The model reads only its newest max_len tokens; passing just those keeps the Faiss search
     depth (which grows with the history it must skip) small. Older history items are removed
@@ -82,7 +85,7 @@ def split_history(history: Sequence[Event], max_len: int) -> tuple[tuple, frozen
     recent = history[-max_len:] if max_len > 0 else []
     seen_before = frozenset(e.item_id for e in history[:len(history) - len(recent)])
     cols = tuple(tuple(getattr(e, f) for e in recent)
-                 for f in ("item_id", "item_type", "action", "surface", "ts_us"))
+                 for f in ("item_id", "item_type", "action", "surface", "ts_us", "query_text"))
     return cols, seen_before
 
 

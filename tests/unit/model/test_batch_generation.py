@@ -155,3 +155,20 @@ def test_preallocated_kv_cache_equals_concatenation_and_rewinds(tiny):
         first = generate(m.model, st, cond, 2)
         again = generate(m.model, st, cond, 2)  # from the same prefill: the cache rewinds
     assert torch.allclose(first, ref, atol=1e-5) and torch.equal(first, again)
+
+
+def test_a_query_unknown_to_the_items_table_embeds_from_its_text(tiny):
+    from dataclasses import replace
+
+    from pinrec.features import query_features
+    from pinrec_model.api import embed_items
+
+    m, feats, _, _ = tiny
+    q = 987_654_321  # a query searched today: not in the items table
+    h = History(1, np.array([3, q], np.int64), ["pin", "query"], ["repin", "search"], ["homefeed", "search"],
+                np.array([1_767_225_600_000_000, 1_767_225_660_000_000], np.int64))
+    with_text = history_tensors(m, [replace(h, query_texts=[None, "red shoes"])], feats, 20)[0][0, -1]
+    no_text = history_tensors(m, [h], feats, 20)[0][0, -1]
+    expect = embed_items(m, np.array([q]), ["query"], query_features("red shoes", 32)[None, :])[0]
+    torch.testing.assert_close(with_text.cpu(), torch.as_tensor(expect))
+    assert not torch.allclose(with_text, no_text)

@@ -105,6 +105,16 @@ def test_item_features_from_items_table_and_unknown_ids():
     assert out.shape == (3, 32) and out[0, 0] == 2.0 and out[1].sum() == 0 and out[2, 0] == 1.0
 
 
+def test_an_unknown_query_is_featurised_from_its_text():
+    from pinrec.features import query_features
+
+    f = ItemFeatures.from_table(pa.table({"item_id": [5, 3], "features": [[1.0] * 32, [2.0] * 32]}))
+    out = f.lookup(np.array([3, 77, 78, 5]), ["ignored: 3 is known", "red shoes", None, None])
+    assert out[0, 0] == 2.0 and out[3, 0] == 1.0  # the items table wins for known ids
+    assert np.allclose(out[1], query_features("red shoes", 32))  # as training featurises it
+    assert out[2].sum() == 0  # unknown and no text: zeros, the ID embedding alone
+
+
 def test_item_features_from_table_must_match_the_models_width():
     import pytest
 
