@@ -88,6 +88,19 @@ def build_items(stats: pa.Table, item_features: pa.Table | None, ds: str,
     }).cast(ITEMS_SCHEMA)
 
 
+def attribute_report(item_features: pa.Table | None, dim: int) -> str | None:
+    """One line on how the side table's attribute values fill `dim` buckets, or None."""
+    from pinrec.features import shared_buckets
+
+    if item_features is None or not item_features.num_rows:
+        return None
+    n, shared = shared_buckets(item_features.column("attributes").to_pylist(), dim)
+    if not n:
+        return None
+    return (f"attributes: {n:,} distinct values in {dim:,} buckets; {shared:,} ({shared / n:.0%}) share "
+            f"a bucket with another value (a wider --feature-dim separates them)")
+
+
 def run_job(cfg: ItemsConfig) -> tuple[int, int]:
     """Build and write items@ds; returns (number of items, table version)."""
     import pyarrow.dataset as pads
@@ -109,6 +122,9 @@ def run_job(cfg: ItemsConfig) -> tuple[int, int]:
     if not partials:
         raise ValueError(f"no events in the {cfg.window_days}-day window of {cfg.ds} under {cfg.lake}")
     side = tables.read("item_features") if tables.exists("item_features") else None
+    report = attribute_report(side, cfg.feature_dim)
+    if report:
+        print(report)
     items = build_items(combine_stats(partials), side, cfg.ds, cfg.feature_dim)
     return items.num_rows, tables.replace_partitions("items", items, [cfg.ds])
 

@@ -40,6 +40,17 @@ def pin_features(attributes, content, dim: int = FEATURE_DIM) -> np.ndarray:
     return _unit(v)
 
 
+def shared_buckets(attribute_values, dim: int) -> tuple[int, int]:
+    """(distinct attribute values, how many of them share their bucket with another value) at
+    width `dim`: what `pinrec items` reports so a width can be chosen (values that share a
+    bucket look alike to the item tower, apart from their signs)."""
+    values = {a for attrs in attribute_values if attrs for a in attrs}
+    buckets = np.array([_bucket(f"attr:{a}", dim)[0] for a in values], dtype=np.int64)
+    if not len(buckets):
+        return 0, 0
+    return len(values), int((np.bincount(buckets, minlength=dim)[buckets] > 1).sum())
+
+
 def query_features(text: str | None, dim: int = FEATURE_DIM) -> np.ndarray:
     v = np.zeros(dim, dtype=np.float32)
     t = f"  {normalise_query(text or '')}  "

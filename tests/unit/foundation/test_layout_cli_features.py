@@ -87,3 +87,22 @@ def test_features_are_unit_norm_and_type_specific():
     np.testing.assert_array_equal(query_features("cat  TOYS"), query_features("cat toys"))
     assert float(query_features("cat toys") @ query_features("dog food")) < 0.9
     assert np.array_equal(pin_features([1, 2], None), pin_features([2, 1], None))
+
+
+def test_shared_buckets_counts_values_that_collide():
+    import collections
+
+    from jobs.items import attribute_report
+    from pinrec.features import _bucket, shared_buckets
+
+    values = list(range(1, 41))
+    per_bucket = collections.Counter(_bucket(f"attr:{v}", 16)[0] for v in values)
+    expected = sum(1 for v in values if per_bucket[_bucket(f"attr:{v}", 16)[0]] > 1)
+    # an item's values and repeats across items count once each
+    assert shared_buckets([values[:25], values[20:], None, []], 16) == (40, expected)
+    assert shared_buckets([[7], [7]], 1) == (1, 0) and shared_buckets([[7, 8]], 1) == (2, 2)
+    assert shared_buckets([None], 8) == (0, 0)
+    side = pa.table({"item_id": [1, 2], "attributes": [[7], [8]]})
+    assert attribute_report(side, 1).startswith("attributes: 2 distinct values in 1 buckets; 2 (100%) share")
+    assert attribute_report(pa.table({"item_id": [1], "attributes": [None]}, schema=pa.schema(
+        [("item_id", pa.int64()), ("attributes", pa.list_(pa.int64()))])), 8) is None
