@@ -8,14 +8,21 @@ Ready queries live in docs/analysts.md.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from pinrec.layout import TABLES, Lake
 
 
+# Which job writes each table: named when a query asks for a table this lake does not have yet.
+WRITTEN_BY = {"events": "`pinrec data import|synth` or the stream", "sequences": "`pinrec sequences`",
+              "items": "`pinrec items`", "candidates": "`pinrec score`",
+              "item_features": "`pinrec data import` (datasets with item attributes)"}
+
+
 def connect(lake: str):
-    """A duckdb connection with one view per existing lake table."""
+    """(a duckdb connection with one view per existing lake table, the names of those tables)."""
     import duckdb
 
     from jobs.lake import LakeTables
@@ -27,20 +34,29 @@ def connect(lake: str):
         raise ValueError(f"no Delta tables under {lake}/tables; check --lake (or $PINREC_LAKE)")
     for name in found:
         con.register(name, tables.dataset(name))
-    return con
+    return con, found
 
 
 def query(lake: str, sql: str):
     """Run `sql` and return the result as a pyarrow Table."""
     import duckdb
 
-    con = connect(lake)
+    con, found = connect(lake)
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as e:
-        raise ValueError(f"SQL failed: {e}") from None
+        raise ValueError(f"SQL failed: {e}{missing_table_hint(str(e), found)}") from None
     finally:
         con.close()
+
+
+def missing_table_hint(error: str, found: list[str]) -> str:
+    """' (this lake has ...; X is written by ...)' when the error names a lake table not here."""
+    missing = [t for t in TABLES if t not in found and re.search(rf"\b{t}\b", error)]
+    if not missing:
+        return ""
+    return (f" (this lake has {', '.join(found)}; "
+            + "; ".join(f"{t} is written by {WRITTEN_BY[t]}" for t in missing) + ")")
 
 
 def write_result(result, out: str) -> None:

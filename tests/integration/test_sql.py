@@ -94,3 +94,14 @@ def test_cli_prints_and_writes_csv_and_names_bad_sql(lake, tmp_path, capsys):
     assert main(["sql", "SELEC 1", "--lake", str(lake.root)]) == 2
     assert "SQL failed" in capsys.readouterr().err
     assert main(["sql", "SELECT 1", "--lake", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_table_this_lake_lacks_is_named_with_the_job_that_writes_it(tmp_path):
+    lake = Lake.at(tmp_path / "lake")
+    LakeTables(lake).replace_partitions(
+        "candidates", pa.Table.from_pylist(cand(1, "a", [5]), schema=CANDIDATES_SCHEMA), [DS])
+    with pytest.raises(ValueError, match=r"this lake has candidates; items is written by `pinrec items`"):
+        query(str(lake.root), "SELECT count(*) FROM items")
+    with pytest.raises(ValueError) as bad:  # a plain SQL error gets no hint
+        query(str(lake.root), "SELECT nope FROM candidates")
+    assert "SQL failed" in str(bad.value) and "this lake has" not in str(bad.value)
