@@ -168,7 +168,7 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
         top = index[np.argsort(-counts[index], kind="stable")[:10]]
         hits = [np.isin(t, top) for t in t_rows]
         rec = np.array([h.mean() if len(h) else np.nan for h in hits])
-        return {"metrics": unordered_summary(rec, [top] * len(t_rows))}
+        return {"metrics": unordered_summary(rec, [top] * len(t_rows), t_rows, hits)}
     dev = resolve_device(args.device)
     if args.model:
         model, ct = _load(args, prep)
@@ -183,7 +183,7 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
     cond = target_conditions(t_acts, n_emb)
     gen, secs = generate_for_users(model, ct, hist, cond, k, item_table=item_table)
     rec, hits, retrieved = unordered_scores(gen, item_emb, index, t_rows)
-    out = {"metrics": {**unordered_summary(rec, retrieved), "latency_s": secs, "embeddings": n_emb,
+    out = {"metrics": {**unordered_summary(rec, retrieved, t_rows, hits), "latency_s": secs, "embeddings": n_emb,
                        "gen_tokens_per_step": k}, "history": history, "config": model.cfg.to_json()}
     names = {i + 1: a for i, a in enumerate(vocab.engagement_actions)}
     if args.tokens_per_step:
@@ -195,8 +195,8 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
                       for _ in range(args.latency_repeats)]
             g = runs_k[0][0]
             s, s_dec = (float(np.median([x[i] for x in runs_k])) for i in (1, 2))
-            r, _, ret = unordered_scores(g, item_emb, index, t_rows)
-            sweep[str(kk)] = {"latency_s": s, "decode_latency_s": s_dec, **unordered_summary(r, ret),
+            r, h, ret = unordered_scores(g, item_emb, index, t_rows)
+            sweep[str(kk)] = {"latency_s": s, "decode_latency_s": s_dec, **unordered_summary(r, ret, t_rows, h),
                               "embeddings": n_emb, "latency_runs": [x[1] for x in runs_k]}
         out["tokens_per_step"] = sweep
     if args.controllability:
@@ -213,15 +213,18 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
             by_desired[a] = unordered_scores(g_a, item_emb, index, t_rows)[1]
         out["controllability"] = controllability_matrix(by_desired, hits_uc, t_acts, names)
         rec_uc = np.array([h.mean() if len(h) else np.nan for h in hits_uc])
-        out["metrics"]["uc_recall@10"] = unordered_summary(rec_uc, ret_uc)["recall@10"]
-        out["metrics"]["lift_over_uc"] = out["metrics"]["recall@10"] / out["metrics"]["uc_recall@10"] - 1
+        m, uc = out["metrics"], unordered_summary(rec_uc, ret_uc, t_rows, hits_uc)
+        for sfx in ("", "_distinct"):
+            m[f"uc_recall@10{sfx}"] = uc[f"recall@10{sfx}"]
+            m[f"lift_over_uc{sfx}"] = m[f"recall@10{sfx}"] / m[f"uc_recall@10{sfx}"] - 1
     return out
 
 
 def print_table(result: dict) -> None:
     keys = [k for k in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20",
-                        "recall@10_excl_history", "ndcg@10_excl_history", "diversity", "latency_s",
-                        "uc_recall@10", "lift_over_uc") if k in result]
+                        "recall@10_excl_history", "ndcg@10_excl_history", "recall@10_distinct", "diversity",
+                        "latency_s", "uc_recall@10", "lift_over_uc", "uc_recall@10_distinct",
+                        "lift_over_uc_distinct") if k in result]
     print(f"pinrec eval  protocol={result['protocol']}  variant={result['variant']}  seeds={result['seeds']}")
     for k in keys:
         std = result.get(f"{k}_std")

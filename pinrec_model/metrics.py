@@ -95,6 +95,19 @@ def unordered_recall(gen: np.ndarray, targets: list[np.ndarray], index: np.ndarr
     return rec, hits_all
 
 
+def distinct_recall(targets: list[np.ndarray], hits: list[np.ndarray]) -> np.ndarray:
+    """Eq. 6 over each window's distinct items: the "set of targets" reading of the text, where a
+    hotel clicked four times in the window is one target, not four. `hits` from unordered_recall
+    (one flag per target token; the flags of repeats of one item are equal). -> [U], nan when a
+    user has no target."""
+    out = np.full(len(targets), np.nan)
+    for u, (t, h) in enumerate(zip(targets, hits)):
+        if len(t):
+            _, first = np.unique(t, return_index=True)
+            out[u] = h[first].mean()
+    return out
+
+
 def diversity(retrieved: list[np.ndarray]) -> float:
     """Proportion of unique items among everything retrieved for the evaluation users."""
     allr = np.concatenate([r.ravel() for r in retrieved]) if retrieved else np.zeros(0)

@@ -17,7 +17,7 @@ import torch
 
 from pinrec_model.data import left_pad
 from pinrec_model.generation import generate
-from pinrec_model.metrics import diversity, hit_rate, history_state, ndcg, next_item_ranks, unordered_recall
+from pinrec_model.metrics import distinct_recall, diversity, hit_rate, history_state, ndcg, next_item_ranks, unordered_recall
 
 KS = (5, 10, 20)
 
@@ -165,9 +165,14 @@ def unordered_scores(gen: np.ndarray, item_emb: np.ndarray, index: np.ndarray, t
     return rec, hits, retrieved
 
 
-def unordered_summary(rec, retrieved) -> dict:
-    return {"recall@10": float(np.nanmean(rec)), "diversity": diversity(retrieved),
-            "users": int(np.sum(~np.isnan(rec)))}
+def unordered_summary(rec, retrieved, t_rows=None, hits=None) -> dict:
+    """Eq. 6 over target tokens (`recall@10`, a repeated item counts once per repeat) and, given the
+    targets and hit flags, over each window's distinct items (`recall@10_distinct`)."""
+    out = {"recall@10": float(np.nanmean(rec)), "diversity": diversity(retrieved),
+           "users": int(np.sum(~np.isnan(rec)))}
+    if hits is not None:
+        out["recall@10_distinct"] = float(np.nanmean(distinct_recall(t_rows, hits)))
+    return out
 
 
 def controllability_matrix(hits_by_desired: dict, hits_uc, t_acts, names: dict) -> dict:

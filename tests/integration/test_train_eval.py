@@ -105,6 +105,8 @@ def test_eval_unordered_with_a_trained_model_controllability_and_tokens_per_step
               "--window", "6", "--tokens-per-step", "1,4", "--controllability", "--epochs", "1",
               "--max-seconds", "10", *SMALL)
     assert 0 <= r["recall@10"] <= 1 and 0 < r["diversity"] <= 1
+    assert 0 <= r["recall@10_distinct"] <= 1 and 0 <= r["uc_recall@10_distinct"] <= 1
+    assert r["lift_over_uc_distinct"] == r["recall@10_distinct"] / r["uc_recall@10_distinct"] - 1
     assert set(r["tokens_per_step"]) == {"1", "4"}
     for v in r["tokens_per_step"].values():
         assert v["embeddings"] == 16 and v["latency_s"] > 0
