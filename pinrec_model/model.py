@@ -60,6 +60,12 @@ class PinRecConfig:
     window: int = 2  # Delta: the target window [t', t' + Delta]
     window_unit: str = "steps"  # steps | seconds (coarse real timestamps need steps)
     window_max_tokens: int = 16  # cap on targets per window when window_unit == seconds
+    # t' in time (4.3.2: "t_lim in steps or in time"): with t_lim_unit "seconds", t' is the first
+    # token at or after t's time + U(0, t_lim_s) seconds, seen within lookahead_tokens; the offset
+    # condition is then the time bucket ceil(t_lim * (ts(t') - ts(t)) / t_lim_s) in [1, t_lim].
+    t_lim_unit: str = "steps"  # steps | seconds
+    t_lim_s: int = 300
+    lookahead_tokens: int = 32
     # min: Eq. 5, the loss of the easiest target in the window. mean: the mean over the window's
     # distinct items -- NOT the paper, an ablation (on trivago the min always picks the current hotel)
     window_loss: str = "min"
@@ -87,8 +93,12 @@ class PinRecConfig:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
         if self.window_loss not in ("min", "mean"):
             raise ValueError(f"window_loss must be 'min' (Eq. 5) or 'mean', got {self.window_loss!r}")
-        if self.window_unit not in ("steps", "seconds"):
-            raise ValueError(f"window_unit must be 'steps' or 'seconds', got {self.window_unit!r}")
+        for name in ("window_unit", "t_lim_unit"):
+            if getattr(self, name) not in ("steps", "seconds"):
+                raise ValueError(f"{name} must be 'steps' or 'seconds', got {getattr(self, name)!r}")
+        if self.t_lim_unit == "seconds" and (self.t_lim_s < 1 or self.lookahead_tokens < 1):
+            raise ValueError(f"t_lim_unit=seconds needs t_lim_s >= 1 and lookahead_tokens >= 1, "
+                             f"got {self.t_lim_s} and {self.lookahead_tokens}")
         for name, allowed in (("item_tower", ITEM_TOWERS), ("id_hash", ID_HASHES), ("logits", LOGITS),
                               ("head", HEADS)):
             if getattr(self, name) not in allowed:

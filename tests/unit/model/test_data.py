@@ -98,6 +98,44 @@ def test_multi_token_targets_stay_in_window_and_skip_queries():
     assert (span[wvalid] <= 60).all()
 
 
+def test_t_prime_in_time_is_the_first_token_past_the_drawn_time():
+    from pinrec_model.training import time_offsets
+
+    # a burst (0, 0, 0, 1 s), a pause, then 100 s and an hour later; t_lim_s 200 in 4 buckets of 50 s
+    ts = torch.tensor([[0, 0, 0, 1, 100, 3600, 0]])
+    valid = torch.tensor([[True] * 6 + [False]])
+    u = torch.tensor([[0.0, 0.004, 0.4, 0.9, 0.5, 0.5]])  # goals 0, 0.8, 80, 181 s after ts(i)
+    steps, bucket = time_offsets(ts, valid, 6, u, t_lim_s=200, n_buckets=4, reach=3)
+    # i=0, goal 0 s: the next token (same second), bucket 1. i=1, goal 0.8 s: the 1 s token (2 on).
+    # i=2, goal 80 s: the 100 s token, bucket ceil(100 / 50) = 2. i=3, goal 182 s: nothing in
+    # reach lies before it, the first past it is the hour-later token: farthest bucket.
+    # i=4: only the hour-later token ahead. i=5: no token ahead (the row is dropped elsewhere).
+    assert steps[0, :5].tolist() == [1, 2, 2, 2, 1]
+    assert bucket[0, :5].tolist() == [1, 1, 2, 4, 4]
+    # a burst longer than the reach: the farthest token in reach, never past it
+    steps, bucket = time_offsets(torch.tensor([[0, 0, 0, 0, 0, 500]]), torch.ones(1, 6, dtype=torch.bool),
+                                 1, torch.tensor([[0.5]]), t_lim_s=200, n_buckets=4, reach=3)
+    assert steps.tolist() == [[3]] and bucket.tolist() == [[1]]
+
+
+def test_multi_token_targets_in_time_condition_on_the_time_bucket():
+    cfg = preset("small", variant="mt_oc", t_lim=4, window=1, t_lim_unit="seconds", t_lim_s=120,
+                 lookahead_tokens=5)
+    B, L, width = 1, 4, 4 + 5 + 2
+    rows = torch.arange(width)[None]
+    is_pin = torch.ones(1, width, dtype=torch.bool)
+    ts = (torch.arange(width)[None] * 30)  # a token every 30 s: bucket = ceil(4 * 30 * steps / 120)
+    acts = torch.ones(1, width, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        wpos, wvalid, off, tact, row_valid = sample_targets(cfg, rows, acts, ts, is_pin, L, g)
+        step = wpos[..., 0] - torch.arange(L)[None]
+        assert ((step >= 1) & (step <= 4)).all() and (off == step).all()
+        seen |= set(step.flatten().tolist())
+    assert seen == {1, 2, 3, 4}  # t' uniform in time reaches every offset within t_lim_s
+
+
 def test_item_features_from_items_table_and_unknown_ids():
     t = pa.table({"item_id": [5, 3], "features": [[1.0] * 32, [2.0] * 32]})
     f = ItemFeatures.from_table(t)
