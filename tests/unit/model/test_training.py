@@ -30,10 +30,10 @@ def _data(seed=0, users=60, items=40):
     return cat, build_user_seqs(ev, cat, PINTEREST_ACTIONS)
 
 
-def _fit(variant, seed, epochs=3):
+def _fit(variant, seed, epochs=3, **over):
     cat, seqs = _data()
     cfg = preset("small", variant=variant, d_model=32, n_heads=2, d_ff=64, emb_dim=16, id_dim=16,
-                 id_buckets=1024, max_len=8, n_random_negatives=16, max_in_batch_negatives=64)
+                 id_buckets=1024, max_len=8, n_random_negatives=16, max_in_batch_negatives=64, **over)
     ex = make_examples(seqs, cfg.max_len, lookahead(cfg))
     tc = TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, warmup_steps=5, seed=seed, progress=False)
     return fit(cfg, tc, cat, ex)
@@ -50,6 +50,15 @@ def test_loss_decreases():
     res = _fit("uc", 0, epochs=4)
     losses = [h["loss"] for h in res.history]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_loss_decreases_with_t_lim_and_delta_in_time():
+    # tokens a minute apart: t' within 4 minutes (4 one-minute buckets), targets within 90 s of t'
+    res = _fit("mt_oc", 0, epochs=4, t_lim=4, t_lim_unit="seconds", t_lim_s=240, lookahead_tokens=6,
+               window_unit="seconds", window=90, window_max_tokens=3)
+    losses = [h["loss"] for h in res.history]
+    assert lookahead(res.model.cfg) == 6 + 3
+    assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_warmup_then_cosine():
