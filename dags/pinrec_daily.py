@@ -19,6 +19,7 @@ candidates keep serving. train and score share the one-slot `gpu` pool.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -66,6 +67,15 @@ def train_mode(ds: str, full_every_days: int) -> str:
 def shell_quote(value) -> str:
     # str() first: `tojson` returns markupsafe.Markup, whose `+` would HTML-escape the quotes.
     return shlex.quote(str(value))
+
+
+def model_set_flags(model_set) -> str:
+    """The `model_set` param ({field: value}) as `pinrec train --set KEY=VALUE` flags, quoted
+    (the gate's `validate_params` has checked the fields and values before `train` runs)."""
+    if isinstance(model_set, str):  # a form may hand the object over as JSON text
+        model_set = json.loads(model_set or "{}")
+    return " ".join(f"--set {shlex.quote(f'{k}={str(v).lower() if isinstance(v, bool) else v}')}"
+                    for k, v in sorted((model_set or {}).items()))
 
 
 def last_days(ds: str, n: int) -> list[str]:
@@ -139,6 +149,12 @@ params = {
                                      "table and the model (hashed attributes collide less when "
                                      "wider: Beauty's best is 256). A change needs a full-retrain "
                                      "day: a warm start across widths is refused."),
+    "model_set": Param({}, type="object",
+                       additionalProperties={"type": ["string", "number", "boolean"]},
+                       description="Model config overrides, field -> value, passed to `pinrec "
+                                   "train` as --set (e.g. {\"t_lim\": 8} for trivago; fields in "
+                                   "docs/model.md). Checked by validate_params. A change needs a "
+                                   "full-retrain day: a warm start across configs is refused."),
     "train_refit": Param(False, type="boolean",
                          description="After early stopping picks the epoch count, train once more "
                                      "on every token, each user's newest engagement included "
@@ -163,6 +179,7 @@ with DAG(
     params=params,
     render_template_as_native_obj=False,
     user_defined_macros={"train_mode": train_mode, "warm_start_flags": warm_start_flags,
+                         "model_set_flags": model_set_flags,
                          "last_days": last_days},
     user_defined_filters={"shquote": shell_quote},
     tags=["pinrec", "batch"],
@@ -199,6 +216,7 @@ with DAG(
                               f"--version {MODEL_VERSION} "
                               "--max-seconds {{ params.train_max_seconds }} --quiet "
                               "--set feature_dim={{ params.feature_dim }} "
+                              "{{ model_set_flags(params.model_set) }} "
                               "{{ '--refit' if params.train_refit else '' }} "
                               "{{ warm_start_flags(ds, params.full_retrain_every_days, params.variant, params.preset) }}")
             + "; fi"

@@ -43,6 +43,40 @@ class RunParams:
     variant: str = "mt_oc"
     preset: str = "small"
     max_recall_drop: float = 0.05
+    model_set: tuple = ()  # ("KEY=VALUE", ...): the `--set` flags `pinrec train` gets
+
+
+# Set by their own params (one width for the items table and the model) or by the DAG itself.
+MODEL_SET_RESERVED = {"variant": "the 'variant' param", "feature_dim": "the 'feature_dim' param",
+                      "n_actions": "the action vocabulary"}
+
+
+def validate_model_set(raw, variant: str, preset_name: str) -> tuple:
+    """The `model_set` param (PinRecConfig field -> value) -> ("KEY=VALUE", ...), checked by
+    building the very config `pinrec train` will build, so a bad field or value fails here."""
+    from jobs.train import parse_overrides
+    from pinrec_model.model import preset
+
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw or "{}")
+        except json.JSONDecodeError as e:
+            raise UserError(f"param 'model_set' is not valid JSON ({e}); give e.g. "
+                            '{"t_lim": 8, "window": 2}') from None
+    if not isinstance(raw, dict):
+        raise UserError(f"param 'model_set' must be a JSON object of model config fields, e.g. "
+                        f'{{"t_lim": 8}}, got {raw!r}')
+    for k, v in raw.items():
+        if k in MODEL_SET_RESERVED:
+            raise UserError(f"param 'model_set': {k!r} is set by {MODEL_SET_RESERVED[k]}, not here")
+        if not isinstance(v, (str, int, float, bool)):
+            raise UserError(f"param 'model_set': {k!r} must be a number, string or boolean, got {v!r}")
+    pairs = tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(raw.items()))
+    try:
+        preset(preset_name, variant=variant, **parse_overrides(pairs))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"param 'model_set': {e}") from None
+    return pairs
 
 
 def validate_params(raw: dict) -> RunParams:
@@ -80,7 +114,8 @@ def validate_params(raw: dict) -> RunParams:
     if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0 <= drop <= 1:
         raise UserError(f"param 'max_recall_drop' must be a fraction in [0, 1] (1 turns the gate "
                         f"off), got {drop!r}")
-    return RunParams(checked, lookback, variant, preset, float(drop))
+    model_set = validate_model_set(raw.get("model_set", {}), variant, preset)
+    return RunParams(checked, lookback, variant, preset, float(drop), model_set)
 
 
 @dataclass(frozen=True)
@@ -197,7 +232,8 @@ def run_params(args) -> int:
     out.write_text(json.dumps(params.arms, indent=2, sort_keys=True) + "\n")
     (out.parent / "params.json").write_text(json.dumps(asdict(params), indent=2, sort_keys=True) + "\n")
     print(f"params ok: {len(params.arms)} arm(s) {sorted(params.arms)}, lookback "
-          f"{params.lookback_days} days, {params.variant}/{params.preset}; arms file {out}")
+          f"{params.lookback_days} days, {params.variant}/{params.preset}"
+          f"{' with ' + ' '.join(params.model_set) if params.model_set else ''}; arms file {out}")
     return 0
 
 

@@ -64,17 +64,31 @@ def model_config(args, vocab):
         over.update(use_features=False, full_softmax=True)
     if args.full_softmax:
         over["full_softmax"] = True
+    over.update(parse_overrides(args.set))
+    return preset(args.preset, **over)
+
+
+def parse_overrides(pairs) -> dict:
+    """["KEY=VALUE", ...] -> PinRecConfig field overrides, each value cast to its field's type
+    (`pinrec train --set`, and the DAG's `model_set` param through `pinrec gate params`)."""
+    from pinrec_model.model import PinRecConfig
+
     types = {f.name: f.type for f in fields(PinRecConfig)}
-    for kv in args.set:
+    over = {}
+    for kv in pairs:
         if "=" not in kv:
             raise ValueError(f"--set {kv!r}: expected KEY=VALUE")
         k, v = kv.split("=", 1)
         if k not in types:
             raise ValueError(f"--set {k}: unknown config field; known: {sorted(types)}")
         t = types[k]
-        over[k] = (v.lower() in ("1", "true", "yes")) if t in (bool, "bool") else \
-            int(v) if t in (int, "int") else float(v) if t in (float, "float") else v
-    return preset(args.preset, **over)
+        try:
+            over[k] = (v.lower() in ("1", "true", "yes")) if t in (bool, "bool") else \
+                int(v) if t in (int, "int") else float(v) if t in (float, "float") else v
+        except ValueError:
+            raise ValueError(f"--set {k}={v}: {k} takes a{'n' if t in (int, 'int') else ''} "
+                             f"{getattr(t, '__name__', t)}") from None
+    return over
 
 
 def train_config(args):

@@ -43,10 +43,28 @@ GOOD = {"arms": {"a": {"repin": 0.5, "grid_click": 0.5}}, "lookback_days": 30,
     ({"lookback_days": 0}, "lookback_days"),
     ({"variant": "gpt"}, "variant"),
     ({"max_recall_drop": 1.5}, "max_recall_drop"),
+    ({"model_set": {"t_limit": 8}}, "t_limit: unknown config field"),
+    ({"model_set": {"t_lim": "eight"}}, "t_lim=eight: t_lim takes an int"),
+    ({"model_set": {"window_unit": "minutes"}}, "window_unit must be 'steps' or 'seconds'"),
+    ({"model_set": {"feature_dim": 4096}}, "set by the 'feature_dim' param"),
+    ({"model_set": {"t_lim": [8]}}, "number, string or boolean"),
+    ({"model_set": "{t_lim: 8"}, "model_set' is not valid JSON"),
 ])
 def test_validate_params_names_the_bad_input(patch, message):
     with pytest.raises(UserError, match=message):
         validate_params(GOOD | patch)
+
+
+def test_model_set_becomes_the_set_flags_train_gets():
+    p = validate_params(GOOD | {"model_set": {"t_lim": 8, "window_unit": "seconds", "window": 30,
+                                              "time_age": False}})
+    assert p.model_set == ("t_lim=8", "time_age=false", "window=30", "window_unit=seconds")
+    from jobs.train import parse_overrides
+
+    assert parse_overrides(p.model_set) == {"t_lim": 8, "time_age": False, "window": 30,
+                                            "window_unit": "seconds"}
+    assert validate_params(GOOD).model_set == ()
+    assert validate_params(GOOD | {"model_set": '{"t_lim": 6}'}).model_set == ("t_lim=6",)
 
 
 def test_validate_params_accepts_json_string_arms():

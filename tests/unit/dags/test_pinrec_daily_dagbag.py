@@ -2,6 +2,7 @@
 and the commands each task renders (the contract between the DAG and the `pinrec` CLI)."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -83,7 +84,7 @@ def test_params_schema(dag):
     p = dag.params
     assert set(p.keys()) == {"arms", "lookback_days", "variant", "preset",
                              "full_retrain_every_days", "max_recall_drop", "maintenance_weekday",
-                             "train_max_seconds", "train_refit", "feature_dim"}
+                             "train_max_seconds", "train_refit", "feature_dim", "model_set"}
     defaults = {k: p[k] for k in p.keys()}
     checked = validate_params(defaults)  # the defaults must pass the gate's own validation
     assert set(checked.arms) == {"balanced", "repin"}
@@ -91,15 +92,21 @@ def test_params_schema(dag):
     assert p.get_param("arms").schema["type"] == "object"
     from airflow.sdk.exceptions import ParamValidationError
 
+    # Param.resolve keeps the value it resolved: try values on copies, the DAG's defaults stay
+    param = lambda k: copy.deepcopy(p.get_param(k))  # noqa: E731
+
     with pytest.raises(ParamValidationError):
-        p.get_param("lookback_days").resolve(0)
+        param("lookback_days").resolve(0)
     with pytest.raises(ParamValidationError):
-        p.get_param("variant").resolve("gpt")
+        param("variant").resolve("gpt")
     with pytest.raises(ParamValidationError):
-        p.get_param("arms").resolve({"a": {"repin": -0.5, "other": 1.5}})
+        param("arms").resolve({"a": {"repin": -0.5, "other": 1.5}})
     with pytest.raises(ParamValidationError):
-        p.get_param("arms").resolve({})
-    assert p.get_param("arms").resolve({"a": {"repin": 1}}) == {"a": {"repin": 1}}
+        param("arms").resolve({})
+    with pytest.raises(ParamValidationError):
+        param("model_set").resolve({"t_lim": [8]})
+    assert param("model_set").resolve({"t_lim": 8}) == {"t_lim": 8} and p["model_set"] == {}
+    assert param("arms").resolve({"a": {"repin": 1}}) == {"a": {"repin": 1}}
 
 
 class _Vars:
@@ -156,6 +163,16 @@ def test_rendered_commands(dag):
     items = pinrec_argv(render(dag, "items", feature_dim=256))
     assert items[items.index("--feature-dim") + 1] == "256"
     assert "feature_dim=256" in pinrec_argv(render(dag, "train", feature_dim=256))
+    # model_set reaches train as --set flags, quoted, and nothing when it is empty
+    train = pinrec_argv(render(dag, "train", model_set={"t_lim": 8, "window_unit": "seconds", "time_age": False}))
+    sets = [train[i + 1] for i, a in enumerate(train) if a == "--set"]
+    assert sets == ["feature_dim=32", "t_lim=8", "time_age=false", "window_unit=seconds"]
+    from jobs.gate import validate_params
+
+    assert tuple(sets[1:]) == validate_params(
+        {k: dag.params[k] for k in dag.params.keys()}
+        | {"model_set": {"t_lim": 8, "window_unit": "seconds", "time_age": False}}).model_set
+    assert [a for a in pinrec_argv(render(dag, "train")) if a == "--set"] == ["--set"]
     seq = pinrec_argv(render(dag, "sequences", lookback_days=30))
     assert seq[seq.index("--window-days") + 1] == "30"
 
