@@ -71,7 +71,9 @@ def shell_quote(value) -> str:
 
 def model_set_flags(model_set) -> str:
     """The `model_set` param ({field: value}) as `pinrec train --set KEY=VALUE` flags, quoted
-    (the gate's `validate_params` has checked the fields and values before `train` runs)."""
+    (the gate's `validate_params` has checked the fields and values before `train` runs). Formatted
+    as `jobs.gate.validate_model_set` formats them, not imported from it: this file stays light
+    (tests/unit/dags/test_pinrec_daily_dagbag.py holds the two equal)."""
     if isinstance(model_set, str):  # a form may hand the object over as JSON text
         model_set = json.loads(model_set or "{}")
     return " ".join(f"--set {shlex.quote(f'{k}={str(v).lower() if isinstance(v, bool) else v}')}"
