@@ -40,6 +40,24 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="do not skip/sweep events older than the newest sequences cutoff")
     c.add_argument("--sweep-every-s", type=float, default=300.0)
     c.add_argument("--log-every-s", type=float, default=10.0)
+    from streaming.limits import (BROKER_MESSAGE_MAX_BYTES, FETCH_MAX_BYTES, MAX_EVENT_BYTES,
+                                  MAX_PARTITION_FETCH_BYTES, PRODUCER_MAX_REQUEST_SIZE)
+
+    lim = c.add_argument_group("size limits (defaults: Kafka's own; docs/ops.md)")
+    lim.add_argument("--max-event-bytes", type=int, default=MAX_EVENT_BYTES,
+                     help="a message larger than this is dead-lettered as 'oversized payload' "
+                          "(default %(default)s)")
+    lim.add_argument("--fetch-max-bytes", type=int, default=FETCH_MAX_BYTES,
+                     help="consumer fetch.max.bytes (default %(default)s)")
+    lim.add_argument("--max-partition-fetch-bytes", type=int, default=MAX_PARTITION_FETCH_BYTES,
+                     help="consumer max.partition.fetch.bytes (default %(default)s); a larger "
+                          "record is still fetched, alone")
+    lim.add_argument("--dlq-max-request-size", type=int, default=PRODUCER_MAX_REQUEST_SIZE,
+                     help="DLQ producer max.request.size (default %(default)s); dead letters "
+                          "are cut to fit it")
+    lim.add_argument("--dlq-broker-max-message-bytes", type=int, default=BROKER_MESSAGE_MAX_BYTES,
+                     help="the DLQ topic's max.message.bytes on the broker (default %(default)s, "
+                          "Kafka's message.max.bytes); dead letters are cut to fit it too")
 
     r = sub.add_parser("replay", help="produce events from the lake, a file or a generator")
     common(r, db=False)
@@ -49,6 +67,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                      help="events of these ds partitions (inclusive), in time order")
     src.add_argument("--synthetic", type=int, metavar="N", help="N generated events")
     r.add_argument("--rate", type=float, default=0.0, help="messages/s (0 = unpaced)")
+    r.add_argument("--max-request-size", type=int, default=PRODUCER_MAX_REQUEST_SIZE,
+                   help="producer max.request.size (default %(default)s, Kafka's); raise it to "
+                        "send larger test messages")
     r.add_argument("--limit", type=int, default=None)
     r.add_argument("--users", type=int, default=10_000, help="with --synthetic")
     r.add_argument("--seed", type=int, default=0, help="with --synthetic")
@@ -73,14 +94,28 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _consume(args) -> int:
-    from streaming.consumer import ConsumerConfig, run
+    from streaming.consumer import (EXIT_CANNOT_DEAD_LETTER, EXIT_STORE_UNAVAILABLE,
+                                    CannotDeadLetter, ConsumerConfig, StoreUnavailable, run)
 
     cfg = ConsumerConfig(bootstrap=args.bootstrap, db_path=Path(args.db or default_db(args.lake)),
                          topic=args.topic, dlq_topic=args.dlq_topic, group=args.group,
                          metrics_port=args.metrics_port, log_every_s=args.log_every_s,
                          lake=None if args.no_sweep else Path(args.lake),
-                         sweep_every_s=args.sweep_every_s)
-    m = run(cfg)
+                         sweep_every_s=args.sweep_every_s, max_event_bytes=args.max_event_bytes,
+                         fetch_max_bytes=args.fetch_max_bytes,
+                         max_partition_fetch_bytes=args.max_partition_fetch_bytes,
+                         dlq_max_request_size=args.dlq_max_request_size,
+                         dlq_broker_max_message_bytes=args.dlq_broker_max_message_bytes)
+    try:
+        m = run(cfg)
+    except CannotDeadLetter as e:  # a crash loop would re-read the same records: stop, say why
+        print(f"pinrec stream consume: stopped (exit {EXIT_CANNOT_DEAD_LETTER}): {e}",
+              file=sys.stderr)
+        return EXIT_CANNOT_DEAD_LETTER
+    except StoreUnavailable as e:
+        print(f"pinrec stream consume: stopped (exit {EXIT_STORE_UNAVAILABLE}): {e}",
+              file=sys.stderr)
+        return EXIT_STORE_UNAVAILABLE
     print(f"stopped: stored {m.events_stored} events, {m.dlq} to the DLQ, "
           f"committed {dict(m.committed)}")
     return 0
@@ -92,7 +127,7 @@ def _replay(args) -> int:
     from streaming import replay as rp
 
     cfg = rp.ReplayConfig(bootstrap=args.bootstrap, topic=args.topic, rate=args.rate,
-                          limit=args.limit)
+                          limit=args.limit, max_request_size=args.max_request_size)
     if args.file:
         if not Path(args.file).exists():
             raise UserError(f"--file {args.file} does not exist")

@@ -48,6 +48,9 @@ def malformed_messages(now_us: int) -> list[tuple[str, bytes | None, str]]:
         ("unknown_item_type", ev(item_type="video"), "unknown item_type"),
         ("query_with_repin", ev(item_type="query"), "item_type 'query' goes with action 'search'"),
         ("far_future_ts", ev(ts=now_us + 10 * 86_400 * 1_000_000), "in the future"),
+        # Small but fatal to json.loads (RecursionError, not a ValueError): parse does not
+        # special-case it, so it exercises the consumer's isolation of unforeseen failures.
+        ("deeply_nested_json", b"[" * 10_000, "processing failed: RecursionError"),
         ("oversized", json.dumps({**good_event(0, now_us), "pad": "x" * MAX_MESSAGE_BYTES}).encode(),
          "oversized payload"),
     ]

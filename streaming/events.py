@@ -20,7 +20,8 @@ from typing import Iterable
 from pinrec.contracts import (ITEM_TYPES, SURFACES, ActionVocab, Event, Rejection,
                               validate_event_fields)
 
-MAX_MESSAGE_BYTES = 16 * 1024  # a real event is ~200 B; anything this big is not an event
+from streaming.limits import MAX_EVENT_BYTES as MAX_MESSAGE_BYTES
+
 _HEADER = struct.Struct(">qBBBB")
 _KEY = struct.Struct(">QQ")
 KEY_LEN = 24
@@ -32,7 +33,7 @@ def parse(raw: bytes | None, vocab: ActionVocab, max_ts_us: int,
     if raw is None:
         return Rejection("empty message (null value)", b"")
     if len(raw) > max_bytes:
-        return Rejection(f"oversized payload: {len(raw)} bytes > {max_bytes}", raw)
+        return Rejection(f"oversized payload: {len(raw)} bytes > {max_bytes} (max_event_bytes)", raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

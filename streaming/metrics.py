@@ -22,6 +22,7 @@ class ConsumerMetrics:
 
     events_stored: int = 0
     dlq: int = 0
+    poison: int = 0          # of those, records isolated because processing them raised
     stale_skipped: int = 0
     batches: int = 0
     commits: int = 0
@@ -50,6 +51,7 @@ class ConsumerMetrics:
             "events_stored": self.events_stored,
             "events_per_s": self.events_stored / elapsed,
             "dlq": self.dlq,
+            "poison": self.poison,
             "stale_skipped": self.stale_skipped,
             "batches": self.batches,
             "commits": self.commits,
@@ -64,7 +66,7 @@ class ConsumerMetrics:
 
 def prometheus_text(snap: dict, prefix: str = "pinrec_stream") -> str:
     lines = []
-    kinds = {"events_stored": "counter", "dlq": "counter", "stale_skipped": "counter",
+    kinds = {"events_stored": "counter", "dlq": "counter", "poison": "counter", "stale_skipped": "counter",
              "batches": "counter", "commits": "counter", "swept": "counter"}
     for k, v in snap.items():
         if k == "committed":

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pinrec.contracts import PINTEREST_ACTIONS, Event, stable_event_id
+from streaming.limits import PRODUCER_MAX_REQUEST_SIZE
 
 Message = tuple[bytes | None, bytes]
 
@@ -26,6 +27,8 @@ class ReplayConfig:
     rate: float = 0.0          # messages per second; 0 = as fast as possible
     limit: int | None = None
     linger_ms: int = 5
+    max_request_size: int = PRODUCER_MAX_REQUEST_SIZE  # raise it to send larger test messages
+    batch_size: int = 256 << 10
 
 
 def user_key(user_id: int) -> bytes:
@@ -89,7 +92,8 @@ def produce(cfg: ReplayConfig, messages: Iterable[Message], progress=None) -> in
     from streaming.produce import send_confirmed
 
     producer = KafkaProducer(bootstrap_servers=cfg.bootstrap, linger_ms=cfg.linger_ms,
-                             batch_size=256 << 10, acks=1, client_id="pinrec-replay")
+                             batch_size=cfg.batch_size, acks=1, client_id="pinrec-replay",
+                             max_request_size=cfg.max_request_size)
     sent = 0
     again: list = []  # appended from the producer's I/O thread (list.append is atomic)
     t0 = time.perf_counter()

@@ -67,8 +67,28 @@ class RealtimeStore:
             wb.put(encode_key(e.user_id, e.ts_us, e.event_id), encode_value(e))
             n += 1
         if n:
-            self._db.write(wb)
+            self._write(wb)
         return n
+
+    # A key no event can have (events' keys are 24 bytes), written and deleted in one batch.
+    _PROBE_KEY = b"\xff" * 8 + b"pinrec-write-probe"
+
+    def probe(self) -> None:
+        """Raise if the store cannot take a write right now (disk full, I/O error, closed).
+
+        One WriteBatch puts and deletes a key outside the event key space, through the same
+        WAL path as `apply`, so it leaves nothing a reader can see. The consumer asks this
+        when a single event failed to store: the event is to blame only if the store is fine."""
+        from rocksdict import WriteBatch
+
+        wb = WriteBatch(raw_mode=True)
+        wb.put(self._PROBE_KEY, b"")
+        wb.delete(self._PROBE_KEY)
+        self._write(wb)
+
+    def _write(self, wb) -> None:
+        """The one place writes reach RocksDB (WAL on)."""
+        self._db.write(wb)
 
     def tail(self, user_id: int, since_us: int = 0, limit: int | None = None) -> list[Event]:
         """The user's events with ts >= since_us, chronological; the newest `limit` if given.

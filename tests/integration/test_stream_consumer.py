@@ -173,28 +173,34 @@ def test_sigterm_commits_and_exits_cleanly(broker, tmp_path):
 
 def test_a_failed_store_write_commits_nothing_and_the_batch_is_redelivered(broker, tmp_path):
     """Regression: offsets of a batch whose RocksDB write failed must not be committed, not
-    even by the shutdown path's final commit."""
+    even by the shutdown path's final commit. A store that takes no write at all is not one
+    record's fault: the consumer stops with StoreUnavailable and dead-letters nothing."""
+    from streaming.consumer import StoreUnavailable
     from streaming.store import RealtimeStore
 
     topic, dlq = fresh_topics(broker.bootstrap, partitions=1)
     n = 500
     produce(ReplayConfig(broker.bootstrap, topic),
             event_messages(synthetic_events(n, 10, 100, start_us=now_us() - n * 1000)))
-    real_apply = RealtimeStore.apply
+    real_write = RealtimeStore._write
 
-    def failing_apply(self, events):
+    def failing_write(self, wb):  # every write, the health probe's too
         raise OSError("disk full (injected)")
 
     cfg = ConsumerConfig(broker.bootstrap, tmp_path / "db", topic=topic, dlq_topic=dlq, group="fail")
-    RealtimeStore.apply = failing_apply
+    RealtimeStore._write = failing_write
     try:
         c = ConsumerThread(cfg).start()
         c.thread.join(60)
-        assert isinstance(c.error, OSError)
+        assert isinstance(c.error, StoreUnavailable), c.error
+        assert "does not take writes" in str(c.error) and f"{topic}/0@" in str(c.error)
+        assert isinstance(c.error.__cause__, OSError)
     finally:
-        RealtimeStore.apply = real_apply
+        RealtimeStore._write = real_write
     assert committed(broker.bootstrap, "fail", topic, 1) == {0: None}
+    assert c.metrics.dlq == 0
     c = ConsumerThread(cfg).start()
     c.wait_for(lambda m: m.events_stored >= n)
     c.stop()
     assert len(stored_event_ids(tmp_path / "db")) == n
+    assert read_topic(broker.bootstrap, dlq, expect=0, timeout_s=2) == []

@@ -20,13 +20,28 @@ def test_good_event_parses_to_the_same_fields():
 
 
 CORPUS = malformed_messages(NOW)
+# Kinds parse() does not foresee: it raises, and the consumer's isolation dead-letters them.
+RAISES = [c for c in CORPUS if c[2].startswith("processing failed: ")]
+REJECTED = [c for c in CORPUS if c not in RAISES]
 
 
 def test_corpus_has_at_least_twelve_distinct_kinds():
     assert len({k for k, _, _ in CORPUS}) >= 12
 
 
-@pytest.mark.parametrize("kind,raw,reason", CORPUS, ids=[k for k, _, _ in CORPUS])
+def test_the_corpus_holds_a_kind_that_parse_does_not_foresee():
+    assert [k for k, _, _ in RAISES] == ["deeply_nested_json"]
+
+
+@pytest.mark.parametrize("kind,raw,reason", RAISES, ids=[k for k, _, _ in RAISES])
+def test_unforeseen_kinds_raise_the_exception_their_reason_names(kind, raw, reason):
+    exc = reason.removeprefix("processing failed: ")
+    with pytest.raises(Exception) as e:
+        parse(raw, PINTEREST_ACTIONS, MAX_TS)
+    assert type(e.value).__name__ == exc
+
+
+@pytest.mark.parametrize("kind,raw,reason", REJECTED, ids=[k for k, _, _ in REJECTED])
 def test_every_malformed_kind_is_rejected_with_its_reason(kind, raw, reason):
     r = parse(raw, PINTEREST_ACTIONS, MAX_TS)
     assert isinstance(r, Rejection), f"{kind} was accepted: {r}"
