@@ -40,6 +40,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="do not skip/sweep events older than the newest sequences cutoff")
     c.add_argument("--sweep-every-s", type=float, default=300.0)
     c.add_argument("--log-every-s", type=float, default=10.0)
+    c.add_argument("--max-poll-records", type=int, default=500,
+                   help="records per poll, processed and committed together (default %(default)s)")
     from streaming.limits import (BROKER_MESSAGE_MAX_BYTES, FETCH_MAX_BYTES, MAX_EVENT_BYTES,
                                   MAX_PARTITION_FETCH_BYTES, PRODUCER_MAX_REQUEST_SIZE)
 
@@ -102,6 +104,7 @@ def _consume(args) -> int:
                          metrics_port=args.metrics_port, log_every_s=args.log_every_s,
                          lake=None if args.no_sweep else Path(args.lake),
                          sweep_every_s=args.sweep_every_s, max_event_bytes=args.max_event_bytes,
+                         max_poll_records=args.max_poll_records,
                          fetch_max_bytes=args.fetch_max_bytes,
                          max_partition_fetch_bytes=args.max_partition_fetch_bytes,
                          dlq_max_request_size=args.dlq_max_request_size,
