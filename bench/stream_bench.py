@@ -5,8 +5,9 @@ Three phases, each on a fresh topic:
      (events/s from its first to its last stored event; the group join is not counted);
   2. visibility — a second process (`pinrec stream replay`) offers events at --rate; p99 of
      produce time (the Kafka record timestamp, set at send) -> written to RocksDB (readable);
-  3. DLQ — the malformed corpus (streaming/corpus.py) interleaved with good events; every bad
-     message must land in the DLQ and every good one in RocksDB.
+  3. DLQ — the malformed corpus (streaming/corpus.py) plus a 2 MB event (long query_text) and a
+     20 MB blob, interleaved with good events; every bad message must land in the DLQ (the two
+     big ones cut to fit, with size and sha256 headers) and every good one in RocksDB.
 """
 from __future__ import annotations
 
@@ -119,17 +120,24 @@ def dlq_corpus(bootstrap, work: Path) -> dict:
     from streaming.replay import ReplayConfig, produce
     from streaming.store import RealtimeStore
 
+    import hashlib
+    import os as _os
+
     create_topics(bootstrap, {"bad": 1, "bad.dlq": 1})
     now = int(time.time() * 1e6)
-    corpus = malformed_messages(now)
+    long_query = {**good_event(0, now), "event_id": "long-query", "item_type": "query",
+                  "action": "search", "surface": "search", "query_text": "q" * 2_000_000}
+    corpus = malformed_messages(now) + [
+        ("query_2mb", json.dumps(long_query).encode(), "oversized payload"),
+        ("blob_20mb", _os.urandom(20_000_000), "oversized payload")]
     msgs, good = [], []
     for i, (_, raw, _) in enumerate(corpus):
         g = good_event(i, now, user_id=i)
         good.append(g["event_id"])
         msgs += [(b"k", json.dumps(g).encode()), (b"k", raw)]
-    produce(ReplayConfig(bootstrap, "bad"), msgs)
+    produce(ReplayConfig(bootstrap, "bad", max_request_size=64 << 20), msgs)
     m, stop, th = _consumer(bootstrap, work / "db-dlq", "bad", "bench-dlq")
-    _wait(lambda: m.events_stored + m.dlq >= len(msgs), 60, "the corpus")
+    _wait(lambda: m.events_stored + m.dlq >= len(msgs), 120, "the corpus")
     stop.set()
     th.join(30)
     from kafka import KafkaConsumer
@@ -142,17 +150,24 @@ def dlq_corpus(bootstrap, work: Path) -> dict:
         for recs in c.poll(500).values():
             dead += recs
     c.close()
-    reasons = {}
+    reasons, truncated = {}, {}
     for (kind, raw, want), rec in zip(corpus, sorted(dead, key=lambda r: r.offset)):
         h = dict(rec.headers)
+        raw = raw or b""
         reasons[kind] = h["reason"].decode()
-        assert want in reasons[kind] and rec.value == (raw or b""), (kind, reasons[kind])
+        assert want in reasons[kind], (kind, reasons[kind])
+        assert h["original_sha256"].decode() == hashlib.sha256(raw).hexdigest(), kind
+        if "truncated_to" in h:
+            truncated[kind] = {"original_bytes": len(raw), "kept_bytes": len(rec.value)}
+            assert raw.startswith(rec.value), kind
+        else:
+            assert rec.value == raw, kind
     s = RealtimeStore.open(work / "db-dlq")
     stored = sorted(decode(k, v).event_id for k, v in s.scan())
     s.close()
     return {"kinds": len(corpus), "dead_lettered": len(dead), "good_stored": len(stored),
             "good_expected": len(good), "all_ok": len(dead) == len(corpus) and stored == sorted(good),
-            "reasons": reasons}
+            "poison_isolated": m.poison, "truncated": truncated, "reasons": reasons}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
              f"{tp['cpu_us_per_event']:.1f} us", f"<= {1e6 / BARS['events_per_s']:.1f} us"),
             ("p50 produce->readable", f"{vis['p50_visible_ms']:.0f} ms", ""),
             ("commit latency p99", f"{tp['commit_ms_p99']:.1f} ms", ""),
-            ("malformed kinds dead-lettered", f"{dlq['dead_lettered']}/{dlq['kinds']}",
+            ("malformed kinds dead-lettered (incl. 2 MB + 20 MB, cut to fit)",
+             f"{dlq['dead_lettered']}/{dlq['kinds']}",
              "all, good ones stored" + (" (ok)" if dlq["all_ok"] else " (FAILED)"))]
     print(f"{'measure':<62} {'value':>14}  bar")
     for name, v, bar in rows:
