@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         broker.stop()
     r["seconds"] = time.perf_counter() - t0
+    r["host_cpus"], r["load_avg_1m"] = os.cpu_count(), os.getloadavg()[0]  # say how busy it was
     ok = r["stored_once"] == r["produced"] and not (r["duplicates"] or r["missing"] or r["unexpected"])
     r["exactly_once"] = ok
     print(f"{'produced':<10}{'kills (mid-stream)':>20}{'stored once':>13}{'duplicates':>12}{'missing':>9}  result")
