@@ -95,20 +95,27 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="topics to create, name:partitions,...")
 
 
+def consumer_config(args):
+    """The consumer's config from `pinrec stream consume` flags (pure)."""
+    from streaming.consumer import ConsumerConfig
+
+    return ConsumerConfig(bootstrap=args.bootstrap, db_path=Path(args.db or default_db(args.lake)),
+                          topic=args.topic, dlq_topic=args.dlq_topic, group=args.group,
+                          metrics_port=args.metrics_port, log_every_s=args.log_every_s,
+                          lake=None if args.no_sweep else Path(args.lake),
+                          sweep_every_s=args.sweep_every_s, max_event_bytes=args.max_event_bytes,
+                          max_poll_records=args.max_poll_records,
+                          fetch_max_bytes=args.fetch_max_bytes,
+                          max_partition_fetch_bytes=args.max_partition_fetch_bytes,
+                          dlq_max_request_size=args.dlq_max_request_size,
+                          dlq_broker_max_message_bytes=args.dlq_broker_max_message_bytes)
+
+
 def _consume(args) -> int:
     from streaming.consumer import (EXIT_CANNOT_DEAD_LETTER, EXIT_STORE_UNAVAILABLE,
-                                    CannotDeadLetter, ConsumerConfig, StoreUnavailable, run)
+                                    CannotDeadLetter, StoreUnavailable, run)
 
-    cfg = ConsumerConfig(bootstrap=args.bootstrap, db_path=Path(args.db or default_db(args.lake)),
-                         topic=args.topic, dlq_topic=args.dlq_topic, group=args.group,
-                         metrics_port=args.metrics_port, log_every_s=args.log_every_s,
-                         lake=None if args.no_sweep else Path(args.lake),
-                         sweep_every_s=args.sweep_every_s, max_event_bytes=args.max_event_bytes,
-                         max_poll_records=args.max_poll_records,
-                         fetch_max_bytes=args.fetch_max_bytes,
-                         max_partition_fetch_bytes=args.max_partition_fetch_bytes,
-                         dlq_max_request_size=args.dlq_max_request_size,
-                         dlq_broker_max_message_bytes=args.dlq_broker_max_message_bytes)
+    cfg = consumer_config(args)
     try:
         m = run(cfg)
     except CannotDeadLetter as e:  # a crash loop would re-read the same records: stop, say why
