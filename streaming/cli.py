@@ -87,6 +87,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--db", default=None)
     s.add_argument("--cutoff-us", type=int, default=None, help="override the cutoff (UTC µs)")
 
+    k = sub.add_parser("skip", help="move a stopped consumer group past records it cannot get "
+                       "past (after exit 69): commit OFFSET+1 for TOPIC/PARTITION")
+    k.add_argument("--bootstrap", default=default_bootstrap())
+    k.add_argument("--group", default="pinrec-speed-layer")
+    k.add_argument("--topic", default="engagements")
+    k.add_argument("--partition", type=int, required=True)
+    k.add_argument("--offset", type=int, required=True,
+                   help="the last offset to give up on (from the exit-69 message: topic/P@OFFSET)")
+
     b = sub.add_parser("broker", help="run a local Tansu broker on 127.0.0.1 until SIGTERM")
     b.add_argument("--port", type=int, default=9092)
     b.add_argument("--storage", default="memory://tansu/",
@@ -173,6 +182,33 @@ def _sweep(args) -> int:
     return 0
 
 
+def _skip(args) -> int:
+    """Commit offset+1 for the group: the records up to `offset` are given up (they stay in
+    the topic). Run it only while every consumer of the group is stopped."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    tp = TopicPartition(args.topic, args.partition)
+    c = KafkaConsumer(bootstrap_servers=args.bootstrap, group_id=args.group,
+                      enable_auto_commit=False)
+    try:
+        before = c.committed(tp)
+        if before is not None and before > args.offset:
+            raise UserError(f"group {args.group!r} is already at offset {before} of "
+                            f"{args.topic}/{args.partition}, past {args.offset}; nothing to skip")
+        c.assign([tp])
+        c.commit({tp: OffsetAndMetadata(args.offset + 1, "skipped by pinrec stream skip", -1)})
+        after = c.committed(tp)
+    finally:
+        c.close()
+    # The consumer writes a batch's good events before it dead-letters, so after exit 69 the
+    # records before the named one are already stored; only the named record is given up.
+    print(f"group {args.group}: {args.topic}/{args.partition} committed {before} -> {after}; "
+          f"the group resumes at {args.offset + 1}, record {args.offset} stays only in the topic "
+          f"(for its retention)")
+    return 0
+
+
 def _broker(args) -> int:
     import signal
     import threading
@@ -195,4 +231,5 @@ def _broker(args) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return {"consume": _consume, "replay": _replay, "sweep": _sweep, "broker": _broker}[args.action](args)
+    return {"consume": _consume, "replay": _replay, "sweep": _sweep, "skip": _skip,
+            "broker": _broker}[args.action](args)

@@ -232,12 +232,15 @@ class ConsumerRunner:
         try:
             send_confirmed(self.producer, self.cfg.dlq_topic, msgs)
         except Exception as e:
+            first = dead[0][0]
             raise CannotDeadLetter(
                 f"could not dead-letter {len(dead)} record(s) to topic {self.cfg.dlq_topic!r} "
                 f"({type(e).__name__}: {e}): {where([r for r, _ in dead])}. Nothing from there on "
                 f"was committed. Fix: make the DLQ writable (topic exists, broker up, its "
-                f"max.message.bytes >= {limit}), then restart; or, to give up on these records, "
-                f"move the group's offset past them (docs/ops.md, 'The consumer stopped')."
+                f"max.message.bytes >= {limit}), then restart; or, to give up on a record, stop "
+                f"the group and move it past the record: `pinrec stream skip --group "
+                f"{self.cfg.group} --topic {first.topic} --partition {first.partition} --offset "
+                f"{first.offset}` (docs/ops.md, 'The consumer stopped')."
             ) from e
         for r, reason in dead:
             log.info("DLQ %s: %s", source(r), reason[:200])

@@ -153,6 +153,7 @@ def test_a_record_that_cannot_be_dead_lettered_stops_the_consumer_with_a_clear_m
     assert p.returncode == EXIT_CANNOT_DEAD_LETTER, p.stderr[-3000:]
     assert f"could not dead-letter 1 record(s) to topic 'engagements dlq'" in p.stderr
     assert f"{topic}/0@1" in p.stderr and "Fix:" in p.stderr
+    assert f"pinrec stream skip --group nodlq --topic {topic} --partition 0 --offset 1" in p.stderr
     assert p.stderr.count("Traceback") == 0  # a message for ops, not a crash
     assert committed(broker.bootstrap, "nodlq", topic, 1) == {0: None}
 
@@ -168,3 +169,38 @@ def test_a_record_that_cannot_be_dead_lettered_stops_the_consumer_with_a_clear_m
     assert sorted(stored_event_ids(tmp_path / "db")) == ["good-0", "good-1"]
     [rec] = read_topic(broker.bootstrap, dlq, expect=1)
     assert rec.value == b"{not json" and dict(rec.headers)["source_offset"] == b"1"
+
+
+def test_ops_can_skip_a_record_that_cannot_be_dead_lettered(broker, tmp_path):
+    """The other way out of exit 69: `pinrec stream skip` moves the group past the record; the
+    consumer then resumes with the rest, and the events before the record were already stored."""
+    topic, _ = fresh_topics(broker.bootstrap, partitions=1)
+    g0, g1 = (good_event(i, now_us()) for i in range(2))
+    produce(ReplayConfig(broker.bootstrap, topic),
+            [(b"k", json.dumps(g0).encode()), (b"k", b"{not json"), (b"k", json.dumps(g1).encode())])
+    pinrec = str(Path(sys.executable).parent / "pinrec")
+    consume = [pinrec, "stream", "consume", "--bootstrap", broker.bootstrap, "--topic", topic,
+               "--group", "skip", "--db", str(tmp_path / "db"), "--no-sweep",
+               "--lake", str(tmp_path / "lake"), "--dlq-topic", "engagements dlq"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.run(consume, capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == EXIT_CANNOT_DEAD_LETTER and f"{topic}/0@1" in p.stderr
+    s = subprocess.run([pinrec, "stream", "skip", "--bootstrap", broker.bootstrap, "--group",
+                        "skip", "--topic", topic, "--partition", "0", "--offset", "1"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert s.returncode == 0, s.stderr
+    assert "committed None -> 2" in s.stdout
+    proc = subprocess.Popen(consume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.monotonic() + 90
+    while committed(broker.bootstrap, "skip", topic, 1) != {0: 3}:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.5)
+    proc.terminate()
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert sorted(stored_event_ids(tmp_path / "db")) == ["good-0", "good-1"]
+    again = subprocess.run([pinrec, "stream", "skip", "--bootstrap", broker.bootstrap, "--group",
+                            "skip", "--topic", topic, "--partition", "0", "--offset", "1"],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 2 and "nothing to skip" in again.stderr
