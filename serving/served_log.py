@@ -93,10 +93,12 @@ class ServedLog:
         from kafka import KafkaProducer
 
         ms = int(self.cfg.send_timeout_s * 1000)
-        # max_block_ms bounds send() while metadata is missing (broker down); delivery_timeout
+        # bootstrap_timeout_ms bounds the constructor and max_block_ms send() while the broker is
+        # down (kafka-python waits 30 s and 60 s by default: the buffer would sit in flight); delivery_timeout
         # bounds how long a future may stay open; acks=all: the record survives a leader change.
         return KafkaProducer(bootstrap_servers=self.cfg.bootstrap, client_id=self.cfg.client_id,
                              acks="all", linger_ms=5, max_block_ms=ms, request_timeout_ms=ms,
+                             bootstrap_timeout_ms=ms,
                              delivery_timeout_ms=ms + 5, retries=0,
                              reconnect_backoff_max_ms=int(self.cfg.max_backoff_s * 1000))
 
