@@ -123,3 +123,19 @@ def test_failed_batch_goes_back_in_order_and_overflow_drops_the_oldest():
     log._put_back(batch)                                  # only the newest failed one fits
     assert [r["request_id"] for r, _ in log._take()] == ["r2", "r3", "r4"]
     assert log.dropped == 2
+
+
+def test_assignment_follows_the_split_and_refuses_unpublished_arms():
+    from serving.candidates import CandidateStore
+    from serving.service import assign_arm, check_traffic
+
+    store = CandidateStore.empty()
+    store.arms = {"control": {"repin": 1.0}, "saves": {"repin": 1.0}}
+    split = TrafficSplit.of({"control": 0.25, "saves": 0.75}, "s")
+    arms = [assign_arm(split, store, u) for u in range(4000)]
+    assert arms == [split.arm_of(u) for u in range(4000)]          # stable, by the contract
+    assert 900 <= arms.count("control") <= 1100                    # 25 % of 4000 = 1000 ± 3.2 sd
+    assert {assign_arm(None, store, u) for u in range(50)} == {"control"}  # no split: default
+    check_traffic(split, store)
+    with pytest.raises(ValueError, match=r"arms \['repin'\] that the published candidates"):
+        check_traffic(TrafficSplit.of({"control": 0.5, "repin": 0.5}), store)
