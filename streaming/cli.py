@@ -53,6 +53,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                     help="land when this many responses are pending (size trigger)")
     ls.add_argument("--max-wait-s", type=float, default=30.0,
                     help="land at least this often while responses are pending (time trigger)")
+    ls.add_argument("--metrics-port", type=int, default=None,
+                    help="serve Prometheus /metrics on 127.0.0.1:PORT")
 
     r = sub.add_parser("replay", help="produce events from the lake, a file or a generator")
     common(r, db=False)
@@ -107,7 +109,7 @@ def _land_served(args) -> int:
                         f"{args.max_records} and {args.max_wait_s}")
     cfg = LanderConfig(bootstrap=args.bootstrap, lake=Path(args.lake), topic=args.topic,
                        dlq_topic=args.dlq_topic, group=args.group, max_records=args.max_records,
-                       max_wait_s=args.max_wait_s)
+                       max_wait_s=args.max_wait_s, metrics_port=args.metrics_port)
     m = run(cfg)
     print(f"stopped: landed {m.records_landed} responses ({m.rows_landed} rows) in "
           f"{m.landings} landings, {m.dlq} to the DLQ, committed {dict(m.committed)}")

@@ -50,6 +50,7 @@ class LanderConfig:
     session_timeout_ms: int = 6000   # Tansu's group join takes about half of it (DESIGN.md §4)
     heartbeat_ms: int = 2000
     client_id: str = "pinrec-served-lander"
+    metrics_port: int | None = None  # serve /metrics on 127.0.0.1:port
 
 
 @dataclass
@@ -185,11 +186,31 @@ class Lander:
         return self.metrics
 
 
+def metrics_text(m: LanderMetrics) -> str:
+    """Prometheus text: the counters and the committed offset per partition."""
+    lines = []
+    for k in ("records_landed", "rows_landed", "duplicates_in_batch", "dlq", "landings"):
+        lines += [f"# TYPE pinrec_served_lander_{k}_total counter",
+                  f"pinrec_served_lander_{k}_total {getattr(m, k)}"]
+    lines.append("# TYPE pinrec_served_lander_committed_offset gauge")
+    for (topic, part), off in sorted(dict(m.committed).items()):
+        lines.append(f'pinrec_served_lander_committed_offset{{topic="{topic}",partition="{part}"}} {off}')
+    return "\n".join(lines) + "\n"
+
+
 def run(cfg: LanderConfig, stop: threading.Event | None = None,
         metrics: LanderMetrics | None = None) -> LanderMetrics:
     """Land until `stop` is set or SIGTERM/SIGINT arrives (when on the main thread)."""
+    from streaming.metrics import serve_metrics
+
     stop = stop or threading.Event()
+    metrics = metrics or LanderMetrics()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    return Lander(cfg, metrics).run(stop)
+    srv = serve_metrics(cfg.metrics_port, lambda: metrics_text(metrics)) if cfg.metrics_port else None
+    try:
+        return Lander(cfg, metrics).run(stop)
+    finally:
+        if srv is not None:
+            srv.shutdown()

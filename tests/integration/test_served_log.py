@@ -27,7 +27,7 @@ from serving.sample_lake import SampleLakeConfig, build
 from serving.served_log import ServedLogConfig
 from serving.service import RecommendationService, ServingConfig
 from streaming.broker import Tansu, create_topics, free_port
-from streaming.served_lander import LanderConfig, LanderMetrics, run as run_lander
+from streaming.served_lander import LanderConfig, LanderMetrics, metrics_text, run as run_lander
 from tests.integration.stream_helpers import read_topic
 
 pytestmark = pytest.mark.timeout(300)
@@ -140,6 +140,7 @@ def test_every_response_lands_once_with_its_arm(broker, lake):
         m = lander.stop()
     got = served_rows(lake / "lake")
     assert len(got) == sum(len(r["items"]) for r in responses) == m.rows_landed
+    assert "pinrec_served_lander_records_landed_total 37\n" in metrics_text(m)
     assert len({(r["request_id"], r["rank"]) for r in got}) == len(got)  # exactly once
     by_request: dict[str, list] = {}
     for row in sorted(got, key=lambda r: r["rank"]):
