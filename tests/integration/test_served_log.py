@@ -261,3 +261,24 @@ def test_lander_killed_mid_stream_lands_each_request_once_and_dead_letters_malfo
     reasons = {r.key: dict(r.headers)["reason"].decode() for r in dead}
     assert "not JSON" in reasons[b"bad-1"] and "user_id" in reasons[b"bad-2"]
     assert "UTF-8" in reasons[b"bad-3"]
+
+
+def test_landing_the_same_responses_again_adds_nothing(tmp_path):
+    """The lander's MERGE (limited to the batch's served_at range) finds rows landed earlier,
+    also when the re-sent batch mixes old responses with new ones at the range's edges."""
+    from pinrec.served import parse, rows
+    from streaming.served_lander import merge_new_rows
+
+    tables = LakeTables(Lake.at(tmp_path / "lake"))
+    t0 = cutoff_us(DS) + 7_200_000_000
+    recs = [parse(encode(synthetic(i, t0), t0 + i * 1_000_000)[1], 2**62) for i in range(30)]
+    merge_new_rows(tables, rows(recs[:20]))
+    merge_new_rows(tables, rows(recs[25:]))                 # a later landing, other files
+    assert tables.read("served").num_rows == 25 * 3
+    merge_new_rows(tables, rows(recs[19:26]))               # edges of both earlier landings
+    merge_new_rows(tables, rows(recs))                      # everything again
+    t = tables.read("served")
+    keys = list(zip(t.column("request_id").to_pylist(), t.column("rank").to_pylist()))
+    assert len(keys) == len(set(keys)) == 30 * 3
+    assert sorted(t.column("served_at").cast("int64").to_pylist()) == sorted(
+        t0 + i * 1_000_000 for i in range(30) for _ in range(3))
