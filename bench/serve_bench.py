@@ -14,6 +14,8 @@ fixed response body captured from phase 1): what the client and HTTP layer alone
 this host, so the phase-1 figure can be read against it.
 Phase 2 — CPU regeneration: server with regeneration on; a --regen-fraction of the requests
 are for users with fresh events (they regenerate on CPU), the rest for users without.
+Logging (--phases logging) — the precomputed phase with the served log off vs on, alternating
+over --logging-rounds rounds (bench/serve_logging.py).
 """
 from __future__ import annotations
 
@@ -52,7 +54,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="an attempt counts as undisturbed when other processes on the host "
                         "used at most this many cores during it")
     p.add_argument("--phases", default="precomputed,floor,regenerate",
-                   help="comma-separated subset of precomputed,floor,regenerate")
+                   help="comma-separated subset of precomputed,floor,regenerate,logging")
+    p.add_argument("--logging-rounds", type=int, default=3,
+                   help="with the logging phase: off/on pairs, alternating order")
 
 
 def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
@@ -111,13 +115,13 @@ def trivial_server(port: int, token: str, body_file: str) -> None:
 
 class Server:
     def __init__(self, lake: Path, db: Path, token: str, regenerate: bool, log: Path,
-                 regen_workers: int = 1, trivial_body: Path | None = None):
+                 regen_workers: int = 1, trivial_body: Path | None = None, extra=()):
         from streaming.broker import free_port, wait_port
 
         self.port = free_port()
         cmd = [str(Path(sys.executable).parent / "pinrec"), "serve", "--lake", str(lake), "--db",
                str(db), "--port", str(self.port), "--regen-workers", str(regen_workers)]
-        cmd += [] if regenerate else ["--no-regenerate"]
+        cmd += ([] if regenerate else ["--no-regenerate"]) + list(extra)
         if trivial_body is not None:
             cmd = [sys.executable, "-c", f"from bench.serve_bench import trivial_server; "
                    f"trivial_server({self.port}, {token!r}, {str(trivial_body)!r})"]
@@ -324,7 +328,16 @@ def run(args: argparse.Namespace) -> int:
         finally:
             srv.stop()
 
+    logging_res = None
+    if "logging" in phases:
+        from bench.serve_logging import logging_phase, print_logging
+
+        logging_res = logging_phase(args, work, lake, db, users, token,
+                                    lambda srv, who: load(srv, who), summarize)
+        print_logging(logging_res)
+
     result = {"p99_ms": pre["p99_ms"], "p99_ms_regenerate": regen["p99_ms"],
+              "served_log": logging_res,
               "precomputed": pre, "trivial_server_floor": floor, "regenerate": regen,
               "regenerate_phase_others": others,
               "rate": args.rate, "seconds": args.seconds, "n": args.n,

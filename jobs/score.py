@@ -83,7 +83,8 @@ def compile_prefill(m, cfg: ScoreConfig) -> None:
 
 
 def load_arms(path: str | Path, vocab: ActionVocab) -> dict[str, dict[str, float]]:
-    """ARMS.json: {"arm name": {"action": weight, ...}, ...}, each budget validated."""
+    """ARMS.json: {"arm name": {"action": weight, ...}, ...}, each budget validated. The keys
+    "traffic" and "salt" are serving's traffic split (`pinrec serve --traffic`), not arms."""
     p = Path(path)
     try:
         raw = json.loads(p.read_text())
@@ -95,7 +96,7 @@ def load_arms(path: str | Path, vocab: ActionVocab) -> dict[str, dict[str, float
         raise ValueError(f"--arms {p} must be a JSON object of arm name -> budget, e.g. "
                          f'{{"balanced": {{"repin": 0.5, "grid_click": 0.5}}}}')
     arms = {}
-    for name in sorted(raw):
+    for name in sorted(k for k in raw if k not in ("traffic", "salt")):
         if not isinstance(raw[name], dict):
             raise ValueError(f"--arms {p}: arm {name!r} must map actions to weights")
         try:

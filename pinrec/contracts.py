@@ -240,12 +240,33 @@ ITEM_FEATURES_SCHEMA = pa.schema(
     ]
 )
 
+# What the API served, one row per served item (request_id, rank); written by the speed
+# layer's lander (streaming/served_lander.py) from the `served` topic, partitioned by the UTC day
+# the response was sent. pinrec/experiments.py re-exports it with the closed loop's contracts.
+SERVED_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("arm", pa.string(), nullable=False),
+        pa.field("arm_source", pa.string(), nullable=False),  # experiments.ARM_SOURCES
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("outcome", pa.string()),  # the action the item's embedding was conditioned on
+        pa.field("source", pa.string(), nullable=False),  # experiments.ITEM_SOURCES
+        pa.field("candidates_ds", pa.string()),
+        pa.field("sequences_ds", pa.string()),
+        pa.field("served_at", TS_TYPE, nullable=False),
+        pa.field("ds", pa.string(), nullable=False),  # UTC day of served_at
+    ]
+)
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "item_features": ITEM_FEATURES_SCHEMA,
     "events": EVENTS_SCHEMA,
     "sequences": SEQUENCES_SCHEMA,
     "items": ITEMS_SCHEMA,
     "candidates": CANDIDATES_SCHEMA,
+    "served": SERVED_SCHEMA,
 }
 PARTITION_COLUMNS: dict[str, list[str]] = {
     "item_features": [],
@@ -253,6 +274,7 @@ PARTITION_COLUMNS: dict[str, list[str]] = {
     "sequences": ["ds"],
     "items": ["ds"],
     "candidates": ["ds"],
+    "served": ["ds"],
 }
 
 

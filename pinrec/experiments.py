@@ -20,7 +20,9 @@ from typing import Mapping
 
 import pyarrow as pa
 
-from pinrec.contracts import TS_TYPE
+# SERVED_SCHEMA lives beside the other table schemas (the lake adapter writes through them);
+# it is re-exported here with the rest of the closed loop's contracts.
+from pinrec.contracts import SERVED_SCHEMA, TS_TYPE  # noqa: F401 (re-export)
 
 SERVED_TOPIC = "served"
 ARM_SOURCES = ("assigned", "requested")
@@ -62,23 +64,6 @@ class TrafficSplit:
                 return arm
         return next(a for a, s in reversed(self.shares) if s > 0)  # float rounding at the top end
 
-
-SERVED_SCHEMA = pa.schema(
-    [
-        pa.field("request_id", pa.string(), nullable=False),
-        pa.field("user_id", pa.int64(), nullable=False),
-        pa.field("arm", pa.string(), nullable=False),
-        pa.field("arm_source", pa.string(), nullable=False),  # ARM_SOURCES
-        pa.field("rank", pa.int32(), nullable=False),
-        pa.field("item_id", pa.int64(), nullable=False),
-        pa.field("outcome", pa.string()),  # the action the item's embedding was conditioned on
-        pa.field("source", pa.string(), nullable=False),  # ITEM_SOURCES
-        pa.field("candidates_ds", pa.string()),
-        pa.field("sequences_ds", pa.string()),
-        pa.field("served_at", TS_TYPE, nullable=False),
-        pa.field("ds", pa.string(), nullable=False),  # UTC day of served_at
-    ]
-)
 
 ARM_OUTCOMES_SCHEMA = pa.schema(
     [

@@ -15,6 +15,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from serving.served_log import metrics_text as served_log_metrics
 from serving.service import BadRequest, RecommendationService
 from streaming.metrics import percentile
 
@@ -119,7 +120,8 @@ def make_handler(service: RecommendationService, token: str, metrics: ApiMetrics
                                      "arms": sorted(service.candidates.arms),
                                      "regeneration": service.regenerator is not None})
                 elif route == "/metrics":
-                    text = metrics.text() + regeneration_metrics(service)
+                    text = (metrics.text() + regeneration_metrics(service)
+                            + served_log_metrics(service.served_log))
                     self._send(200, text.encode(), "text/plain; version=0.0.4")
                 else:
                     status = 404

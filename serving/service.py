@@ -8,13 +8,20 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pinrec.experiments import TrafficSplit
 
 from serving.candidates import CandidateStore, load_candidate_store
 from serving.merge import blend, needs_popularity, quotas, sources_of
 from serving.regen_worker import RegenerationFailed
 from serving.signals import BatchSequences, load_batch_sequences, merge_history
+
+if TYPE_CHECKING:
+    from serving.served_log import ServedLogConfig
 
 MAX_N = 1000
 
@@ -39,6 +46,10 @@ class ServingConfig:
     # Regeneration worker processes (serving/regen_worker.py: off the server's GIL); 0 runs
     # it in the server process (one-shot tools, tests).
     regen_workers: int = 0
+    # Who gets which arm when a request names none (pinrec/experiments.py); None: every such
+    # request gets the default arm ("control", else the first published arm).
+    traffic: TrafficSplit | None = None
+    served_log: "ServedLogConfig | None" = None  # None: responses are not logged to Kafka
 
 
 @dataclass(frozen=True)
@@ -88,11 +99,29 @@ def default_arm(candidates: CandidateStore) -> str | None:
     return "control" if "control" in arms else (arms[0] if arms else None)
 
 
+def assign_arm(traffic: TrafficSplit | None, candidates: CandidateStore, user_id: int) -> str | None:
+    """The arm of a request that names none: by the traffic split's stable hash of the user id,
+    else the default arm. Pure: the same user gets the same arm on every replica and day."""
+    return traffic.arm_of(user_id) if traffic is not None else default_arm(candidates)
+
+
+def check_traffic(traffic: TrafficSplit | None, candidates: CandidateStore) -> None:
+    """Refuse to start with traffic for arms the published candidates do not have."""
+    if traffic is None or not candidates.arms:
+        return
+    missing = sorted(a for a, share in traffic.shares if share > 0 and a not in candidates.arms)
+    if missing:
+        raise ValueError(f"--traffic gives traffic to arms {missing} that the published candidates "
+                         f"(ds {candidates.ds}) do not have; published arms: {sorted(candidates.arms)}. "
+                         "Fix the traffic shares or score and publish those arms first")
+
+
 class RecommendationService:
-    def __init__(self, cfg: ServingConfig, snapshot: Snapshot, stores: list):
+    def __init__(self, cfg: ServingConfig, snapshot: Snapshot, stores: list, served_log=None):
         self.cfg = cfg
         self.snapshot = snapshot
         self.stores = stores
+        self.served_log = served_log
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -109,7 +138,14 @@ class RecommendationService:
         sec = cfg.secondary_dir or Path(tempfile.mkdtemp(prefix="pinrec-rocksdb-secondary-"))
         stores = [RealtimeStore.open_secondary(p, sec / f"shard-{i}")
                   for i, p in enumerate(cfg.db_paths)]
-        svc = RecommendationService(cfg, load_snapshot(cfg), stores)
+        snapshot = load_snapshot(cfg)
+        check_traffic(cfg.traffic, snapshot.candidates)
+        served_log = None
+        if cfg.served_log is not None:
+            from serving.served_log import ServedLog
+
+            served_log = ServedLog(cfg.served_log).start()
+        svc = RecommendationService(cfg, snapshot, stores, served_log)
         svc.start_background()
         return svc
 
@@ -119,6 +155,12 @@ class RecommendationService:
         if lake_key(self.cfg.lake) == self.snapshot.key:
             return False
         old, self.snapshot = self.snapshot, load_snapshot(self.cfg)
+        try:
+            check_traffic(self.cfg.traffic, self.snapshot.candidates)
+        except ValueError as e:  # keep serving: those users get popularity, logged with their arm
+            import logging
+
+            logging.getLogger("pinrec.serve").warning("after reload: %s", e)
         close_regenerator(old.regenerator)  # waits for the requests still using it
         return True
 
@@ -153,6 +195,8 @@ class RecommendationService:
         for store in self.stores:
             store.close()
         close_regenerator(self.snapshot.regenerator)
+        if self.served_log is not None:
+            self.served_log.close()  # drains what is buffered, for a bounded time
 
     def tail(self, user_id: int, since_us: int) -> list:
         if len(self.stores) == 1:
@@ -175,11 +219,28 @@ class RecommendationService:
 
     def recommend(self, user_id: int, n: int = 50, arm: str | None = None,
                   query: str | None = None, now_us: int | None = None) -> dict:
+        """The response for one request; logged to the served topic when logging is on.
+        A request that names an arm is `requested` (left out of the arm comparison); one that
+        names none is `assigned` an arm by the traffic split."""
         t0 = time.perf_counter()
         snap = self.snapshot  # one consistent set of batch outputs for the whole request
-        cands, seqs, regenerator = snap.candidates, snap.sequences, snap.regenerator
-        arm = self.validate(n, arm, cands)
+        if arm:
+            arm, arm_source = self.validate(n, arm, snap.candidates), "requested"
+        else:
+            self.validate(n, None, snap.candidates)
+            arm, arm_source = assign_arm(self.cfg.traffic, snap.candidates, user_id), "assigned"
         now_us = now_us if now_us is not None else int(time.time() * 1e6)
+        out = self._respond(snap, user_id, n, arm, query, now_us)
+        out["arm_source"] = arm_source
+        out["request_id"] = uuid.uuid4().hex
+        if self.served_log is not None:
+            self.served_log.log(out, now_us)  # O(1); encoding and sending are off this thread
+        out["took_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        return out
+
+    def _respond(self, snap: Snapshot, user_id: int, n: int, arm: str | None, query: str | None,
+                 now_us: int) -> dict:
+        cands, seqs, regenerator = snap.candidates, snap.sequences, snap.regenerator
         cutoff = seqs.cutoff_us
         tail = self.tail(user_id, cutoff or 0)
         engaged = {e.item_id for e in tail if e.item_type == "pin"}
@@ -213,5 +274,4 @@ class RecommendationService:
             "notes": notes,
             "items": [{"item_id": r.item_id, "score": round(r.score, 6), "outcome": r.outcome,
                        "source": r.source} for r in items],
-            "took_ms": round((time.perf_counter() - t0) * 1e3, 3),
         }

@@ -1,4 +1,4 @@
-"""`pinrec stream consume | replay | sweep | broker` — the speed layer's entry points."""
+"""`pinrec stream consume | land-served | replay | sweep | broker` — the speed layer's entry points."""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +61,21 @@ def configure(p: argparse.ArgumentParser) -> None:
                      help="the DLQ topic's max.message.bytes on the broker (default %(default)s, "
                           "Kafka's message.max.bytes); dead letters are cut to fit it too")
 
+    ls = sub.add_parser("land-served", help="land the served topic into the `served` Delta table "
+                        "(exactly once per request id) until SIGTERM/SIGINT")
+    add_lake_arg(ls)
+    ls.add_argument("--bootstrap", default=default_bootstrap(),
+                    help="Kafka bootstrap host:port (default: $PINREC_KAFKA or 127.0.0.1:9092)")
+    ls.add_argument("--topic", default="served")
+    ls.add_argument("--dlq-topic", default="served-dlq")
+    ls.add_argument("--group", default="pinrec-served-lander")
+    ls.add_argument("--max-records", type=int, default=5000,
+                    help="land when this many responses are pending (size trigger)")
+    ls.add_argument("--max-wait-s", type=float, default=30.0,
+                    help="land at least this often while responses are pending (time trigger)")
+    ls.add_argument("--metrics-port", type=int, default=None,
+                    help="serve Prometheus /metrics on 127.0.0.1:PORT")
+
     r = sub.add_parser("replay", help="produce events from the lake, a file or a generator")
     common(r, db=False)
     src = r.add_mutually_exclusive_group(required=True)
@@ -100,7 +115,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     b.add_argument("--port", type=int, default=9092)
     b.add_argument("--storage", default="memory://tansu/",
                    help="memory://tansu/ (lost on restart) or s3://tansu/ (needs AWS_ENDPOINT)")
-    b.add_argument("--topics", default="engagements:4,engagements-dlq:1",
+    b.add_argument("--topics", default="engagements:4,engagements-dlq:1,served:4,served-dlq:1",
                    help="topics to create, name:partitions,...")
 
 
@@ -137,6 +152,21 @@ def _consume(args) -> int:
         return EXIT_STORE_UNAVAILABLE
     print(f"stopped: stored {m.events_stored} events, {m.dlq} to the DLQ, "
           f"committed {dict(m.committed)}")
+    return 0
+
+
+def _land_served(args) -> int:
+    from streaming.served_lander import LanderConfig, run
+
+    if args.max_records < 1 or args.max_wait_s <= 0:
+        raise UserError(f"--max-records must be >= 1 and --max-wait-s > 0, got "
+                        f"{args.max_records} and {args.max_wait_s}")
+    cfg = LanderConfig(bootstrap=args.bootstrap, lake=Path(args.lake), topic=args.topic,
+                       dlq_topic=args.dlq_topic, group=args.group, max_records=args.max_records,
+                       max_wait_s=args.max_wait_s, metrics_port=args.metrics_port)
+    m = run(cfg)
+    print(f"stopped: landed {m.records_landed} responses ({m.rows_landed} rows) in "
+          f"{m.landings} landings, {m.dlq} to the DLQ, committed {dict(m.committed)}")
     return 0
 
 
@@ -231,5 +261,6 @@ def _broker(args) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return {"consume": _consume, "replay": _replay, "sweep": _sweep, "skip": _skip,
+    return {"consume": _consume, "land-served": _land_served, "replay": _replay, "sweep": _sweep,
+            "skip": _skip,
             "broker": _broker}[args.action](args)

@@ -134,7 +134,9 @@ def test_kafka_is_kraft_and_topics_match_the_consumer():
     assert "ZOOKEEPER" not in " ".join(env)
     created = set(re.findall(r"--topic (\S+)", " ".join(argv(SERVICES["kafka-init"]))))
     consumer = argv(SERVICES["stream-consumer"])
-    assert {consumer[consumer.index("--topic") + 1], consumer[consumer.index("--dlq-topic") + 1]} == created
+    lander = argv(SERVICES["served-lander"])
+    assert {consumer[consumer.index("--topic") + 1], consumer[consumer.index("--dlq-topic") + 1],
+            lander[lander.index("--topic") + 1], lander[lander.index("--dlq-topic") + 1]} == created
     assert consumer[consumer.index("--bootstrap") + 1] == env["KAFKA_ADVERTISED_LISTENERS"].split("//")[1]
 
 
