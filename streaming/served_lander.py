@@ -33,10 +33,12 @@ from pathlib import Path
 from pinrec.contracts import Rejection
 from pinrec.experiments import SERVED_TOPIC
 from pinrec.served import ServedRecord, first_per_request, parse, rows
-from streaming.consumer import dlq_headers
+from streaming.deadletter import Source, dead_letter, fit_limit
+from streaming.limits import BROKER_MESSAGE_MAX_BYTES, PRODUCER_MAX_REQUEST_SIZE
 from streaming.produce import send_confirmed
 
 log = logging.getLogger("pinrec.stream.served")
+DLQ_RECORD_LIMIT = fit_limit(PRODUCER_MAX_REQUEST_SIZE, BROKER_MESSAGE_MAX_BYTES)
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,10 @@ class Lander:
             for r in records:
                 p = parse(r.value, max_ts)
                 if isinstance(p, Rejection):
-                    self.pending.dead.append((r.key, r.value or b"", dlq_headers(r, p.reason)))
+                    # the same dead-letter copy as the engagement consumer's: cut to fit, with
+                    # the source's topic/partition/offset and the original's size and checksum
+                    self.pending.dead.append(dead_letter(Source(r.topic, r.partition, r.offset), r.key,
+                                                         r.value, p.reason, DLQ_RECORD_LIMIT))
                     log.info("DLQ %s/%d@%d: %s", r.topic, r.partition, r.offset, p.reason)
                 else:
                     self.pending.records.append(p)
