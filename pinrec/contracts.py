@@ -240,12 +240,16 @@ ITEM_FEATURES_SCHEMA = pa.schema(
     ]
 )
 
+from pinrec.experiments import ARM_OUTCOMES_SCHEMA, SERVED_SCHEMA  # noqa: E402  (the closed loop)
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "item_features": ITEM_FEATURES_SCHEMA,
     "events": EVENTS_SCHEMA,
     "sequences": SEQUENCES_SCHEMA,
     "items": ITEMS_SCHEMA,
     "candidates": CANDIDATES_SCHEMA,
+    "served": SERVED_SCHEMA,
+    "arm_outcomes": ARM_OUTCOMES_SCHEMA,
 }
 PARTITION_COLUMNS: dict[str, list[str]] = {
     "item_features": [],
@@ -253,6 +257,8 @@ PARTITION_COLUMNS: dict[str, list[str]] = {
     "sequences": ["ds"],
     "items": ["ds"],
     "candidates": ["ds"],
+    "served": ["ds"],
+    "arm_outcomes": ["ds"],
 }
 
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Mapping
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
-from pinrec.contracts import TS_TYPE
+# = pinrec.contracts.TS_TYPE, written out rather than imported: contracts registers the two
+# schemas below in TABLE_SCHEMAS, so it imports this module (and an import back would be a cycle).
+TS_TYPE = pa.timestamp("us", tz="UTC")
 
 SERVED_TOPIC = "served"
 ARM_SOURCES = ("assigned", "requested")
@@ -105,3 +108,57 @@ ARM_OUTCOMES_SCHEMA = pa.schema(
         pa.field("computed_at", TS_TYPE),
     ]
 )
+
+
+# --------------------------------------------------------------------------------------------
+# One served response -> one log record -> rows of the `served` table. Serving's logger, the
+# lander and the closed-loop simulation all go through these two, so a served list has one shape.
+# --------------------------------------------------------------------------------------------
+
+
+def served_record(response: Mapping[str, Any], request_id: str, arm_source: str,
+                  served_at_us: int) -> dict[str, Any]:
+    """The log record (the `served` topic's JSON value) of one `RecommendationService.recommend`
+    response. `served_at_us` is when it was sent (UTC µs), from the caller: this stays pure."""
+    if arm_source not in ARM_SOURCES:
+        raise ValueError(f"arm_source must be one of {list(ARM_SOURCES)}, got {arm_source!r}")
+    if not request_id:
+        raise ValueError("request_id must be a non-empty string: it is the idempotency key")
+    return {
+        "request_id": str(request_id),
+        "user_id": int(response["user_id"]),
+        "arm": response["arm"],
+        "arm_source": arm_source,
+        "candidates_ds": response.get("candidates_ds"),
+        "sequences_ds": response.get("sequences_ds"),
+        "served_at": int(served_at_us),
+        "items": [{"item_id": int(i["item_id"]), "outcome": i.get("outcome"), "source": i["source"]}
+                  for i in response["items"]],
+    }
+
+
+def served_rows(records: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """`served` rows (SERVED_SCHEMA), one per item, rank = position in the response (0 first).
+    A record without an arm (no candidates were published) is logged with arm "" so that it
+    still counts as served; the outcomes job leaves it out of the comparison."""
+    cols: dict[str, list] = {name: [] for name in SERVED_SCHEMA.names}
+    for rec in records:
+        ts = int(rec["served_at"])
+        ds = datetime.fromtimestamp(ts / 1e6, tz=timezone.utc).strftime("%Y-%m-%d")
+        for rank, item in enumerate(rec["items"]):
+            if item["source"] not in ITEM_SOURCES:
+                raise ValueError(f"served item source must be one of {list(ITEM_SOURCES)}, "
+                                 f"got {item['source']!r} (request {rec['request_id']})")
+            for name, value in (("request_id", rec["request_id"]), ("user_id", rec["user_id"]),
+                                ("arm", rec["arm"] or ""), ("arm_source", rec["arm_source"]),
+                                ("rank", rank), ("item_id", item["item_id"]),
+                                ("outcome", item.get("outcome")), ("source", item["source"]),
+                                ("candidates_ds", rec.get("candidates_ds")),
+                                ("sequences_ds", rec.get("sequences_ds")), ("served_at", ts),
+                                ("ds", ds)):
+                cols[name].append(value)
+    arrays = [pa.array(cols[f.name], pa.int64() if f.name == "served_at" else f.type)
+              for f in SERVED_SCHEMA]
+    arrays[SERVED_SCHEMA.get_field_index("served_at")] = arrays[
+        SERVED_SCHEMA.get_field_index("served_at")].cast(TS_TYPE)
+    return pa.Table.from_arrays(arrays, schema=SERVED_SCHEMA)
