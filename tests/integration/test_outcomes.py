@@ -155,3 +155,84 @@ def test_rerun_replaces_the_partition_and_the_cli_runs_it(world):
 def test_a_day_without_anything_names_the_fix(tmp_path):
     with pytest.raises(ValueError, match="nothing to measure"):
         run_job(OutcomesConfig(str(tmp_path / "empty"), D))
+
+
+# -- what analysts read: the ready queries of docs/analysts.md and the HTML report ---------------
+
+def arm_queries() -> dict[str, str]:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "analysts.md").read_text()
+    section = doc.split("\n## Comparing arms")[1].split("\n## ")[0]
+    return {s.splitlines()[0].strip(): re.search(r"```sql\n(.*?)```", s, re.S).group(1)
+            for s in section.split("\n### ")[1:]}
+
+
+def sql_rows(lake, sql: str, tmp_path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    out = tmp_path / f"q{abs(hash(sql))}.parquet"
+    assert pinrec(["sql", sql, "--lake", str(lake), "--out", str(out)]) == 0
+    return pq.read_table(out).to_pylist()
+
+
+def test_the_ready_arm_queries_give_the_placed_answers(world, tmp_path):
+    lake, records, _ = world
+    run_job(OutcomesConfig(str(lake), D, bootstrap=100))
+    qs = arm_queries()
+    assert list(qs) == ["Arm vs arm per outcome", "Budget vs realised mix (last 7 days)", "Trend over days"]
+    users = {arm: e["users"] for arm, e in expected_counts(records).items()}
+    vs = sql_rows(lake, qs["Arm vs arm per outcome"], tmp_path)
+    assert len(vs) == 12
+    alls = {r["arm"]: r for r in vs if r["outcome"] == "all"}
+    assert {a: r["served_users"] for a, r in alls.items()} == users
+    assert {a: (r["rate"], r["rate_lo"], r["rate_hi"]) for a, r in alls.items()} == {
+        a: (0.2, 0.2, 0.2) for a in users}
+    mix = {(r["arm"], r["outcome"]): r for r in sql_rows(lake, qs["Budget vs realised mix (last 7 days)"], tmp_path)}
+    assert mix[("saves", "repin")]["realised"] == 0.5 and mix[("saves", "repin")]["budget"] == 1.0
+    assert mix[("saves", "repin")]["realised_minus_budget"] == -0.5
+    assert mix[("control", "grid_click")]["realised"] == 0.5
+    assert mix[("control", "grid_click")]["realised_minus_budget"] == pytest.approx(0.2)
+    trend = sql_rows(lake, qs["Trend over days"], tmp_path)
+    assert [(r["ds"], r["arm"], r["served_users"], r["rate"], r["repin_share"]) for r in trend] == [
+        (D, "control", users["control"], 0.2, 0.5), (D, "saves", users["saves"], 0.2, 0.5)]
+
+
+def test_report_page_shows_every_arm_in_a_real_browser(world, tmp_path):
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from airflow_stack import Chromium, chromium_binary
+
+    if chromium_binary() is None:
+        pytest.skip("Debian chromium is not installed (`make sysdeps` installs it)")
+    lake, _, _ = world
+    run_job(OutcomesConfig(str(lake), D, bootstrap=100))
+    out = tmp_path / "arms"
+    assert pinrec(["report", "arms", "--from", D, "--to", D, "--out", str(out), "--lake", str(lake),
+                   "--bootstrap", "200"]) == 0
+    for png in ("mix_vs_budget.png", "engagement_rate.png", "candidate_recall.png"):
+        assert (out / png).stat().st_size > 10_000, png
+    b = Chromium(tmp_path)
+    shot = tmp_path / "arms.png"
+    try:
+        b.goto((out / "index.html").as_uri())
+        b.wait_for("document.readyState === 'complete' && [...document.images].every(i => i.complete)")
+        time.sleep(1)
+        b.screenshot(shot)
+        arms = b.js("[...document.querySelectorAll('#arms tr.arm')].map(r => r.dataset.arm)")
+        images = b.js("[...document.images].map(i => [i.getAttribute('src'), i.naturalWidth])")
+        diffs = b.js("[...document.querySelectorAll('#differences tr[data-arm]')].map(r => r.dataset.arm)")
+        text = b.js("document.body.innerText")
+    finally:
+        b.close()
+    assert arms == ["control", "saves"]
+    assert sorted(src for src, _ in images) == ["candidate_recall.png", "engagement_rate.png",
+                                               "mix_vs_budget.png"]
+    assert all(w > 300 for _, w in images), images  # every plot loaded
+    assert set(diffs) == {"saves"} and len(diffs) == 5  # saves vs the baseline (control), per action
+    assert "saves − control" in text and "Realised action mix vs budget" in text
+    assert shot.stat().st_size > 20_000, "the screenshot is (nearly) empty"
