@@ -166,8 +166,9 @@ def simulate_day(cfg: LoopConfig, state: WorldState) -> dict:
         responses = list(pool.map(lambda u: fetch(cfg, u, split.arm_of(u)), users))
     rng = np.random.default_rng([cfg.seed, state.day])
     records, responses_events = [], []
+    day_start = int(parse_ds(ds).timestamp()) * 1_000_000
     for u, resp in zip(users, responses):
-        t = starts[u] - 60_000_000
+        t = max(day_start, starts[u] - 60_000_000)  # served on the day of the session
         records.append(served_record(resp, f"loop-{ds}-u{u}", "assigned", t))
         engaged = respond([i["item_id"] for i in resp["items"]], state.interests[u - 1],
                           state.world, rng, cfg)  # synth user ids start at 1
