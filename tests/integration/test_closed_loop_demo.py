@@ -23,7 +23,7 @@ from jobs.lake import LakeTables
 from pinrec.layout import Lake
 from streaming.store import RealtimeStore
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = [pytest.mark.timeout(1200), pytest.mark.slow]
 LOOP_DAYS = ["2026-01-09", "2026-01-10"]  # --days 8 from 2026-01-01: the loop continues on day 9
 
 
