@@ -314,10 +314,11 @@ def _num(x) -> float | None:
 def traffic_split(cfg: OutcomesConfig, inp: Inputs) -> TrafficSplit:
     if cfg.traffic:
         return TrafficSplit.of(dict(cfg.traffic), cfg.salt)
-    arms = sorted(inp.budgets)
+    arms = sorted(inp.budgets) or sorted(set(inp.served.column("arm").to_pylist()) - {""})
     if not arms:
-        raise ValueError(f"no candidates on or before {cfg.ds} and no --traffic: there are no arms "
-                         "to assign users to; run `pinrec score` first or pass --traffic")
+        raise ValueError(f"no candidates on or before {cfg.ds}, no served arms and no --traffic: "
+                         "there are no arms to assign users to; run `pinrec score` first or pass "
+                         "--traffic")
     return TrafficSplit.even(arms, cfg.salt)
 
 
