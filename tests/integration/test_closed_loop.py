@@ -101,8 +101,10 @@ def loop(tmp_path_factory):
             srv.shutdown()
         if svc is not None:
             svc.close()
-        consumer.stop()
-        broker.stop()
+        try:
+            consumer.stop()
+        finally:
+            broker.stop()
     return lake, tables, days, root
 
 
