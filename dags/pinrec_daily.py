@@ -13,6 +13,7 @@ CronDataIntervalTimetable, so logical date = data_interval_start = D.)
     validate_params ──┴> sequences > items > train > index > score > quality_gate > publish
                                                                             publish > serving_health
                                                                             publish > maintenance_day > maintenance
+    wait_for_landing > outcomes   (what each arm earned on ds - attribution_days: its window is complete)
 
 A failed quality gate stops the run before `publish`: the previous model, index and
 candidates keep serving. train and score share the one-slot `gpu` pool.
@@ -50,7 +51,7 @@ LAKE = "{{ var.value.get('PINREC_LAKE', %s) }}" % repr(DEFAULT_LAKE)
 COMMON = "--ds {{ ds }} --lake " + LAKE
 MODEL_VERSION = "d{{ ds_nodash }}-{{ params.variant }}-{{ params.preset }}"  # one per ds and model kind
 INDEX_VERSION = "{{ ds }}." + MODEL_VERSION  # how `pinrec index` names the index it builds
-DS_TABLES = ("events", "sequences", "items", "candidates", "served")  # partitioned by ds
+DS_TABLES = ("events", "sequences", "items", "candidates", "served", "arm_outcomes")  # partitioned by ds
 ARMS_FILE = LAKE + "/runs/params/{{ ds }}/arms.json"  # written by `pinrec gate params`
 
 
@@ -84,6 +85,10 @@ def last_days(ds: str, n: int) -> list[str]:
     """ds and the n-1 days before it, newest first."""
     day = datetime.strptime(ds, "%Y-%m-%d")
     return [(day - timedelta(days=i)).strftime("%Y-%m-%d") for i in range(n)]
+
+
+def days_before(ds: str, n) -> str:
+    return (datetime.strptime(ds, "%Y-%m-%d") - timedelta(days=int(n))).strftime("%Y-%m-%d")
 
 
 def warm_start_flags(ds: str, full_every_days: int, variant: str, preset: str) -> str:
@@ -165,6 +170,9 @@ params = {
                              description="Quality gate: fail when the new model's unordered "
                                          "recall@10 is more than this fraction below the "
                                          "serving model's (1 turns the gate off)."),
+    "attribution_days": Param(1, type="integer", minimum=1, maximum=30,
+                              description="Days after an impression whose engagements it earns; "
+                                          "the outcomes task measures ds minus this many days."),
     "maintenance_weekday": Param(6, type="integer", minimum=0, maximum=6,
                                  description="Weekday of ds (0 = Monday) on which compaction "
                                              "and vacuum run."),
@@ -182,7 +190,7 @@ with DAG(
     render_template_as_native_obj=False,
     user_defined_macros={"train_mode": train_mode, "warm_start_flags": warm_start_flags,
                          "model_set_flags": model_set_flags,
-                         "last_days": last_days},
+                         "last_days": last_days, "days_before": days_before},
     user_defined_filters={"shquote": shell_quote},
     tags=["pinrec", "batch"],
     doc_md=__doc__,
@@ -275,6 +283,15 @@ with DAG(
         log.info("serving health: %s", body)
         return json.loads(body).get("status", "unknown") if body.startswith("{") else body
 
+    # What the arms earned on ds - attribution_days: today's landing completes its window.
+    # Independent of the batch chain: a failed gate does not hold the measurement back.
+    outcomes = BashOperator(
+        task_id="outcomes",
+        bash_command=f"{PINREC} outcomes --ds {{{{ days_before(ds, params.attribution_days) }}}} "
+                     f"--lake {LAKE} --attribution-days {{{{ params.attribution_days }}}}",
+    )
+
+    wait_for_landing >> outcomes
     [wait_for_landing, validate_params] >> sequences >> items >> train >> index >> score
     score >> quality_gate >> publish
     publish >> serving_health()

@@ -2,7 +2,7 @@
 
 Every Delta table is registered as a view over its live Arrow dataset (the snapshot's files,
 `LakeTables.dataset`), never over the folder, so files a later commit removed are never read.
-Tables: events, sequences, items, candidates, item_features.
+Tables: events, sequences, items, candidates, item_features, served, arm_outcomes.
 Ready queries live in docs/analysts.md.
 """
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pinrec.layout import TABLES, Lake
 # Which job writes each table: named when a query asks for a table this lake does not have yet.
 WRITTEN_BY = {"events": "`pinrec data import|synth` or the stream", "sequences": "`pinrec sequences`",
               "items": "`pinrec items`", "candidates": "`pinrec score`",
-              "item_features": "`pinrec data import` (datasets with item attributes)"}
+              "item_features": "`pinrec data import` (datasets with item attributes)",
+              "served": "the speed layer's `served` lander (or `pinrec demo`'s closed loop)",
+              "arm_outcomes": "`pinrec outcomes`"}
 
 
 def connect(lake: str):

@@ -26,6 +26,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "stream": ("streaming.cli", "speed layer: Kafka consumer into RocksDB, replay"),
     "serve": ("serving.serve_cmd", "serving layer: the HTTP recommendations API"),
     "recommend": ("serving.recommend_cmd", "print one user's merged recommendations"),
+    "outcomes": ("jobs.outcomes", "daily job: what each arm's served lists and candidates earned"),
+    "report": ("jobs.arm_report", "reports for people: `report arms` (HTML with plots)"),
     "eval": ("jobs.evaluate", "offline evaluation (leave-one-out, unordered recall)"),
     "bench": ("bench.cli", "benchmarks: print a table and write JSON"),
     "sql": ("jobs.sql", "run SQL over the lake tables (duckdb)"),

@@ -260,6 +260,34 @@ SERVED_SCHEMA = pa.schema(
     ]
 )
 
+# What each arm earned, one row per (ds, arm, outcome); written by `pinrec outcomes`
+# (jobs/outcomes.py, which says how each column is computed).
+ARM_OUTCOMES_SCHEMA = pa.schema(
+    [
+        pa.field("ds", pa.string(), nullable=False),
+        pa.field("arm", pa.string(), nullable=False),
+        pa.field("outcome", pa.string(), nullable=False),  # an engagement action, or "all"
+        pa.field("budget_share", pa.float64()),  # the arm's budget for this outcome
+        pa.field("served_impressions", pa.int64()),
+        pa.field("served_users", pa.int64()),
+        pa.field("engaged_items", pa.int64()),
+        pa.field("engaged_users", pa.int64()),
+        pa.field("engagement_rate", pa.float64()),
+        pa.field("engagement_rate_lo", pa.float64()),  # 95 % bootstrap interval over users
+        pa.field("engagement_rate_hi", pa.float64()),
+        pa.field("realised_share", pa.float64()),  # share of the arm's engagements taking this action
+        pa.field("realised_share_lo", pa.float64()),
+        pa.field("realised_share_hi", pa.float64()),
+        pa.field("candidate_recall", pa.float64()),
+        pa.field("candidate_recall_lo", pa.float64()),
+        pa.field("candidate_recall_hi", pa.float64()),
+        pa.field("coverage", pa.float64()),  # distinct candidate items / catalogue
+        pa.field("novelty", pa.float64()),  # share of candidates not in the user's history
+        pa.field("attribution_days", pa.int32()),
+        pa.field("computed_at", TS_TYPE),
+    ]
+)
+
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "item_features": ITEM_FEATURES_SCHEMA,
     "events": EVENTS_SCHEMA,
@@ -267,6 +295,7 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "items": ITEMS_SCHEMA,
     "candidates": CANDIDATES_SCHEMA,
     "served": SERVED_SCHEMA,
+    "arm_outcomes": ARM_OUTCOMES_SCHEMA,
 }
 PARTITION_COLUMNS: dict[str, list[str]] = {
     "item_features": [],
@@ -275,6 +304,7 @@ PARTITION_COLUMNS: dict[str, list[str]] = {
     "items": ["ds"],
     "candidates": ["ds"],
     "served": ["ds"],
+    "arm_outcomes": ["ds"],
 }
 
 

@@ -9,6 +9,8 @@
 4. serving: `pinrec serve`, then merged recommendations for a few users printed next to their
    recent history
 5. a Markdown report with step timings and PNG plots under <out>/report/
+6. the closed loop (synthetic lakes): two days of users responding to what the API serves them
+   under two arms, `pinrec outcomes` per day and `pinrec report arms` (<out>/report/arms/)
 
 Every process it starts is stopped by pid before it returns, also on failure or Ctrl-C.
 """
@@ -44,6 +46,7 @@ class DemoConfig:
     show_users: int = 3
     import_source: tuple[str, str] | None = None
     days_in_lake: tuple[str, str] | None = None  # (batch ds, fresh ds) read from the lake
+    loop_days: int = 2  # days of the closed loop after the fresh day (synthetic lakes only)
 
     @property
     def lake(self) -> Path:
@@ -88,6 +91,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=int, default=2_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-seconds", type=int, default=90, help="wall-clock cap on training")
+    p.add_argument("--loop-days", type=int, default=2,
+                   help="days of the closed loop (synthetic lakes; 0 skips it)")
     p.add_argument("--import", dest="import_source", nargs=2, metavar=("SOURCE", "PATH"),
                    help="import a real dataset instead of synthesising (see `pinrec data import`)")
 
@@ -95,6 +100,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(out=Path(args.out).resolve(), users=args.users, days=args.days,
                      items=args.items, seed=args.seed, train_seconds=args.train_seconds,
+                     loop_days=args.loop_days,
                      import_source=tuple(args.import_source) if args.import_source else None)
     procs = Procs(cfg.out / "logs")
     timings = Timings()
@@ -197,6 +203,8 @@ def _run(cfg: DemoConfig, procs: "Procs", timings: Timings) -> int:
     from pinrec.demo_report import show_recommendations
 
     show_recommendations(cfg, f"http://127.0.0.1:{port}", token)
+    if cfg.loop_days > 0 and not cfg.import_source:
+        closed_loop(cfg, timings, broker.bootstrap, metrics_port, f"http://127.0.0.1:{port}", token)
     return 0
 
 
@@ -286,3 +294,42 @@ class Procs:
                     p.wait(timeout=5)
         for obj in reversed(list(self.objects.values())):
             obj.stop()
+
+
+# -- the closed loop (issue 17): users respond to what the API serves under two arms ------------
+
+def closed_loop(cfg: DemoConfig, timings: Timings, bootstrap: str, metrics_port: int, api: str,
+                token: str) -> None:
+    """`loop_days` days of serving/responding (serving/closed_loop.py), then `pinrec outcomes`
+    per day and `pinrec report arms` over them; prints the repin arm's realised repin share
+    against the balanced arm's, with the 95 % interval of the difference."""
+    from jobs.synth import SynthConfig
+    from serving.closed_loop import LoopConfig, resume_world, simulate_day
+
+    lake, logs = str(cfg.lake), cfg.out / "logs"
+    synth = SynthConfig(users=cfg.users, days=cfg.days, seed=cfg.seed, items=cfg.items, start=cfg.start)
+    state = resume_world(synth, cfg.lake)
+    loop = LoopConfig(cfg.lake, api, token, bootstrap, synth,
+                      arms=tuple((a, 1.0 / len(ARMS)) for a in sorted(ARMS)))
+    handled = count_events(cfg.lake, cfg.fresh_ds)  # the consumer has these already
+    days = []
+    for _ in range(cfg.loop_days):
+        t0 = time.perf_counter()
+        day = simulate_day(loop, state)
+        handled = wait_consumed(metrics_port, expected=handled + day["events"], timeout_s=120)
+        timings.add(f"closed loop {day['ds']}", time.perf_counter() - t0,
+                    f"{day['served_users']} served, {day['responses']} responses")
+        days.append(day["ds"])
+    for ds in days:
+        step(timings, f"outcomes {ds}", ["outcomes", "--ds", ds, "--lake", lake], logs)
+    out = cfg.out / "report" / "arms"
+    step(timings, "report arms", ["report", "arms", "--from", days[0], "--to", days[-1],
+                                  "--out", str(out), "--lake", lake], logs)
+    stats = json.loads((out / "arms.json").read_text())
+    share = {a: stats["arms"][a]["realised_share"]["repin"] for a in ("balanced", "repin")}
+    d = stats["differences"]["repin"]["repin"]
+    print(f"\ndemo: realised repin share {days[0]}..{days[-1]}: arm repin "
+          f"{100 * share['repin']['value']:.1f} % vs arm balanced {100 * share['balanced']['value']:.1f} %"
+          f" (budgets 100 % / 40 %); difference {100 * d['diff']:+.1f} pp, 95 % interval "
+          f"[{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] pp")
+    print(f"demo: arm report {out / 'index.html'}")

@@ -130,6 +130,9 @@ def write_report(cfg, steps: list[tuple[str, float, str]]) -> Path:
             lines += [f"- user {r['user_id']}: history `{'; '.join(r['history'][-3:])}` -> "
                       f"items {', '.join(items) or '(none)'}"]
         lines.append("")
+    if (rep / "arms" / "index.html").exists():
+        lines += ["## Arms (closed loop)", "", "What each arm earned: [arms/index.html](arms/index.html)",
+                  "", "![realised mix vs budget](arms/mix_vs_budget.png)", ""]
     if plots:
         lines += ["## Plots from the jobs", "", *[f"![{p}]({p})" for p in plots], ""]
     path = rep / "report.md"

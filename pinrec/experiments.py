@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Mapping
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
-# SERVED_SCHEMA lives beside the other table schemas (the lake adapter writes through them);
-# it is re-exported here with the rest of the closed loop's contracts.
-from pinrec.contracts import SERVED_SCHEMA, TS_TYPE  # noqa: F401 (re-export)
+# The `served` and `arm_outcomes` schemas live beside the other table schemas (the lake adapter
+# writes through them); they are re-exported here with the rest of the closed loop's contracts.
+from pinrec.contracts import ARM_OUTCOMES_SCHEMA, SERVED_SCHEMA, TS_TYPE  # noqa: F401 (re-export)
 
 SERVED_TOPIC = "served"
 ARM_SOURCES = ("assigned", "requested")
@@ -65,28 +66,55 @@ class TrafficSplit:
         return next(a for a, s in reversed(self.shares) if s > 0)  # float rounding at the top end
 
 
-ARM_OUTCOMES_SCHEMA = pa.schema(
-    [
-        pa.field("ds", pa.string(), nullable=False),
-        pa.field("arm", pa.string(), nullable=False),
-        pa.field("outcome", pa.string(), nullable=False),  # an engagement action, or "all"
-        pa.field("budget_share", pa.float64()),  # the arm's budget for this outcome
-        pa.field("served_impressions", pa.int64()),
-        pa.field("served_users", pa.int64()),
-        pa.field("engaged_items", pa.int64()),
-        pa.field("engaged_users", pa.int64()),
-        pa.field("engagement_rate", pa.float64()),
-        pa.field("engagement_rate_lo", pa.float64()),  # 95 % bootstrap interval over users
-        pa.field("engagement_rate_hi", pa.float64()),
-        pa.field("realised_share", pa.float64()),  # share of the arm's engagements taking this action
-        pa.field("realised_share_lo", pa.float64()),
-        pa.field("realised_share_hi", pa.float64()),
-        pa.field("candidate_recall", pa.float64()),
-        pa.field("candidate_recall_lo", pa.float64()),
-        pa.field("candidate_recall_hi", pa.float64()),
-        pa.field("coverage", pa.float64()),  # distinct candidate items / catalogue
-        pa.field("novelty", pa.float64()),  # share of candidates not in the user's history
-        pa.field("attribution_days", pa.int32()),
-        pa.field("computed_at", TS_TYPE),
-    ]
-)
+# --------------------------------------------------------------------------------------------
+# One served response -> one log record -> rows of the `served` table. Serving's logger, the
+# lander and the closed-loop simulation all go through these two, so a served list has one shape.
+# --------------------------------------------------------------------------------------------
+
+
+def served_record(response: Mapping[str, Any], request_id: str, arm_source: str,
+                  served_at_us: int) -> dict[str, Any]:
+    """The log record (the `served` topic's JSON value) of one `RecommendationService.recommend`
+    response. `served_at_us` is when it was sent (UTC µs), from the caller: this stays pure."""
+    if arm_source not in ARM_SOURCES:
+        raise ValueError(f"arm_source must be one of {list(ARM_SOURCES)}, got {arm_source!r}")
+    if not request_id:
+        raise ValueError("request_id must be a non-empty string: it is the idempotency key")
+    return {
+        "request_id": str(request_id),
+        "user_id": int(response["user_id"]),
+        "arm": response["arm"],
+        "arm_source": arm_source,
+        "candidates_ds": response.get("candidates_ds"),
+        "sequences_ds": response.get("sequences_ds"),
+        "served_at": int(served_at_us),
+        "items": [{"item_id": int(i["item_id"]), "outcome": i.get("outcome"), "source": i["source"]}
+                  for i in response["items"]],
+    }
+
+
+def served_rows(records: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """`served` rows (SERVED_SCHEMA), one per item, rank = position in the response (0 first).
+    A record without an arm (no candidates were published) is logged with arm "" so that it
+    still counts as served; the outcomes job leaves it out of the comparison."""
+    cols: dict[str, list] = {name: [] for name in SERVED_SCHEMA.names}
+    for rec in records:
+        ts = int(rec["served_at"])
+        ds = datetime.fromtimestamp(ts / 1e6, tz=timezone.utc).strftime("%Y-%m-%d")
+        for rank, item in enumerate(rec["items"]):
+            if item["source"] not in ITEM_SOURCES:
+                raise ValueError(f"served item source must be one of {list(ITEM_SOURCES)}, "
+                                 f"got {item['source']!r} (request {rec['request_id']})")
+            for name, value in (("request_id", rec["request_id"]), ("user_id", rec["user_id"]),
+                                ("arm", rec["arm"] or ""), ("arm_source", rec["arm_source"]),
+                                ("rank", rank), ("item_id", item["item_id"]),
+                                ("outcome", item.get("outcome")), ("source", item["source"]),
+                                ("candidates_ds", rec.get("candidates_ds")),
+                                ("sequences_ds", rec.get("sequences_ds")), ("served_at", ts),
+                                ("ds", ds)):
+                cols[name].append(value)
+    arrays = [pa.array(cols[f.name], pa.int64() if f.name == "served_at" else f.type)
+              for f in SERVED_SCHEMA]
+    arrays[SERVED_SCHEMA.get_field_index("served_at")] = arrays[
+        SERVED_SCHEMA.get_field_index("served_at")].cast(TS_TYPE)
+    return pa.Table.from_arrays(arrays, schema=SERVED_SCHEMA)

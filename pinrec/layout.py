@@ -1,6 +1,7 @@
 """Where things live under one lake root, and the atomic CURRENT pointers.
 
-    <lake>/tables/<name>/          Delta tables: events, sequences, items, candidates, served
+    <lake>/tables/<name>/          Delta tables: events, sequences, items, candidates, served,
+                                   arm_outcomes
     <lake>/models/<version>/       immutable model versions (safetensors + config.json + metrics.json)
     <lake>/models/CURRENT          the serving model version (one line)
     <lake>/index/<version>/        immutable Faiss index versions (index.faiss + ids.npy + meta.json)
@@ -20,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-TABLES = ("events", "sequences", "items", "candidates", "item_features", "served")
+TABLES = ("events", "sequences", "items", "candidates", "item_features", "served", "arm_outcomes")
 ARTIFACT_KINDS = ("models", "index")
 _VERSION = re.compile(r"^[A-Za-z0-9._-]+$")
 

@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[3]
 DAGS = REPO / "dags"
 
 EXPECTED_EDGES = {
-    "wait_for_landing": {"sequences"},
+    "wait_for_landing": {"sequences", "outcomes"},
+    "outcomes": set(),
     "validate_params": {"sequences"},
     "sequences": {"items"},
     "items": {"train"},
@@ -84,7 +85,8 @@ def test_params_schema(dag):
     p = dag.params
     assert set(p.keys()) == {"arms", "lookback_days", "variant", "preset",
                              "full_retrain_every_days", "max_recall_drop", "maintenance_weekday",
-                             "train_max_seconds", "train_refit", "feature_dim", "model_set"}
+                             "train_max_seconds", "train_refit", "feature_dim", "model_set",
+                             "attribution_days"}
     defaults = {k: p[k] for k in p.keys()}
     checked = validate_params(defaults)  # the defaults must pass the gate's own validation
     assert set(checked.arms) == {"balanced", "repin"}
@@ -175,6 +177,12 @@ def test_rendered_commands(dag):
     assert [a for a in pinrec_argv(render(dag, "train")) if a == "--set"] == ["--set"]
     seq = pinrec_argv(render(dag, "sequences", lookback_days=30))
     assert seq[seq.index("--window-days") + 1] == "30"
+    # outcomes measure the day whose attribution window today's landing completes
+    out = pinrec_argv(render(dag, "outcomes"))
+    assert out[1] == "outcomes" and "--lake" in out
+    assert (out[out.index("--ds") + 1], out[out.index("--attribution-days") + 1]) == ("2026-01-06", "1")
+    out = pinrec_argv(render(dag, "outcomes", attribution_days=3))
+    assert (out[out.index("--ds") + 1], out[out.index("--attribution-days") + 1]) == ("2026-01-04", "3")
 
 
 def test_train_reuses_an_existing_version_of_the_same_ds(dag, tmp_path):
