@@ -194,8 +194,10 @@ def _run(cfg: DemoConfig, procs: "Procs", timings: Timings) -> int:
     t0 = time.perf_counter()
     token = secrets.token_urlsafe(16)
     port = free_port()
+    # the closed loop's users name no arm: serving splits them evenly over the demo's arms
+    traffic = ",".join(f"{a}={1.0 / len(ARMS)}" for a in sorted(ARMS))
     procs.spawn("serve", [pinrec_bin(), "serve", "--lake", str(cfg.lake), "--db", str(db),
-                          "--host", "127.0.0.1", "--port", str(port)],
+                          "--host", "127.0.0.1", "--port", str(port), "--traffic", traffic],
                 env={"PINREC_API_TOKEN": token})
     wait_http(f"http://127.0.0.1:{port}/healthz", 120, procs.procs["serve"])
     timings.add("start serving API", time.perf_counter() - t0)

@@ -45,17 +45,32 @@ class ServedRecord:
     items: tuple[tuple[int, str | None, str], ...]  # (item_id, outcome, source) in rank order
 
 
-def encode(response: dict, served_at_us: int) -> tuple[bytes, bytes]:
-    """(key, value) of the message for one API response (`RecommendationService.recommend`'s
-    dict, which carries request_id and arm_source)."""
+def message(response: dict, served_at_us: int) -> dict:
+    """The message value (JSON object) for one API response (`RecommendationService.recommend`'s
+    dict, which carries request_id and arm_source); `served_at_us` from the caller (pure)."""
     items = response["items"]
-    value = {"request_id": response["request_id"], "user_id": response["user_id"],
-             "arm": response["arm"] or NO_ARM, "arm_source": response["arm_source"],
-             "candidates_ds": response["candidates_ds"], "sequences_ds": response["sequences_ds"],
-             "served_at_us": served_at_us,
-             "item_ids": [i["item_id"] for i in items], "outcomes": [i["outcome"] for i in items],
-             "sources": [i["source"] for i in items]}
-    return response["request_id"].encode(), json.dumps(value, separators=(",", ":")).encode()
+    return {"request_id": response["request_id"], "user_id": response["user_id"],
+            "arm": response["arm"] or NO_ARM, "arm_source": response["arm_source"],
+            "candidates_ds": response["candidates_ds"], "sequences_ds": response["sequences_ds"],
+            "served_at_us": served_at_us,
+            "item_ids": [i["item_id"] for i in items], "outcomes": [i["outcome"] for i in items],
+            "sources": [i["source"] for i in items]}
+
+
+def encode(response: dict, served_at_us: int) -> tuple[bytes, bytes]:
+    """(key, value) of the `served` topic's message for one API response."""
+    return response["request_id"].encode(), json.dumps(message(response, served_at_us),
+                                                       separators=(",", ":")).encode()
+
+
+def record(response: dict, served_at_us: int) -> ServedRecord:
+    """The ServedRecord of one API response, as the lander reads it back from its message: the
+    closed-loop simulation, which serves on simulated days, writes its rows through this."""
+    got = parse(encode(response, served_at_us)[1], max_ts_us=served_at_us)
+    if isinstance(got, Rejection):
+        raise ValueError(f"response of request {response.get('request_id')} is not a valid served "
+                         f"record: {got.reason}")
+    return got
 
 
 def _is_int(v: Any) -> bool:

@@ -7,8 +7,9 @@ outbound click, ...). One simulated day, after the lake's synthesised days:
 1. the world moves on as `pinrec data synth` would have: interests drift, active users have a
    session of organic engagements (the same generator, continued from its state);
 2. each active user loads the feed at the start of the session: `GET /v1/recommendations/<u>`
-   on the running API, with the arm the traffic split assigns them (`TrafficSplit.arm_of`),
-   logged as one `served` record through `served_record` (the shape serving's logger uses);
+   on the running API, naming no arm: serving assigns it by its traffic split (`pinrec serve
+   --traffic`; the loop checks it is `cfg.split`), and the response becomes one `served`
+   record through `pinrec.served.record` (the shape serving's logger and the lander use);
 3. the user responds to each served item by their interests and the item's format
    (`respond`, pure): engaged with probability `p_interest` if the item is in one of their
    interest clusters, `p_other` otherwise, damped by rank; the action drawn from the format;
@@ -16,8 +17,9 @@ outbound click, ...). One simulated day, after the lake's synthesised days:
    next day's requests see them: engaged items are filtered, histories regenerate), and into
    the lake's `events` partition of the day; the served lists into the `served` partition.
 
-Until serving logs to the `served` topic itself, the loop writes the served rows through the
-same `served_rows` and the lake adapter (partition replace: re-running a day is idempotent).
+Serving's own logger stamps `served_at` with the wall clock, and the loop serves on simulated
+days, so the loop writes the served rows itself, through the same `pinrec.served.rows` the
+lander uses, with the lake adapter (partition replace: re-running a day is idempotent).
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ import pyarrow as pa
 
 from jobs.synth import ACTION_PROBS, SynthConfig, World, _day_events, build_world
 from pinrec.contracts import EVENTS_SCHEMA, PINTEREST_ACTIONS, Event, ds_of_us, parse_ds
-from pinrec.experiments import DEFAULT_SALT, TrafficSplit, served_record, served_rows
+from pinrec.experiments import DEFAULT_SALT, TrafficSplit
+from pinrec.served import record, rows
 
 ACTIONS = PINTEREST_ACTIONS.engagement_actions
 
@@ -118,8 +121,10 @@ def respond(items: list[int], interests: np.ndarray, world: World, rng: np.rando
     return out
 
 
-def fetch(cfg: LoopConfig, user_id: int, arm: str) -> dict:
-    req = urllib.request.Request(f"{cfg.api}/v1/recommendations/{user_id}?n={cfg.n}&arm={arm}",
+def fetch(cfg: LoopConfig, user_id: int) -> dict:
+    """One request naming no arm: serving assigns it by its traffic split (`pinrec serve
+    --traffic`, the same shares and salt as `cfg.split`), as in production."""
+    req = urllib.request.Request(f"{cfg.api}/v1/recommendations/{user_id}?n={cfg.n}",
                                  headers={"Authorization": f"Bearer {cfg.token}"})
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
@@ -163,13 +168,18 @@ def simulate_day(cfg: LoopConfig, state: WorldState) -> dict:
     users = sorted(starts)
     split = cfg.split
     with ThreadPoolExecutor(cfg.workers) as pool:
-        responses = list(pool.map(lambda u: fetch(cfg, u, split.arm_of(u)), users))
+        responses = list(pool.map(lambda u: fetch(cfg, u), users))
+    wrong = [(u, r["arm"]) for u, r in zip(users, responses) if r["arm"] != split.arm_of(u)]
+    if wrong:
+        raise RuntimeError(f"serving assigned other arms than the loop's split for {len(wrong)} users "
+                           f"(e.g. user {wrong[0][0]} got {wrong[0][1]!r}): start `pinrec serve` with "
+                           f"--traffic {','.join(f'{a}={w}' for a, w in cfg.arms)} --salt {cfg.salt}")
     rng = np.random.default_rng([cfg.seed, state.day])
     records, responses_events = [], []
     day_start = int(parse_ds(ds).timestamp()) * 1_000_000
     for u, resp in zip(users, responses):
         t = max(day_start, starts[u] - 60_000_000)  # served on the day of the session
-        records.append(served_record(resp, f"loop-{ds}-u{u}", "assigned", t))
+        records.append(record(resp, t))
         engaged = respond([i["item_id"] for i in resp["items"]], state.interests[u - 1],
                           state.world, rng, cfg)  # synth user ids start at 1
         responses_events += response_events(u, t, engaged, ds, cfg.seed)
@@ -178,7 +188,7 @@ def simulate_day(cfg: LoopConfig, state: WorldState) -> dict:
     tables = LakeTables(Lake.at(cfg.lake))
     tables.replace_partitions("events", events_table(day_events), [ds])
     if records:
-        tables.replace_partitions("served", served_rows(records), [ds])
+        tables.replace_partitions("served", rows(records), [ds])
     return {"ds": ds, "served_users": len(users), "events": sent, "responses": len(responses_events)}
 
 

@@ -22,6 +22,7 @@ from jobs.lake import LakeTables
 from jobs.outcomes import OutcomesConfig, run_job
 from jobs.synth import ACTION_PROBS, SynthConfig
 from pinrec.contracts import CANDIDATES_SCHEMA, PINTEREST_ACTIONS
+from pinrec.experiments import TrafficSplit
 from pinrec.layout import Lake, publish_candidates
 from serving.closed_loop import LoopConfig, WorldState, resume_world, simulate_day
 from serving.http_api import make_server
@@ -83,7 +84,8 @@ def loop(tmp_path_factory):
         # serving follows the consumer's RocksDB as a secondary: the consumer creates it first
         consumer.wait_for(lambda m: (root / "db" / "CURRENT").exists(), timeout_s=60)
         svc = RecommendationService.load(ServingConfig(lake, (root / "db",), regenerate=False,
-                                                       secondary_dir=root / "sec", catch_up_ms=20))
+                                                       secondary_dir=root / "sec", catch_up_ms=20,
+                                                       traffic=TrafficSplit.even(["balanced", "repin"])))
         srv = make_server(svc, TOKEN, port=0)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         cfg = LoopConfig(lake, f"http://127.0.0.1:{srv.server_port}", TOKEN, broker.bootstrap, SYN,

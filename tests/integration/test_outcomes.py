@@ -1,5 +1,5 @@
 """`pinrec outcomes` against real Delta tables: served lists come from the real serving code
-(RecommendationService.recommend -> served_record -> served_rows), the engagements are placed
+(RecommendationService.recommend -> pinrec.served.record -> rows), the engagements are placed
 around them so every number the job writes is known in advance."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from jobs.lake import LakeTables
 from jobs.outcomes import OutcomesConfig, run_job
 from pinrec.cli import main as pinrec
 from pinrec.contracts import EVENTS_SCHEMA, parse_ds
-from pinrec.experiments import TrafficSplit, served_record, served_rows
+from pinrec.experiments import TrafficSplit
+from pinrec.served import record, rows as served_rows
 from pinrec.layout import Lake
 from serving.sample_lake import SampleLakeConfig, build
 from serving.service import RecommendationService, ServingConfig
@@ -40,15 +41,17 @@ def world(tmp_path_factory):
     build(SampleLakeConfig(root / "lake", ds=C, users=20, items=300, candidates=30, model=False))
     writer = RealtimeStore.open(root / "db")
     svc = RecommendationService.load(ServingConfig(root / "lake", (root / "db",), regenerate=False,
-                                                   secondary_dir=root / "sec"))
+                                                   secondary_dir=root / "sec", traffic=SPLIT))
     records, events = [], []
     try:
         for u in [*SERVED, REQUESTED]:
             t = START + (u + 1) * 60 * SEC  # the pre-serve event stays on day D
             requested = u == REQUESTED
-            arm = "saves" if requested else SPLIT.arm_of(u)
-            resp = svc.recommend(u, n=N, arm=arm, now_us=t)
-            records.append(served_record(resp, f"req-{u}", "requested" if requested else "assigned", t))
+            # the requested user names an arm; the others are assigned one by serving's split
+            resp = svc.recommend(u, n=N, arm="saves" if requested else None, now_us=t)
+            assert resp["arm_source"] == ("requested" if requested else "assigned")
+            assert requested or resp["arm"] == SPLIT.arm_of(u)
+            records.append(record(resp, t))
             items = [i["item_id"] for i in resp["items"]]
             events += [event(f"e{u}-0", u, items[0], "repin", t + 10 * SEC),
                        event(f"e{u}-1", u, items[1], "grid_click", t + 20 * SEC),
@@ -73,9 +76,9 @@ def test_served_rows_follow_the_response(world):
     _, records, tables = world
     served = tables.read("served", [D]).sort_by([("request_id", "ascending"), ("rank", "ascending")])
     assert served.num_rows == N * len(records)
-    r0 = served.filter(pc.equal(served.column("request_id"), "req-0")).to_pylist()
+    r0 = served.filter(pc.equal(served.column("request_id"), records[0].request_id)).to_pylist()
     assert [r["rank"] for r in r0] == list(range(N))
-    assert [r["item_id"] for r in r0] == [i["item_id"] for i in records[0]["items"]]
+    assert [r["item_id"] for r in r0] == [item_id for item_id, _, _ in records[0].items]
     assert {r["ds"] for r in r0} == {D} and {r["candidates_ds"] for r in r0} == {C}
     assert {r["source"] for r in r0} == {"precomputed"}
 
@@ -83,12 +86,12 @@ def test_served_rows_follow_the_response(world):
 def expected_counts(records):
     by_arm: dict[str, dict] = {}
     for rec in records:
-        if rec["arm_source"] != "assigned":
+        if rec.arm_source != "assigned":
             continue
-        a = by_arm.setdefault(rec["arm"], {"users": 0, "imp": 0, "imp_repin": 0})
+        a = by_arm.setdefault(rec.arm, {"users": 0, "imp": 0, "imp_repin": 0})
         a["users"] += 1
-        a["imp"] += len(rec["items"])
-        a["imp_repin"] += sum(i["outcome"] == "repin" for i in rec["items"])
+        a["imp"] += len(rec.items)
+        a["imp_repin"] += sum(outcome == "repin" for _, outcome, _ in rec.items)
     return by_arm
 
 
@@ -130,7 +133,7 @@ def test_coverage_and_novelty_over_the_arms_users(world):
     out = run_job(OutcomesConfig(str(lake), D, bootstrap=100))
     cands = tables.read("candidates", [C]).to_pylist()
     hist = {r["user_id"]: set(r["item_ids"]) for r in tables.read("sequences", [C]).to_pylist()}
-    served_arm = {r["user_id"]: r["arm"] for r in records if r["arm_source"] == "assigned"}
+    served_arm = {r.user_id: r.arm for r in records if r.arm_source == "assigned"}
     for arm in ("control", "saves"):
         mine = [c for c in cands if c["arm"] == arm and c["user_id"] != REQUESTED
                 and served_arm.get(c["user_id"], SPLIT.arm_of(c["user_id"])) == arm]
