@@ -114,8 +114,8 @@ def validate_params(raw: dict) -> RunParams:
         raise UserError(f"param 'preset' must be one of {list(PRESETS)}, got {preset!r}")
     drop = raw.get("max_recall_drop", 0.05)
     if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0 <= drop <= 1:
-        raise UserError(f"param 'max_recall_drop' must be a fraction in [0, 1] (1 turns the gate "
-                        f"off), got {drop!r}")
+        raise UserError(f"param 'max_recall_drop' must be a fraction in [0, 1] (1 turns the recall "
+                        f"rule off), got {drop!r}")
     model_set = validate_model_set(raw.get("model_set", {}), variant, preset)
     return RunParams(checked, lookback, variant, preset, float(drop), model_set)
 
@@ -263,7 +263,7 @@ def run_params(args) -> int:
 
 
 def run_check(args) -> int:
-    from jobs.gate_eval import GateEvalConfig, paired_bootstrap, run_checks
+    from jobs.gate_eval import GateEvalConfig, compare, run_checks
     from pinrec.layout import Lake, current
     from pinrec_model.training import resolve_device
 
@@ -280,33 +280,7 @@ def run_check(args) -> int:
                          max_short_share=args.max_short_share, device=str(resolve_device(args.device)))
     serving_dir = current(lake, "models")
     ev = run_checks(lake, args.ds, cand_dir, serving_dir, cfg)
-    hard, note = list(ev.hard_failures), None
-    cand_r = serv_r = ci = None
-    n = 0
-    if ev.candidate.recall is not None:
-        cand_r = float(np.nanmean(ev.candidate.recall)) if len(ev.candidate.recall) else None
-    unfair = ev.serving is not None and ev.serving is not ev.candidate and (
-        ev.serving.holdout_fraction is None or ev.lake_fraction is None
-        or ev.serving.holdout_fraction < ev.lake_fraction)
-    if ev.serving is None:
-        pass
-    elif ev.serving.error:
-        note = (f"the serving model {ev.serving.version} cannot be evaluated ({ev.serving.error}); "
-                "decided on the hard checks alone")
-    elif unfair:
-        note = (f"the serving model {ev.serving.version} trained on held-out users (it predates the "
-                "held-out rule), so its recall is not comparable; decided on the hard checks alone")
-    elif ev.candidate.recall is not None:
-        both = ~np.isnan(ev.candidate.recall) & ~np.isnan(ev.serving.recall)
-        n = int(both.sum())
-        if n == 0:
-            hard.append(f"no held-out user has {cfg.window + cfg.min_history} tokens with a pin among "
-                        f"the last {cfg.window}: nothing to compare on; lower --window")
-        else:
-            c, s_ = ev.candidate.recall[both], ev.serving.recall[both]
-            cand_r, serv_r = float(c.mean()), float(s_.mean())
-            _, lo, hi = paired_bootstrap(c, s_, cfg.bootstrap, cfg.seed)
-            ci = (lo, hi)
+    cand_r, serv_r, ci, n, hard, note = compare(ev, cfg)
     d = decide(cand_r, serv_r, ci, n, args.max_drop, hard, note)
     record = dict(asdict(d), ds=args.ds, candidate_model=cand_dir.name,
                   serving_model=serving_dir.name if serving_dir else None,

@@ -112,6 +112,39 @@ def nonfinite_tensors(state: dict) -> list[str]:
     return sorted(k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all())
 
 
+def compare(ev: Evidence, cfg: GateEvalConfig):
+    """Evidence -> (candidate recall, serving recall, 95 % interval of the difference, users
+    compared, hard failures, why the recall rule does not apply or None), for `gate.decide`."""
+    hard, note = list(ev.hard_failures), None
+    cand_r = serv_r = ci = None
+    n = 0
+    if ev.candidate.recall is not None and len(ev.candidate.recall):
+        cand_r = float(np.nanmean(ev.candidate.recall))
+    serving = ev.serving
+    if serving is None:
+        return cand_r, None, None, 0, hard, None
+    if serving.error:
+        note = (f"the serving model {serving.version} cannot be evaluated ({serving.error}); "
+                "decided on the hard checks alone")
+    elif serving is not ev.candidate and (serving.holdout_fraction is None or ev.lake_fraction is None
+                                          or serving.holdout_fraction < ev.lake_fraction):
+        # a model that trained on some held-out users would look better than it is on them
+        note = (f"the serving model {serving.version} trained on held-out users (it predates the "
+                "held-out rule), so its recall is not comparable; decided on the hard checks alone")
+    elif ev.candidate.recall is not None:
+        both = ~np.isnan(ev.candidate.recall) & ~np.isnan(serving.recall)
+        n = int(both.sum())
+        if n == 0:
+            hard.append(f"no held-out user has {cfg.window + cfg.min_history} tokens with a pin among "
+                        f"the last {cfg.window}: nothing to compare on; lower --window")
+        else:
+            c, s = ev.candidate.recall[both], serving.recall[both]
+            cand_r, serv_r = float(c.mean()), float(s.mean())
+            _, lo, hi = paired_bootstrap(c, s, cfg.bootstrap, cfg.seed)
+            ci = (lo, hi)
+    return cand_r, serv_r, ci, n, hard, note
+
+
 # ------------------------------------------------------------------------------------------
 # One model
 # ------------------------------------------------------------------------------------------

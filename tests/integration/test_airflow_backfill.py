@@ -102,19 +102,28 @@ def run_backfill(s, token: str, reprocess: str, max_active_runs: int, days: list
             "dag_run_conf": CONF}
     backfill = s.request("POST", "/api/v2/backfills", body, token=token)
     deadline = time.time() + timeout
+
+    def get(path: str):
+        # on 2 busy cores one poll of the api-server may time out; the deadline bounds the wait
+        while True:
+            try:
+                return s.request("GET", path, token=token)
+            except (TimeoutError, urllib.error.URLError) as e:
+                if isinstance(e, urllib.error.HTTPError) or time.time() > deadline:
+                    raise
+                time.sleep(3)
+
     while time.time() < deadline:
-        runs = [r for r in s.request("GET", f"/api/v2/dags/{DAG}/dagRuns?limit=100",
-                                     token=token)["dag_runs"]
+        runs = [r for r in get(f"/api/v2/dags/{DAG}/dagRuns?limit=100")["dag_runs"]
                 if r["run_type"] == "backfill" and r["logical_date"][:10] in days]
-        tis = [ti for ti in s.request("GET", f"/api/v2/dags/{DAG}/dagRuns/~/taskInstances?limit=500",
-                                      token=token)["task_instances"]
+        tis = [ti for ti in get(f"/api/v2/dags/{DAG}/dagRuns/~/taskInstances?limit=500")["task_instances"]
                if ti["logical_date"][:10] in days]
         for ti in tis:
             if ti["state"] in ("failed", "up_for_retry", "upstream_failed") and \
                     EXPECTED_FAILURES.get((ti["logical_date"][:10], ti["task_id"])) != ti["state"]:
                 pytest.fail(f"task {ti['task_id']} of {ti['dag_run_id']} is {ti['state']}:\n"
                             + task_log_tail(s, ti["dag_run_id"], ti["task_id"]))
-        b = s.request("GET", f"/api/v2/backfills/{backfill['id']}", token=token)
+        b = get(f"/api/v2/backfills/{backfill['id']}")
         if b["completed_at"] and all(r["state"] in ("success", "failed") for r in runs):
             return runs, tis
         time.sleep(3)

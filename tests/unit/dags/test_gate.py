@@ -315,3 +315,22 @@ def test_gate_fails_a_nan_checkpoint_and_restores_the_serving_index(real_lake, c
     assert any("cannot be evaluated" in h for h in rec["hard_failures"]), rec
     assert "FAILED: hard check failed" in capsys.readouterr().out
     assert current(lake, "index").name == f"{DS}.v1" and current(lake, "models").name == "v1"
+
+
+def test_compare_pairs_users_and_falls_back_to_hard_checks_when_serving_is_not_comparable():
+    from jobs.gate_eval import Evidence, GateEvalConfig, ModelEval, compare
+
+    cfg = GateEvalConfig(bootstrap=200)
+    cand = ModelEval("c", np.array([0.5, 0.2, np.nan, 0.4]), holdout_fraction=0.02)
+    serv = ModelEval("s", np.array([0.3, np.nan, 0.1, 0.4]), holdout_fraction=0.02)
+    c, s, ci, n, hard, note = compare(Evidence(np.arange(4), cand, serv, 0.02), cfg)
+    assert (n, hard, note) == (2, [], None)  # users 0 and 3: both models have a recall
+    assert c == pytest.approx(0.45) and s == pytest.approx(0.35) and ci[0] <= 0.1 <= ci[1]
+    old = ModelEval("old", np.array([0.9, 0.9, 0.9, 0.9]), holdout_fraction=None)
+    *_, n, hard, note = compare(Evidence(np.arange(4), cand, old, 0.02), cfg)
+    assert n == 0 and "predates the held-out rule" in note
+    broken = ModelEval("gone", error="FileNotFoundError: model.safetensors")
+    *_, note = compare(Evidence(np.arange(4), cand, broken, 0.02), cfg)
+    assert "cannot be evaluated (FileNotFoundError" in note
+    c, s, ci, n, hard, note = compare(Evidence(np.arange(4), cand, None, 0.02), cfg)
+    assert s is None and ci is None and note is None and c == pytest.approx(1.1 / 3)
