@@ -258,7 +258,7 @@ def test_backfill_gate_on_broken_day_keeps_serving_then_rerun_is_identical(stack
     runs, _ = run_backfill(stack, ops, "none", 1, DAYS[:2])
     good_s = time.time() - t0
     assert sorted(r["logical_date"][:10] for r in runs) == DAYS[:2]
-    assert all(r["state"] == "success" for r in runs), [(r["run_id"], r["state"]) for r in runs]
+    assert all(r["state"] == "success" for r in runs), [(r["dag_run_id"], r["state"]) for r in runs]
     first, second = gate_record(stack.lake, DAYS[0]), gate_record(stack.lake, DAYS[1])
     assert first["passed"] and first["serving_model"] is None and not first["hard_failures"]
     # day 2: compared with the serving day-1 model on the same held-out users, at the default 0.05
@@ -267,7 +267,7 @@ def test_backfill_gate_on_broken_day_keeps_serving_then_rerun_is_identical(stack
     assert second["held_out_share"] == 0.5 and second["n_users"] >= 400, second
     assert second["difference"] == pytest.approx(second["candidate_recall"] - second["serving_recall"])
     assert second["ci_low"] <= second["difference"] <= second["ci_high"]
-    run2 = next(r["run_id"] for r in runs if r["logical_date"][:10] == DAYS[1])
+    run2 = next(r["dag_run_id"] for r in runs if r["logical_date"][:10] == DAYS[1])
     log2 = task_log_tail(stack, run2, "quality_gate")
     assert "PASSED: candidate recall@10" in log2 and "95 % CI" in log2, log2
 
@@ -308,7 +308,7 @@ def test_backfill_gate_on_broken_day_keeps_serving_then_rerun_is_identical(stack
         third = gate_record(stack.lake, BROKEN_DAY)
         assert not third["passed"] and third["serving_model"] == model_of(DAYS[1])
         assert any("non-finite weights" in h for h in third["hard_failures"]), third
-        log3 = task_log_tail(stack, runs[0]["run_id"], "quality_gate")
+        log3 = task_log_tail(stack, runs[0]["dag_run_id"], "quality_gate")
         assert "FAILED: hard check failed" in log3, log3
 
         # through the API: the running server reloads (day 3's sequences landed) yet still serves
