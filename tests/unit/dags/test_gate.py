@@ -334,3 +334,26 @@ def test_compare_pairs_users_and_falls_back_to_hard_checks_when_serving_is_not_c
     assert "cannot be evaluated (FileNotFoundError" in note
     c, s, ci, n, hard, note = compare(Evidence(np.arange(4), cand, None, 0.02), cfg)
     assert s is None and ci is None and note is None and c == pytest.approx(1.1 / 3)
+
+
+def test_train_keeps_the_held_out_users_out_and_never_warm_starts_across_shares(tmp_path, capsys):
+    from jobs.train import trainable_users, warm_start_keeps_holdout
+
+    lake = Lake.at(tmp_path / "lake")
+    ids = np.arange(10_000, 30_000, dtype=np.int64)
+    users, rec = trainable_users(lake, ids)  # the first training fixes the share: 500 / 20,000
+    held = held_out_users(ids, 0.025)
+    assert rec == {"fraction": 0.025, "users": int(held.sum())} and read_holdout_fraction(lake) == 0.025
+    assert (np.sort(users) == np.flatnonzero(~held)).all()  # every user but the held-out ones
+    # later days: fewer users would raise a recomputed share; the fixed one keeps membership
+    users2, rec2 = trainable_users(lake, ids[:5_000], requested=0.3)
+    assert rec2["fraction"] == 0.025 and (held_out_users(ids[:5_000][users2], 0.025) == 0).all()
+    assert "--holdout-fraction 0.3 ignored" in capsys.readouterr().out
+    for version, holdout in (("old", None), ("other", {"fraction": 0.01}), ("same", rec)):
+        d = lake.version_dir("models", version)
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"holdout": holdout}))
+    assert warm_start_keeps_holdout(lake, "same", 0.025) and warm_start_keeps_holdout(lake, None, 0.025)
+    assert not warm_start_keeps_holdout(lake, "old", 0.025)
+    assert not warm_start_keeps_holdout(lake, "other", 0.025)
+    assert "training from scratch so that they stay unseen" in capsys.readouterr().out
