@@ -81,9 +81,13 @@ def wait_for_dag(s, token: str, timeout: float = 120) -> dict:
     raise TimeoutError(f"{DAG} was not parsed by the dag-processor in {timeout} s")
 
 
-def task_log_tail(s, run_id: str, task_id: str) -> str:
+def task_log(s, run_id: str, task_id: str) -> str:
     logs = sorted((s.home / "logs").glob(f"dag_id={DAG}/run_id={run_id}/task_id={task_id}/*.log"))
-    return logs[-1].read_text(errors="replace")[-4000:] if logs else "(no log file)"
+    return logs[-1].read_text(errors="replace") if logs else "(no log file)"
+
+
+def task_log_tail(s, run_id: str, task_id: str) -> str:
+    return task_log(s, run_id, task_id)[-4000:]
 
 
 # The broken day's gate fails, and the tasks after it never run: expected, nothing else is.
@@ -268,8 +272,8 @@ def test_backfill_gate_on_broken_day_keeps_serving_then_rerun_is_identical(stack
     assert second["difference"] == pytest.approx(second["candidate_recall"] - second["serving_recall"])
     assert second["ci_low"] <= second["difference"] <= second["ci_high"]
     run2 = next(r["dag_run_id"] for r in runs if r["logical_date"][:10] == DAYS[1])
-    log2 = task_log_tail(stack, run2, "quality_gate")
-    assert "PASSED: candidate recall@10" in log2 and "95 % CI" in log2, log2
+    log2 = task_log(stack, run2, "quality_gate")
+    assert "PASSED: candidate recall@10" in log2 and "95 % CI" in log2, log2[-4000:]
 
     lake = LakeTables(Lake.at(stack.lake))
     for ds in DAYS[:2]:
@@ -308,8 +312,8 @@ def test_backfill_gate_on_broken_day_keeps_serving_then_rerun_is_identical(stack
         third = gate_record(stack.lake, BROKEN_DAY)
         assert not third["passed"] and third["serving_model"] == model_of(DAYS[1])
         assert any("non-finite weights" in h for h in third["hard_failures"]), third
-        log3 = task_log_tail(stack, runs[0]["dag_run_id"], "quality_gate")
-        assert "FAILED: hard check failed" in log3, log3
+        log3 = task_log(stack, runs[0]["dag_run_id"], "quality_gate")
+        assert "FAILED: hard check failed" in log3, log3[-4000:]
 
         # through the API: the running server reloads (day 3's sequences landed) yet still serves
         # day 2's model, index and candidates; so does a server started now
