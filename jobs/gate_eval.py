@@ -131,7 +131,9 @@ def compare(ev: Evidence, cfg: GateEvalConfig):
         # a model that trained on some held-out users would look better than it is on them
         note = (f"the serving model {serving.version} trained on held-out users (it predates the "
                 "held-out rule), so its recall is not comparable; decided on the hard checks alone")
-    elif ev.candidate.recall is not None:
+    elif ev.candidate.recall is None:  # the candidate failed a hard check: report serving's figure
+        serv_r = float(np.nanmean(serving.recall)) if len(serving.recall) else None
+    else:
         both = ~np.isnan(ev.candidate.recall) & ~np.isnan(serving.recall)
         n = int(both.sum())
         if n == 0:

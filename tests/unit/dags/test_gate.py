@@ -357,3 +357,15 @@ def test_train_keeps_the_held_out_users_out_and_never_warm_starts_across_shares(
     assert not warm_start_keeps_holdout(lake, "old", 0.025)
     assert not warm_start_keeps_holdout(lake, "other", 0.025)
     assert "training from scratch so that they stay unseen" in capsys.readouterr().out
+
+
+def test_compare_reports_the_serving_recall_when_the_candidate_cannot_run():
+    from jobs.gate_eval import Evidence, GateEvalConfig, ModelEval, compare
+
+    nan_model = ModelEval("c", error="the model's embeddings are not finite (NaN or inf)")
+    serv = ModelEval("s", np.array([0.3, 0.1]), holdout_fraction=0.02)
+    c, s, ci, n, hard, note = compare(Evidence(np.arange(2), nan_model, serv, 0.02,
+                                               ["non-finite weights"]), GateEvalConfig())
+    assert c is None and s == pytest.approx(0.2) and ci is None and n == 0
+    assert hard == ["non-finite weights"] and note is None
+    assert not decide(c, s, ci, n, 0.05, hard, note).passed
