@@ -49,6 +49,33 @@ def load_events(args):
     return read_training_data(Lake.at(args.lake))
 
 
+def model_feature_dim(args, vocab) -> int:
+    from jobs.train import model_config
+    from pinrec_model.model import PinRecConfig
+
+    if args.model:
+        saved = json.loads((Path(args.model) / "config.json").read_text())["model"]
+        return PinRecConfig.from_json(saved).feature_dim
+    return model_config(args, vocab).feature_dim
+
+
+def model_split(args, seqs, catalog):
+    """--model on a lake whose models hold users out: evaluate on those held-out users (the
+    gate's users: pinrec.contracts.held_out_users), never on users the model trained on."""
+    import numpy as np
+
+    from pinrec.layout import Lake, read_holdout_fraction
+    from pinrec_model.offline import UnorderedSplit
+    from jobs.gate_eval import eval_users
+
+    fraction = None if args.events else read_holdout_fraction(Lake.at(args.lake))
+    if not args.model or fraction is None:
+        return None
+    users = eval_users(seqs, catalog.type_ids, fraction, args.window, 5, 2000)
+    print(f"evaluating on {len(users)} held-out users (share {fraction:.4g}, models/HOLDOUT)")
+    return UnorderedSplit(np.setdiff1d(np.arange(len(seqs.user_ids)), users), users, args.window)
+
+
 def _mean_std(runs: list[dict]) -> dict:
     import numpy as np
 
@@ -68,8 +95,9 @@ def run(args) -> int:
 
     vocab = PINTEREST_ACTIONS
     events, feats = load_events(args)
-    # the catalog's attribute width comes from the model config (popularity has none)
-    prep = prepare(events, feats, vocab, None if args.variant == "pop" else model_config(args, vocab).feature_dim)
+    # the catalog's attribute width comes from the model config (popularity has none): the saved
+    # one for --model (a model trained with feature_dim=64 reads 64-wide vectors)
+    prep = prepare(events, feats, vocab, None if args.variant == "pop" else model_feature_dim(args, vocab))
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     t0 = time.perf_counter()
     if args.protocol == "loo":
@@ -159,7 +187,7 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
                                       target_conditions, unordered_scores, unordered_split, unordered_summary)
     from pinrec_model.training import CatalogTensors, resolve_device
 
-    split = unordered_split(prep.seqs, args.window, seed=0)
+    split = model_split(args, prep.seqs, prep.catalog) or unordered_split(prep.seqs, args.window, seed=0)
     hist, t_rows, t_acts = eval_targets(prep.seqs, prep.catalog, split)
     index = index_rows(prep.catalog, args.index_size)
     if args.variant == "pop":

@@ -4,24 +4,26 @@
               Airflow sensor pokes again on 99 and fails on anything else)
     params    validate a run's parameters (arms budgets, lookback, variant, preset) and write
               the arms file `score` reads; a bad value fails here with a message naming it
-    check     the quality gate: evaluate the candidate model and the serving one with
-              `pinrec eval --protocol unordered` and fail (exit 1) when the candidate's
-              unordered recall@10 falls more than `--max-drop` (a fraction) below the serving one's
+    check     the quality gate: evaluate the candidate model and the serving one on the same
+              held-out users (never trained on) of the same ds, each with its own config, and
+              fail (exit 1) on a hard check or when the candidate's unordered recall@10 is more
+              than `--max-drop` below the serving one's and the paired 95 % interval excludes 0
     publish   point models/CURRENT, index/CURRENT and candidates/CURRENT at this run's outputs
 
 A failed gate publishes nothing, so the previous model, index and candidates keep serving.
-The decision logic is pure (`decide`); the edges read the lake and run `pinrec eval`.
+The decision logic is pure (`decide`); the evaluation is jobs/gate_eval.py.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pinrec.cli import UserError, add_ds_arg, add_lake_arg
+from pinrec.contracts import HOLDOUT_MIN_USERS
 
 EXIT_GATE_FAILED = 1
 EXIT_NOT_LANDED = 99
@@ -112,8 +114,8 @@ def validate_params(raw: dict) -> RunParams:
         raise UserError(f"param 'preset' must be one of {list(PRESETS)}, got {preset!r}")
     drop = raw.get("max_recall_drop", 0.05)
     if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0 <= drop <= 1:
-        raise UserError(f"param 'max_recall_drop' must be a fraction in [0, 1] (1 turns the gate "
-                        f"off), got {drop!r}")
+        raise UserError(f"param 'max_recall_drop' must be a fraction in [0, 1] (1 turns the recall "
+                        f"rule off), got {drop!r}")
     model_set = validate_model_set(raw.get("model_set", {}), variant, preset)
     return RunParams(checked, lookback, variant, preset, float(drop), model_set)
 
@@ -121,42 +123,52 @@ def validate_params(raw: dict) -> RunParams:
 @dataclass(frozen=True)
 class GateDecision:
     passed: bool
-    candidate_recall: float
-    serving_recall: float | None
-    max_drop: float
     reason: str
+    candidate_recall: float | None
+    serving_recall: float | None
+    difference: float | None  # candidate - serving, mean over the same held-out users
+    ci_low: float | None  # 95 % paired-bootstrap interval of the difference
+    ci_high: float | None
+    n_users: int
+    max_drop: float
+    hard_failures: tuple = ()
 
 
-def decide(candidate_recall: float, serving_recall: float | None, max_drop: float) -> GateDecision:
-    """Pass unless the candidate is more than `max_drop` (relative) below the serving model.
+KEEP_SERVING = "the previous model, index and candidates keep serving"
 
-    With no serving model yet (the first run) the candidate passes: there is nothing to protect.
-    """
-    if serving_recall is None:
-        return GateDecision(True, candidate_recall, None, max_drop,
-                            "no serving model yet: the first model is published")
-    floor = serving_recall * (1.0 - max_drop)
-    if candidate_recall + 1e-12 >= floor:
-        return GateDecision(True, candidate_recall, serving_recall, max_drop,
-                            f"candidate recall@10 {candidate_recall:.4f} >= floor {floor:.4f} "
-                            f"(serving {serving_recall:.4f} x (1 - {max_drop}))")
-    return GateDecision(False, candidate_recall, serving_recall, max_drop,
-                        f"candidate recall@10 {candidate_recall:.4f} < floor {floor:.4f} "
-                        f"(serving {serving_recall:.4f} x (1 - {max_drop})): gate failed, the "
-                        "previous model, index and candidates keep serving")
+
+def decide(candidate: float | None, serving: float | None, ci: tuple | None, n_users: int,
+           max_drop: float, hard_failures=(), no_serving_reason: str | None = None) -> GateDecision:
+    """Fail on any hard check; otherwise fail only when the candidate's recall is more than
+    `max_drop` (relative) below the serving model's AND the 95 % interval of the paired
+    difference lies wholly below zero (a drop that is not noise). With nothing to compare with
+    (`serving` None: the first run, or `no_serving_reason`) the hard checks alone decide."""
+    diff = None if candidate is None or serving is None else candidate - serving
+    lo, hi = ci if ci is not None else (None, None)
+    d = dict(candidate_recall=candidate, serving_recall=serving, difference=diff, ci_low=lo,
+             ci_high=hi, n_users=n_users, max_drop=max_drop, hard_failures=tuple(hard_failures))
+    if hard_failures:
+        return GateDecision(False, "hard check failed: " + "; ".join(hard_failures) + f": gate "
+                            f"failed, {KEEP_SERVING}", **d)
+    if serving is None:
+        return GateDecision(True, no_serving_reason or "no serving model yet: the first model is "
+                                                       "published", **d)
+    floor = serving * (1.0 - max_drop)
+    stats = (f"candidate recall@10 {candidate:.4f}, serving {serving:.4f}, difference {diff:+.4f} "
+             f"(95 % CI {lo:+.4f} .. {hi:+.4f}, {n_users} held-out users), floor {floor:.4f} "
+             f"(serving x (1 - {max_drop}))")
+    below = candidate + 1e-12 < floor
+    if below and hi < 0:
+        return GateDecision(False, f"{stats}: below the floor and the interval excludes zero: gate "
+                                   f"failed, {KEEP_SERVING}", **d)
+    why = "at or above the floor" if not below else "below the floor, but the interval includes zero (noise)"
+    return GateDecision(True, f"{stats}: {why}", **d)
 
 
 def should_publish(ds: str, serving_ds: str | None) -> bool:
     """Serving only moves forward in time: re-running today or a newer day publishes,
     backfilling an older day does not (its tables are rebuilt, serving stays on the newer day)."""
     return serving_ds is None or ds >= serving_ds
-
-
-def recall_from_eval_json(path: Path) -> float:
-    data = json.loads(Path(path).read_text())
-    if RECALL_KEY not in data:
-        raise UserError(f"{path}: `pinrec eval` JSON has no {RECALL_KEY!r} key; keys: {sorted(data)}")
-    return float(data[RECALL_KEY])
 
 
 # ------------------------------------------------------------------------------------------
@@ -176,15 +188,28 @@ def configure(p: argparse.ArgumentParser) -> None:
     params.add_argument("--params-json", required=True,
                         help="the run's params as one JSON object (arms, lookback_days, ...)")
 
-    check = sub.add_parser("check", help="quality gate: candidate vs serving unordered recall@10")
+    check = sub.add_parser("check", help="quality gate: candidate vs serving unordered recall@10 "
+                                         "on the lake's held-out users, plus hard checks")
     add_ds_arg(check)
     add_lake_arg(check)
+    from jobs.gate_eval import GateEvalConfig
+
+    g = GateEvalConfig()
     check.add_argument("--candidate-model", required=True, help="model version under models/")
-    check.add_argument("--variant", default="mt_oc", choices=VARIANTS)
+    check.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # ignored: each
+    # model is evaluated with its own saved config (kept so older command lines still parse)
     check.add_argument("--max-drop", type=float, default=0.05,
-                       help="fail when candidate recall@10 < serving x (1 - this)")
-    check.add_argument("--eval-arg", action="append", default=[],
-                       help="extra argument passed to `pinrec eval` (repeatable)")
+                       help="fail when candidate recall@10 < serving x (1 - this) and the 95 %% "
+                            "interval of the paired difference excludes zero")
+    check.add_argument("--window", type=int, default=g.window, help="target tokens per held-out user")
+    check.add_argument("--min-history", type=int, default=g.min_history)
+    check.add_argument("--max-users", type=int, default=g.max_users, help="held-out users evaluated")
+    check.add_argument("--bootstrap", type=int, default=g.bootstrap, help="paired bootstrap resamples")
+    check.add_argument("--min-candidates", type=int, default=g.min_candidates,
+                       help="a (user, arm) with fewer candidate rows is short")
+    check.add_argument("--max-short-share", type=float, default=g.max_short_share,
+                       help="fail when more than this share of users has a short candidate list")
+    check.add_argument("--device", default=g.device, help="cpu | cuda | auto")
 
     pub = sub.add_parser("publish", help="publish the run's model, index and candidates")
     add_ds_arg(pub)
@@ -237,42 +262,42 @@ def run_params(args) -> int:
     return 0
 
 
-def _evaluate(lake_root: Path, model_dir: Path, variant: str, out: Path, extra: list[str]) -> float:
-    """Run `pinrec eval` on held-out users for one model version and return its recall@10."""
-    if out.exists():  # versions are immutable, so one evaluation per version is enough
-        return recall_from_eval_json(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pinrec.cli", "eval", "--lake", str(lake_root), "--variant",
-           variant, "--protocol", "unordered", "--model", str(model_dir), "--json", str(out), *extra]
-    print("running:", " ".join(cmd), flush=True)
-    rc = subprocess.run(cmd).returncode
-    if rc != 0:
-        raise UserError(f"`pinrec eval` exited {rc} for model {model_dir}; re-run the command above")
-    return recall_from_eval_json(out)
-
-
 def run_check(args) -> int:
+    from jobs.gate_eval import GateEvalConfig, compare, run_checks
     from pinrec.layout import Lake, current
+    from pinrec_model.training import resolve_device
 
+    if not 0 <= args.max_drop <= 1:
+        raise UserError(f"--max-drop must be a fraction in [0, 1] (1 turns the recall rule off), "
+                        f"got {args.max_drop}")
     lake = Lake.at(args.lake)
     cand_dir = lake.version_dir("models", args.candidate_model)
-    if not cand_dir.is_dir():
+    if not (cand_dir / "config.json").exists():
         raise UserError(f"candidate model {args.candidate_model!r} not found at {cand_dir}; "
                         "did `pinrec train` for this ds succeed?")
-    evals = lake.runs / "gate" / "eval"
-    cand = _evaluate(lake.root, cand_dir, args.variant, evals / f"{cand_dir.name}.json", args.eval_arg)
+    cfg = GateEvalConfig(window=args.window, min_history=args.min_history, max_users=args.max_users,
+                         bootstrap=args.bootstrap, min_candidates=args.min_candidates,
+                         max_short_share=args.max_short_share, device=str(resolve_device(args.device)))
     serving_dir = current(lake, "models")
-    serving = None
-    if serving_dir is not None and serving_dir.name != cand_dir.name:
-        serving = _evaluate(lake.root, serving_dir, args.variant,
-                            evals / f"{serving_dir.name}.json", args.eval_arg)
-    elif serving_dir is not None:
-        serving = cand  # re-running a ds whose candidate already serves
-    d = decide(cand, serving, args.max_drop)
+    ev = run_checks(lake, args.ds, cand_dir, serving_dir, cfg)
+    cand_r, serv_r, ci, n, hard, note = compare(ev, cfg)
+    d = decide(cand_r, serv_r, ci, n, args.max_drop, hard, note)
     record = dict(asdict(d), ds=args.ds, candidate_model=cand_dir.name,
-                  serving_model=serving_dir.name if serving_dir else None)
+                  serving_model=serving_dir.name if serving_dir else None,
+                  held_out_share=ev.lake_fraction, evaluated_users=int(len(ev.users)),
+                  candidate_features=ev.candidate.features_from,
+                  candidate_feature_dim=ev.candidate.feature_dim,
+                  serving_feature_dim=ev.serving.feature_dim if ev.serving else None,
+                  serving_recall_not_compared=(float(np.nanmean(ev.serving.recall)) if note and
+                                               ev.serving.recall is not None else None),
+                  notes=ev.notes)
     out = lake.runs / "gate" / f"{args.ds}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    if len(ev.users) < HOLDOUT_MIN_USERS:
+        print(f"note: only {len(ev.users)} held-out users could be evaluated (fewer than "
+              f"{HOLDOUT_MIN_USERS}); the interval is wide accordingly")
+    print(json.dumps(record, sort_keys=True))
     print(("PASSED: " if d.passed else "FAILED: ") + d.reason)
     if not d.passed:
         restore_serving_index(lake)

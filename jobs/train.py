@@ -25,6 +25,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm-start-from", metavar="VERSION|current",
                    help="start from a saved version's weights (`current`: the serving model); "
                         "trains from scratch, with a note, when that version does not exist")
+    p.add_argument("--holdout-fraction", type=float, default=None,
+                   help="share of users never trained on (the quality gate's held-out users; "
+                        "default 2 %%, raised to reach 500 users). Fixed by the lake's first "
+                        "training in models/HOLDOUT; ignored, with a note, once fixed")
 
 
 def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None:
@@ -221,6 +225,36 @@ def warm_start_state(lake, source: str | None, cfg):
     return vdir.name, load_file(str(vdir / "model.safetensors"))
 
 
+def trainable_users(lake, user_ids, requested: float | None = None):
+    """(indices of the users a model may train on, the held-out record for metrics.json):
+    every user but the lake's held-out ones (pinrec.contracts.held_out_users)."""
+    import numpy as np
+
+    from pinrec.contracts import HOLDOUT_FRACTION, held_out_users, holdout_fraction_for
+    from pinrec.layout import fix_holdout_fraction, read_holdout_fraction
+
+    fraction = read_holdout_fraction(lake)
+    if fraction is None:
+        fraction = fix_holdout_fraction(lake, holdout_fraction_for(len(user_ids), requested or HOLDOUT_FRACTION))
+    elif requested is not None and requested != fraction:
+        print(f"held-out users: --holdout-fraction {requested} ignored; the lake's share is fixed "
+              f"at {fraction} (models/HOLDOUT) so no user a model trained on is ever held out")
+    held = held_out_users(user_ids, fraction)
+    return np.flatnonzero(~held), {"fraction": fraction, "users": int(held.sum())}
+
+
+def warm_start_keeps_holdout(lake, version: str | None, fraction: float) -> bool:
+    """A warm start may only continue a model that held out the same users."""
+    if version is None:
+        return True
+    metrics = json.loads((lake.version_dir("models", version) / "metrics.json").read_text())
+    if (metrics.get("holdout") or {}).get("fraction") == fraction:
+        return True
+    print(f"warm start: version {version} did not hold out the lake's held-out users (share "
+          f"{fraction}); training from scratch so that they stay unseen")
+    return False
+
+
 def train_on(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: int = 5000,
              init_state=None, validate: bool = True):
     """Train on each user's tokens but the last `holdout`; validate on the token at -holdout
@@ -291,10 +325,16 @@ def run(args) -> int:
     elif args.ds:
         print(f"features: no items table for {args.ds}; query tokens are featurised without their "
               f"text (run `pinrec items --ds {args.ds}` first to train on what serving reads)")
+    users, holdout = trainable_users(lake, prep.seqs.user_ids, getattr(args, "holdout_fraction", None))
+    print(f"held-out users: {holdout['users']:,} of {len(prep.seqs.user_ids):,} (share "
+          f"{holdout['fraction']:.4g}) are not trained on")
+    if not warm_start_keeps_holdout(lake, warm_from, holdout["fraction"]):
+        warm_from, init_state = None, None
     t0 = time.perf_counter()
-    res = train_refit(prep, cfg, tc, holdout=1, val_users=args.val_users, init_state=init_state,
-                      refit=args.refit)
+    res = train_refit(prep, cfg, tc, holdout=1, users=users, val_users=args.val_users,
+                      init_state=init_state, refit=args.refit)
     metrics = {"val_recall@10": res.best_val, "history": res.history, "warm_start_from": warm_from,
+               "holdout": holdout,
                "refit_epochs": res.refit_epochs,
                "train_seconds": time.perf_counter() - t0,
                "users": int(len(prep.seqs.user_ids)), "items": int(len(prep.catalog))}

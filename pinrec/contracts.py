@@ -351,3 +351,49 @@ def validate_budget(budget: Mapping[str, float], vocab_: ActionVocab) -> dict[st
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"budget weights must sum to 1, got {total:.6f}: {out}")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out users: never trained on by any model version, evaluated by the quality gate
+# (docs/adr/0004-held-out-quality-gate.md). `pinrec train` drops them, `pinrec eval --model`
+# and `pinrec gate check` evaluate on them; all three call `held_out_users`.
+# --------------------------------------------------------------------------------------------
+
+HOLDOUT_FRACTION = 0.02   # default share of users held out
+HOLDOUT_MIN_USERS = 500   # the share is raised to reach this many where the lake has the users
+HOLDOUT_MAX_FRACTION = 0.5  # ... but never above this share of the users
+_HOLDOUT_SALT = 0x5EED_0F_9A7E_0004  # the held-out set is independent of every other user hash
+
+
+def user_unit_hash(user_ids) -> "np.ndarray":
+    """A stable point in [0, 1) per user id (splitmix64 finaliser of id ^ salt, top 53 bits):
+    the same id gives the same point on every host, every day, whatever other users exist."""
+    import numpy as np
+
+    x = np.asarray(user_ids, dtype=np.int64).astype(np.uint64) ^ np.uint64(_HOLDOUT_SALT)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def holdout_fraction_for(n_users: int, fraction: float = HOLDOUT_FRACTION,
+                         min_users: int = HOLDOUT_MIN_USERS) -> float:
+    """The held-out share a lake fixes when its first model is trained on `n_users` users:
+    `fraction`, raised so that about `min_users` users are held out where the lake has them,
+    capped at HOLDOUT_MAX_FRACTION. Computed ONCE per lake and then stored (pinrec.layout
+    `fix_holdout_fraction`): a share that followed the user count day by day would move users
+    who were trained on into the held-out set whenever the count fell."""
+    if not 0 < fraction <= HOLDOUT_MAX_FRACTION:
+        raise ValueError(f"held-out fraction must be in (0, {HOLDOUT_MAX_FRACTION}], got {fraction}")
+    if n_users <= 0:
+        return fraction
+    return min(HOLDOUT_MAX_FRACTION, max(fraction, min_users / n_users))
+
+
+def held_out_users(user_ids, fraction: float) -> "np.ndarray":
+    """bool mask: the users no model may train on. Membership depends on the user id and the
+    lake's fixed fraction only, so it is the same on every day and for every model version."""
+    return user_unit_hash(user_ids) < fraction

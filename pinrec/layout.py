@@ -106,3 +106,33 @@ def publish_candidates(lake: Lake, ds: str) -> None:
 
 def published_candidates(lake: Lake) -> str | None:
     return read_pointer(lake.root / "candidates" / "CURRENT")
+
+
+# The lake's held-out share (pinrec.contracts.held_out_users), fixed by its first `pinrec train`.
+def holdout_path(lake: Lake) -> Path:
+    return lake.artifacts("models") / "HOLDOUT"
+
+
+def read_holdout_fraction(lake: Lake) -> float | None:
+    value = read_pointer(holdout_path(lake))
+    return float(value) if value is not None else None
+
+
+def fix_holdout_fraction(lake: Lake, fraction: float) -> float:
+    """Store `fraction` as the lake's held-out share unless one is stored already; return the
+    stored one. Create-only (link of a complete temp file), so two first trainings racing agree."""
+    path = holdout_path(lake)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".HOLDOUT.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{fraction!r}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    return read_holdout_fraction(lake)

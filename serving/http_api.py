@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from serving.served_log import metrics_text as served_log_metrics
@@ -115,8 +116,11 @@ def make_handler(service: RecommendationService, token: str, metrics: ApiMetrics
                     route = PREFIX + "{user_id}"
                     status = self._recommend()
                 elif route in ("/healthz", "/health"):
+                    key = service.snapshot.key  # what was published when the snapshot loaded
                     self._json(200, {"status": "ok", "candidates_ds": service.candidates.ds,
                                      "sequences_ds": service.sequences.ds,
+                                     "model": Path(key[2]).name if key[2] != "None" else None,
+                                     "index": Path(key[3]).name if key[3] != "None" else None,
                                      "arms": sorted(service.candidates.arms),
                                      "regeneration": service.regenerator is not None})
                 elif route == "/metrics":

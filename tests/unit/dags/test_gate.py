@@ -1,6 +1,6 @@
-"""`pinrec gate`: the decision rule, params validation, the landing check and publishing,
-on a real (tiny) Delta lake. The eval step is fed through its per-version cache files, which
-is exactly what `pinrec eval --json` leaves behind; the real eval runs in the backfill test."""
+"""`pinrec gate`: the held-out rule, the decision rule, params validation, the landing check and
+publishing, on real (small) Delta lakes; `gate check` runs the real evaluation of real models
+trained, indexed and scored by the real jobs, with a non-default feature width (16)."""
 from __future__ import annotations
 
 import json
@@ -9,25 +9,77 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
+import numpy as np
+
 from jobs.gate import EXIT_NOT_LANDED, decide, should_publish, validate_params
+from jobs.gate_eval import paired_bootstrap, short_candidate_share
 from pinrec.cli import UserError, main as pinrec
-from pinrec.contracts import CANDIDATES_SCHEMA
-from pinrec.layout import Lake, current, publish, published_candidates
+from pinrec.contracts import CANDIDATES_SCHEMA, held_out_users, holdout_fraction_for, user_unit_hash
+from pinrec.layout import (Lake, current, fix_holdout_fraction, publish, published_candidates,
+                           read_holdout_fraction)
 
 
-@pytest.mark.parametrize("cand,serving,drop,passed", [
-    (0.20, None, 0.05, True),     # first model: nothing to protect
-    (0.20, 0.20, 0.05, True),
-    (0.19, 0.20, 0.05, True),     # 5 % below: exactly on the floor
-    (0.189, 0.20, 0.05, False),   # just under the floor
-    (0.30, 0.20, 0.0, True),
-    (0.199, 0.20, 0.0, False),
-    (0.0, 0.20, 1.0, True),     # max_drop 1 turns the gate off
+@pytest.mark.parametrize("cand,serving,ci,passed,why", [
+    (0.20, None, None, True, "first model"),
+    (0.20, 0.20, (-0.01, 0.01), True, "at or above the floor"),
+    (0.19, 0.20, (-0.02, -0.001), True, "at or above the floor"),  # 5 % below: on the floor
+    (0.15, 0.20, (-0.07, -0.03), False, "interval excludes zero"),  # 25 % below, not noise
+    (0.15, 0.20, (-0.11, 0.01), True, "includes zero (noise)"),  # 25 % below, but noise
+    (0.15, 0.20, (-0.07, 0.0), True, "includes zero (noise)"),  # an interval touching 0
 ])
-def test_decide(cand, serving, drop, passed):
-    d = decide(cand, serving, drop)
-    assert d.passed is passed
+def test_decide_fails_only_on_a_drop_beyond_the_floor_that_is_not_noise(cand, serving, ci, passed, why):
+    d = decide(cand, serving, ci, 500, 0.05)
+    assert d.passed is passed and why in d.reason
     assert ("keep serving" in d.reason) is (not passed)
+    if serving is not None:
+        assert d.difference == pytest.approx(cand - serving)
+
+
+def test_decide_hard_checks_fail_regardless_and_max_drop_1_turns_the_recall_rule_off():
+    assert not decide(0.5, 0.1, (0.3, 0.5), 500, 0.05, ["non-finite weights"]).passed
+    assert not decide(None, None, None, 0, 1.0, ["the candidate cannot be evaluated"]).passed
+    assert decide(0.0, 0.2, (-0.25, -0.15), 500, 1.0).passed
+    d = decide(0.1, None, None, 0, 0.05, no_serving_reason="serving predates the rule")
+    assert d.passed and d.reason == "serving predates the rule"
+
+
+def test_held_out_rule_is_stable_and_independent_of_other_users(tmp_path):
+    ids = np.arange(1, 100_001, dtype=np.int64) * 7919
+    mask = held_out_users(ids, 0.02)
+    assert abs(mask.mean() - 0.02) < 0.0025  # 5 binomial standard deviations
+    assert (held_out_users(ids[::3], 0.02) == mask[::3]).all()  # membership: the id alone
+    assert (held_out_users(ids[::-1], 0.02) == mask[::-1]).all()
+    assert (held_out_users(ids, 0.02) <= held_out_users(ids, 0.05)).all()  # nested shares
+    assert (user_unit_hash(ids[:5]) == user_unit_hash(ids[:5].tolist())).all()
+    # the share: 2 %, raised to reach 500 users, never above half
+    assert holdout_fraction_for(100_000) == 0.02
+    assert holdout_fraction_for(10_000) == pytest.approx(0.05)
+    assert holdout_fraction_for(400) == 0.5 and holdout_fraction_for(0) == 0.02
+    with pytest.raises(ValueError, match="held-out fraction"):
+        holdout_fraction_for(1000, 0.9)
+    # fixed once per lake: later values do not replace it
+    lake = Lake.at(tmp_path / "lake")
+    assert read_holdout_fraction(lake) is None
+    assert fix_holdout_fraction(lake, 0.25) == 0.25
+    assert fix_holdout_fraction(lake, 0.02) == 0.25 and read_holdout_fraction(lake) == 0.25
+
+
+def test_paired_bootstrap_and_short_candidate_share():
+    rng = np.random.default_rng(1)
+    a = rng.random(400)
+    assert paired_bootstrap(a, a, 500, 0) == (0.0, 0.0, 0.0)
+    diff, lo, hi = paired_bootstrap(a, a - 0.1, 500, 0)  # a constant shift has no spread
+    assert diff == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    b = a + rng.normal(0, 0.2, 400)
+    diff, lo, hi = paired_bootstrap(b, a, 2000, 0)
+    se = (b - a).std(ddof=1) / 20
+    assert lo < diff < hi and hi - lo == pytest.approx(2 * 1.96 * se, rel=0.1)
+    users = np.array([1, 2, 3, 4])
+    cu = np.array([1] * 10 + [1] * 10 + [2] * 10 + [2] * 3 + [3] * 10)
+    ca = np.array(["a"] * 10 + ["b"] * 10 + ["a"] * 10 + ["b"] * 3 + ["a"] * 10, dtype=object)
+    # user 1 full; 2 short on b; 3 missing b; 4 has nothing
+    assert short_candidate_share(cu, ca, users, ["a", "b"], 10) == 0.75
+    assert short_candidate_share(cu, ca, users, ["a"], 10) == 0.25
 
 
 GOOD = {"arms": {"a": {"repin": 0.5, "grid_click": 0.5}}, "lookback_days": 30,
@@ -100,13 +152,10 @@ def test_landing(synth_lake):
     assert pinrec(["gate", "landing", "--ds", "2026-13-01", "--lake", str(synth_lake)]) == 2
 
 
-def _model(lake: Lake, version: str, recall: float) -> None:
+def _model(lake: Lake, version: str) -> None:
     d = lake.version_dir("models", version)
     d.mkdir(parents=True)
     (d / "config.json").write_text("{}")
-    cache = lake.runs / "gate" / "eval" / f"{version}.json"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"recall@10": recall, "diversity": 0.5}))
 
 
 def _candidates(lake: Lake, ds: str) -> None:
@@ -119,49 +168,9 @@ def _candidates(lake: Lake, ds: str) -> None:
         "candidates", pa.Table.from_pylist([row], schema=CANDIDATES_SCHEMA), [ds])
 
 
-def test_gate_check_and_publish_keep_previous_on_failure(tmp_path):
-    lake = Lake.at(tmp_path / "lake")
-    root = str(lake.root)
-    _model(lake, "d20260101", 0.20)
-    _model(lake, "d20260102", 0.15)  # 25 % worse
-    _model(lake, "d20260103", 0.195)  # 2.5 % worse
-    for v in ("i1", "i2"):
-        lake.version_dir("index", v).mkdir(parents=True)
-    for ds in ("2026-01-01", "2026-01-02", "2026-01-03"):
-        _candidates(lake, ds)
-
-    # day 1: no serving model, the gate passes and publish points everything at day 1
-    assert pinrec(["gate", "check", "--ds", "2026-01-01", "--lake", root,
-                   "--candidate-model", "d20260101"]) == 0
-    publish(lake, "index", "i1")
-    assert pinrec(["gate", "publish", "--ds", "2026-01-01", "--lake", root,
-                   "--model-version", "d20260101"]) == 0
-    assert current(lake, "models").name == "d20260101"
-    assert published_candidates(lake) == "2026-01-01"
-
-    # day 2: `pinrec index` publishes the index it built for the candidate model (i2) ...
-    publish(lake, "index", "i2")
-    # ... recall drops 25 % > 5 %: exit 1, decision recorded, nothing published, index restored
-    assert pinrec(["gate", "check", "--ds", "2026-01-02", "--lake", root,
-                   "--candidate-model", "d20260102", "--max-drop", "0.05"]) == 1
-    record = json.loads((lake.runs / "gate" / "2026-01-02.json").read_text())
-    assert record["passed"] is False and record["serving_model"] == "d20260101"
-    assert current(lake, "models").name == "d20260101"
-    assert current(lake, "index").name == "i1"
-    assert published_candidates(lake) == "2026-01-01"
-
-    # day 3: 2.5 % drop is within 5 %: passes and publishes with an explicit index version
-    assert pinrec(["gate", "check", "--ds", "2026-01-03", "--lake", root,
-                   "--candidate-model", "d20260103", "--max-drop", "0.05"]) == 0
-    assert pinrec(["gate", "publish", "--ds", "2026-01-03", "--lake", root,
-                   "--model-version", "d20260103", "--index-version", "i2"]) == 0
-    assert (current(lake, "models").name, current(lake, "index").name) == ("d20260103", "i2")
-    assert published_candidates(lake) == "2026-01-03"
-
-
 def test_publish_refuses_without_candidates_and_check_without_model(tmp_path, capsys):
     lake = Lake.at(tmp_path / "lake")
-    _model(lake, "d1", 0.1)
+    _model(lake, "d1")
     assert pinrec(["gate", "publish", "--ds", "2026-01-05", "--lake", str(lake.root),
                    "--model-version", "d1"]) == 2
     assert "pinrec score --ds 2026-01-05" in capsys.readouterr().err
@@ -176,10 +185,187 @@ def test_publish_never_rolls_serving_back_to_an_older_day(tmp_path, capsys):
     assert not should_publish("2026-01-01", "2026-01-02")
     lake = Lake.at(tmp_path / "lake")
     for v, ds in (("d1", "2026-01-01"), ("d2", "2026-01-02")):
-        _model(lake, v, 0.1)
+        _model(lake, v)
         _candidates(lake, ds)
     root = str(lake.root)
     assert pinrec(["gate", "publish", "--ds", "2026-01-02", "--lake", root, "--model-version", "d2"]) == 0
     assert pinrec(["gate", "publish", "--ds", "2026-01-01", "--lake", root, "--model-version", "d1"]) == 0
     assert "newer ds=2026-01-02" in capsys.readouterr().out
     assert (current(lake, "models").name, published_candidates(lake)) == ("d2", "2026-01-02")
+
+
+# ------------------------------------------------------------------------------------------
+# The real gate evaluation: models trained, indexed and scored by the real jobs at width 16
+# ------------------------------------------------------------------------------------------
+
+DS = "2026-01-20"
+WIDTH = "16"  # not the default feature_dim (32): the gate must read each model's own width
+TRAIN = ["--variant", "mt_oc", "--max-seconds", "8", "--epochs", "3", "--quiet",
+         "--set", f"feature_dim={WIDTH}"]
+
+
+def _run(*argv) -> None:
+    assert pinrec([*argv]) == 0, argv
+
+
+def _break(lake: Lake, good: str, broken: str) -> None:
+    """A checkpoint whose decoder diverged: `good` with every `blocks.*` weight NaN."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    dst = lake.version_dir("models", broken)
+    shutil.copytree(lake.version_dir("models", good), dst)
+    state = load_file(str(dst / "model.safetensors"))
+    save_file({k: torch.full_like(t, float("nan")) if k.startswith("blocks.") else t
+               for k, t in state.items()}, str(dst / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def real_lake(tmp_path_factory):
+    """400 users over 20 days: sequences, items at width 16, model v1 trained, indexed, scored."""
+    lake = Lake.at(tmp_path_factory.mktemp("gate_real") / "lake")
+    root = str(lake.root)
+    common = ["--ds", DS, "--lake", root]
+    _run("data", "synth", "--users", "400", "--days", "20", "--items", "200", "--start", "2026-01-01",
+         "--seed", "5", "--lake", root)
+    _run("gate", "params", *common, "--params-json", json.dumps(GOOD))
+    _run("sequences", *common)
+    _run("items", *common, "--feature-dim", WIDTH)
+    _run("train", *common, *TRAIN, "--version", "v1")
+    _run("index", *common, "--model-version", "v1", "--no-publish")
+    _run("score", *common, "--model-version", "v1", "--index-version", f"{DS}.v1",
+         "--arms", str(lake.runs / "params" / DS / "arms.json"))
+    return lake
+
+
+def _gate(lake: Lake, model: str, *extra) -> tuple[int, dict]:
+    rc = pinrec(["gate", "check", "--ds", DS, "--lake", str(lake.root), "--candidate-model", model,
+                 *extra])
+    return rc, json.loads((lake.runs / "gate" / f"{DS}.json").read_text())
+
+
+def _expected_eval_users(lake: Lake) -> tuple[int, int]:
+    """(held-out users, of them those with >= 15 tokens and a pin among the last 10), counted
+    from the sequences table directly."""
+    from jobs.lake import LakeTables
+
+    seq = LakeTables(lake).read("sequences", [DS]).to_pylist()
+    held = held_out_users([r["user_id"] for r in seq], read_holdout_fraction(lake))
+    ok = [h and r["length"] >= 15 and "pin" in r["item_types"][-10:] for h, r in zip(held, seq)]
+    return int(held.sum()), int(sum(ok))
+
+
+def test_gate_check_runs_the_real_evaluation_of_a_width_16_model_on_held_out_users(real_lake, capsys):
+    lake = real_lake
+    # train fixed the lake's share on its first run (400 users: raised to half, for 500 max)
+    assert read_holdout_fraction(lake) == 0.5
+    held, evaluable = _expected_eval_users(lake)
+    metrics = json.loads((lake.version_dir("models", "v1") / "metrics.json").read_text())
+    assert metrics["holdout"] == {"fraction": 0.5, "users": held}  # none of them trained on
+    rc, rec = _gate(lake, "v1")
+    assert rc == 0 and rec["passed"] and rec["serving_model"] is None, rec
+    assert rec["candidate_feature_dim"] == 16 and "width 16" in rec["candidate_features"]
+    assert rec["evaluated_users"] == evaluable > 100 and not rec["hard_failures"]
+    assert 0 < rec["candidate_recall"] < 1
+    assert "PASSED: no serving model yet" in capsys.readouterr().out
+    # `pinrec eval --model` evaluates on the same held-out users, at the model's own width
+    out = lake.runs / "eval_v1.json"
+    _run("eval", "--lake", str(lake.root), "--protocol", "unordered", "--variant", "mt_oc",
+         "--model", str(lake.version_dir("models", "v1")), "--device", "cpu", "--json", str(out))
+    assert json.loads(out.read_text())["users"] == evaluable
+
+
+def test_gate_compares_with_the_serving_model_on_the_same_users_without_a_cache(real_lake):
+    lake = real_lake
+    root = str(lake.root)
+    _run("gate", "publish", "--ds", DS, "--lake", root, "--model-version", "v1",
+         "--index-version", f"{DS}.v1")
+    _, first = _gate(lake, "v1")  # re-running the serving day: compared with itself
+    assert first["passed"] and first["difference"] == 0.0 and first["ci_low"] == first["ci_high"] == 0.0
+    _run("train", "--ds", DS, "--lake", root, *TRAIN, "--version", "v2", "--seed", "1",
+         "--warm-start-from", "v1")
+    _run("index", "--ds", DS, "--lake", root, "--model-version", "v2", "--no-publish")
+    rc, rec = _gate(lake, "v2")
+    assert rec["serving_model"] == "v1" and rec["serving_feature_dim"] == 16
+    # the serving model's recall is measured again, on the same users: it equals the figure
+    # the gate measured for it as a candidate
+    assert rec["serving_recall"] == pytest.approx(first["candidate_recall"], abs=1e-9)
+    assert rec["n_users"] == rec["evaluated_users"] == first["evaluated_users"]
+    assert rec["difference"] == pytest.approx(rec["candidate_recall"] - rec["serving_recall"])
+    assert rec["ci_low"] <= rec["difference"] <= rec["ci_high"]
+    again = decide(rec["candidate_recall"], rec["serving_recall"], (rec["ci_low"], rec["ci_high"]),
+                   rec["n_users"], 0.05)
+    assert (rc == 0) is rec["passed"] is again.passed
+
+
+def test_gate_fails_a_nan_checkpoint_and_restores_the_serving_index(real_lake, capsys):
+    lake = real_lake
+    root = str(lake.root)
+    if current(lake, "models") is None or current(lake, "models").name != "v1":
+        _run("gate", "publish", "--ds", DS, "--lake", root, "--model-version", "v1",
+             "--index-version", f"{DS}.v1")
+    _break(lake, "v1", "v-nan")
+    _run("index", "--ds", DS, "--lake", root, "--model-version", "v-nan")  # publishes it, as ad hoc runs do
+    assert current(lake, "index").name == f"{DS}.v-nan"
+    rc, rec = _gate(lake, "v-nan", "--max-drop", "1")  # hard checks apply even with the rule off
+    assert rc == 1 and not rec["passed"]
+    assert any("non-finite weights in 24 tensor(s): blocks.0" in h for h in rec["hard_failures"]), rec
+    assert any("cannot be evaluated" in h for h in rec["hard_failures"]), rec
+    assert "FAILED: hard check failed" in capsys.readouterr().out
+    assert current(lake, "index").name == f"{DS}.v1" and current(lake, "models").name == "v1"
+
+
+def test_compare_pairs_users_and_falls_back_to_hard_checks_when_serving_is_not_comparable():
+    from jobs.gate_eval import Evidence, GateEvalConfig, ModelEval, compare
+
+    cfg = GateEvalConfig(bootstrap=200)
+    cand = ModelEval("c", np.array([0.5, 0.2, np.nan, 0.4]), holdout_fraction=0.02)
+    serv = ModelEval("s", np.array([0.3, np.nan, 0.1, 0.4]), holdout_fraction=0.02)
+    c, s, ci, n, hard, note = compare(Evidence(np.arange(4), cand, serv, 0.02), cfg)
+    assert (n, hard, note) == (2, [], None)  # users 0 and 3: both models have a recall
+    assert c == pytest.approx(0.45) and s == pytest.approx(0.35) and ci[0] <= 0.1 <= ci[1]
+    old = ModelEval("old", np.array([0.9, 0.9, 0.9, 0.9]), holdout_fraction=None)
+    *_, n, hard, note = compare(Evidence(np.arange(4), cand, old, 0.02), cfg)
+    assert n == 0 and "predates the held-out rule" in note
+    broken = ModelEval("gone", error="FileNotFoundError: model.safetensors")
+    *_, note = compare(Evidence(np.arange(4), cand, broken, 0.02), cfg)
+    assert "cannot be evaluated (FileNotFoundError" in note
+    c, s, ci, n, hard, note = compare(Evidence(np.arange(4), cand, None, 0.02), cfg)
+    assert s is None and ci is None and note is None and c == pytest.approx(1.1 / 3)
+
+
+def test_train_keeps_the_held_out_users_out_and_never_warm_starts_across_shares(tmp_path, capsys):
+    from jobs.train import trainable_users, warm_start_keeps_holdout
+
+    lake = Lake.at(tmp_path / "lake")
+    ids = np.arange(10_000, 30_000, dtype=np.int64)
+    users, rec = trainable_users(lake, ids)  # the first training fixes the share: 500 / 20,000
+    held = held_out_users(ids, 0.025)
+    assert rec == {"fraction": 0.025, "users": int(held.sum())} and read_holdout_fraction(lake) == 0.025
+    assert (np.sort(users) == np.flatnonzero(~held)).all()  # every user but the held-out ones
+    # later days: fewer users would raise a recomputed share; the fixed one keeps membership
+    users2, rec2 = trainable_users(lake, ids[:5_000], requested=0.3)
+    assert rec2["fraction"] == 0.025 and (held_out_users(ids[:5_000][users2], 0.025) == 0).all()
+    assert "--holdout-fraction 0.3 ignored" in capsys.readouterr().out
+    for version, holdout in (("old", None), ("other", {"fraction": 0.01}), ("same", rec)):
+        d = lake.version_dir("models", version)
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"holdout": holdout}))
+    assert warm_start_keeps_holdout(lake, "same", 0.025) and warm_start_keeps_holdout(lake, None, 0.025)
+    assert not warm_start_keeps_holdout(lake, "old", 0.025)
+    assert not warm_start_keeps_holdout(lake, "other", 0.025)
+    assert "training from scratch so that they stay unseen" in capsys.readouterr().out
+
+
+def test_compare_reports_the_serving_recall_when_the_candidate_cannot_run():
+    from jobs.gate_eval import Evidence, GateEvalConfig, ModelEval, compare
+
+    nan_model = ModelEval("c", error="the model's embeddings are not finite (NaN or inf)")
+    serv = ModelEval("s", np.array([0.3, 0.1]), holdout_fraction=0.02)
+    c, s, ci, n, hard, note = compare(Evidence(np.arange(2), nan_model, serv, 0.02,
+                                               ["non-finite weights"]), GateEvalConfig())
+    assert c is None and s == pytest.approx(0.2) and ci is None and n == 0
+    assert hard == ["non-finite weights"] and note is None
+    assert not decide(c, s, ci, n, 0.05, hard, note).passed
