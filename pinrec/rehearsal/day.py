@@ -100,7 +100,18 @@ class Day:
         return d
 
     # -- the DAG run, as ops drive it ---------------------------------------------------------
+    def stop_realtime_runs(self) -> None:
+        """Unpausing creates today's scheduled run (wall-clock date, whose events never land
+        here): it would poke for 12 h. The rehearsal's days are backfills; stop the other run."""
+        runs = self.stack.request("GET", f"/api/v2/dags/{DAG}/dagRuns?limit=100", token=self.token)
+        for r in runs["dag_runs"]:
+            if r["run_type"] == "scheduled" and r["state"] in ("queued", "running"):
+                self.stack.request("PATCH", f"/api/v2/dags/{DAG}/dagRuns/{r['dag_run_id']}",
+                                   {"state": "failed"}, token=self.token)
+                self.notes.append(f"stopped the wall-clock scheduled run {r['dag_run_id']}")
+
     def trigger(self) -> str:
+        self.stop_realtime_runs()
         body = {"dag_id": DAG, "from_date": f"{self.ds}T00:00:00Z", "to_date": f"{self.ds}T00:00:00Z",
                 "max_active_runs": 1, "reprocess_behavior": "completed",
                 "dag_run_conf": self.cfg.dag_conf}
@@ -232,6 +243,22 @@ class Day:
         finally:
             c.close()
         return out
+
+    def rerun_tables(self) -> tuple[set, set, int]:
+        """(users in sequences ds, users with events before the cutoff, duplicate candidate keys)."""
+        import pyarrow.compute as pc
+        from jobs.lake import LakeTables
+        from pinrec.contracts import cutoff_us
+
+        t = LakeTables(self.lake)
+        seq = set(t.read("sequences", [self.ds], columns=["user_id"])["user_id"].to_pylist())
+        ev = t.read("events", columns=["user_id", "ts"])
+        before = pc.less(pc.cast(ev["ts"], "int64"), cutoff_us(self.ds))
+        expected = set(pc.filter(ev["user_id"], before).to_pylist())
+        cand = t.read("candidates", [self.ds], columns=["user_id", "arm", "rank"]) \
+            if self.ds in t.partitions("candidates") else None
+        keys = list(zip(*(cand[c].to_pylist() for c in ("user_id", "arm", "rank")))) if cand else []
+        return seq, expected, len(keys) - len(set(keys))
 
     def gate_check(self, model_version: str) -> tuple[int, str]:
         """`pinrec gate check` as the DAG's quality_gate task runs it, by hand."""

@@ -91,6 +91,16 @@ class BadSchema(Fault):
                          "via POST /api/v2/dags/pinrec_daily/clearTaskInstances")
         return True
 
+    def after_run(self, ctx) -> None:
+        """The re-run after the fix is idempotent: the day's tables are what one clean run
+        writes (sequences of exactly the users with events before the cutoff, no duplicate
+        candidate rows), whatever the failed try had written."""
+        seq_users, expected, dup = ctx.rerun_tables()
+        ctx.check("bad schema: the re-run after the fix is idempotent",
+                  seq_users == expected and dup == 0,
+                  f"sequences hold {len(seq_users)} users, {len(expected)} expected "
+                  f"(events before the cutoff); {dup} duplicate candidate rows")
+
 
 class ConsumerKill(Fault):
     name = "consumer_kill9"

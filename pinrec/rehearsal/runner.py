@@ -270,8 +270,7 @@ def rehearse(cfg: RehearsalConfig, pinrec: str) -> dict:
     stack = None
     try:
         services.start_speed_layer(pinrec)
-        stack = new_stack(cfg.lake, {"PINREC_LANDING_POKE_S": str(cfg.poke_s),
-                                     "PINREC_SERVING_URL": services.serve_url})
+        stack = new_stack(cfg.lake, {"PINREC_LANDING_POKE_S": str(cfg.poke_s)})
         stack.start()
         token = stack.token("ops")
         stack.wait_for_dag("pinrec_daily", token)
@@ -281,12 +280,26 @@ def rehearse(cfg: RehearsalConfig, pinrec: str) -> dict:
         acked |= boot.pop("acked")
         result["bootstrap"] = boot
         services.start_serve()
+        # ops point the DAG's serving_health task at the API once it exists (a Variable wins
+        # over the environment; before it, the task skips rather than fails)
+        stack.request("POST", "/api/v2/variables", {"key": "PINREC_SERVING_URL",
+                                                     "value": services.serve_url}, token=token)
         _, users = Day(cfg, stack, services, token, cfg.bootstrap_ds).sample_users(cfg.bootstrap_ds, 50)
         services.traffic = Traffic(services.serve_url, services.token, users)
         services.traffic.start()
         for i, name in enumerate(cfg.faults):
             ds = next_day(cfg.bootstrap_ds, i + 1)
-            day = run_day(cfg, stack, services, token, ds, FAULTS[name](), acked)
+            try:
+                day = run_day(cfg, stack, services, token, ds, FAULTS[name](), acked)
+            except Exception as e:  # noqa: BLE001 - one day's error must not hide the others
+                import traceback
+
+                traceback.print_exc()
+                day = {"ds": ds, "fault": name, "description": FAULTS[name].description,
+                       "run_id": None, "run_state": "unknown", "tasks": {}, "gate": None,
+                       "notes": [f"the rehearsal itself failed this day: {e!r}"], "acked": set(),
+                       "checks": [inv.Check("the day ran to its checks", False, repr(e)).as_dict()],
+                       "seconds": 0.0}
             acked |= day.pop("acked")
             result["days"].append(day)
             broke = [c["name"] for c in day["checks"] if not c["ok"]]
