@@ -213,15 +213,16 @@ def check_day(day: Day, fault: Fault, state: str, tasks: dict, expected_ds: str 
     def caught_up():
         ids, oldest = day.rocksdb()
         cutoff = day.batch_cutoff_us()
-        last.update(ids=ids, oldest=oldest, cutoff=cutoff)
-        return acked <= set(ids) and (oldest is None or cutoff is None or oldest >= cutoff)
+        want = acked & _still_after_cutoff(day)
+        last.update(ids=ids, oldest=oldest, cutoff=cutoff, want=want)
+        return want <= set(ids) and (oldest is None or cutoff is None or oldest >= cutoff)
 
     try:
         wait_until(caught_up, 240, "the consumer catching up and sweeping", every_s=3)
     except TimeoutError:
         pass
-    live = [i for i in last["ids"]]
-    checks += inv.stored_once(acked & _still_after_cutoff(day, acked), live)
+    live = list(last["ids"])
+    checks += inv.stored_once(last["want"], live)
     checks.append(inv.retention(last["oldest"], last["cutoff"], len(live)))
     checks.append(inv.consumer_up([e for e in s.consumer.exits if e[0] >= t0]))
     if day.bad_markers:
@@ -229,7 +230,7 @@ def check_day(day: Day, fault: Fault, state: str, tasks: dict, expected_ds: str 
     return checks
 
 
-def _still_after_cutoff(day: Day, acked: set) -> set:
+def _still_after_cutoff(day: Day) -> set:
     """Acknowledged events that retention must keep: those of days after the batch cutoff
     (the sweep rightly removes the older ones)."""
     from jobs.lake import LakeTables
