@@ -47,10 +47,13 @@ def served_consistency(health: dict, expected_ds: str, answers_ds: set) -> Check
 
 
 def percentile(values: list[float], q: float) -> float:
+    """Nearest rank: the smallest value with at least q % of the values at or below it."""
+    import math
+
     if not values:
         return float("nan")
     v = sorted(values)
-    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+    return v[max(0, math.ceil(q / 100 * len(v)) - 1)]
 
 
 def answers(probe: list[tuple], p99_bound_ms: float) -> list[Check]:
