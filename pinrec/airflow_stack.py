@@ -220,16 +220,26 @@ class AirflowStack:
         return self.request("POST", "/auth/token",
                             {"username": user, "password": self.passwords[user]})["access_token"]
 
-    def request(self, method: str, path: str, body: dict | None = None, token: str | None = None):
+    def request(self, method: str, path: str, body: dict | None = None, token: str | None = None,
+                attempts: int = 6, timeout: float = 60):
+        """One REST call. A timeout or refused connection (a loaded api-server) is tried again:
+        the calls made here are idempotent or answer a repeat with 409, which callers handle."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-        return json.loads(raw) if raw else None
-
+        for attempt in range(1, attempts + 1):
+            req = urllib.request.Request(self.base_url + path, data=data, method=method)
+            req.add_header("Content-Type", "application/json")
+            if token:
+                req.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as r:
+                    raw = r.read()
+                return json.loads(raw) if raw else None
+            except urllib.error.HTTPError:
+                raise
+            except (urllib.error.URLError, TimeoutError, ConnectionError):
+                if attempt == attempts:
+                    raise
+                time.sleep(3 * attempt)
 
     def wait_for_dag(self, dag_id: str, token: str, timeout: float = 180) -> dict:
         deadline = time.time() + timeout

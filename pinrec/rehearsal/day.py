@@ -115,7 +115,11 @@ class Day:
         body = {"dag_id": DAG, "from_date": f"{self.ds}T00:00:00Z", "to_date": f"{self.ds}T00:00:00Z",
                 "max_active_runs": 1, "reprocess_behavior": "completed",
                 "dag_run_conf": self.cfg.dag_conf}
-        self.stack.request("POST", "/api/v2/backfills", body, token=self.token)
+        try:
+            self.stack.request("POST", "/api/v2/backfills", body, token=self.token)
+        except urllib.error.HTTPError as e:
+            if e.code != 409:  # 409: a timed-out first attempt did create it
+                raise
 
         def run_id():
             runs = self.stack.request("GET", f"/api/v2/dags/{DAG}/dagRuns?limit=100&order_by=-start_date",

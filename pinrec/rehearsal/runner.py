@@ -16,6 +16,7 @@ import secrets
 import sys
 import threading
 import time
+import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -283,8 +284,12 @@ def rehearse(cfg: RehearsalConfig, pinrec: str) -> dict:
         services.start_serve()
         # ops point the DAG's serving_health task at the API once it exists (a Variable wins
         # over the environment; before it, the task skips rather than fails)
-        stack.request("POST", "/api/v2/variables", {"key": "PINREC_SERVING_URL",
-                                                     "value": services.serve_url}, token=token)
+        try:
+            stack.request("POST", "/api/v2/variables", {"key": "PINREC_SERVING_URL",
+                                                         "value": services.serve_url}, token=token)
+        except urllib.error.HTTPError as e:
+            if e.code != 409:
+                raise
         _, users = Day(cfg, stack, services, token, cfg.bootstrap_ds).sample_users(cfg.bootstrap_ds, 50)
         services.traffic = Traffic(services.serve_url, services.token, users)
         services.traffic.start()
