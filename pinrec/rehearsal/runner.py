@@ -249,6 +249,7 @@ def rehearse(cfg: RehearsalConfig, pinrec: str) -> dict:
     from pinrec.airflow_stack import new_stack
     from pinrec.cli import main as pinrec_main
     from pinrec.layout import Lake
+    from pinrec.rehearsal.report import write_report
 
     t_all = time.time()
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -308,6 +309,8 @@ def rehearse(cfg: RehearsalConfig, pinrec: str) -> dict:
                        "seconds": 0.0}
             acked |= day.pop("acked")
             result["days"].append(day)
+            result["wall_s"] = round(time.time() - t_all, 1)
+            write_report(result, cfg.out)  # after every day: a long rehearsal cut short still reports
             broke = [c["name"] for c in day["checks"] if not c["ok"]]
             print(f"rehearse: day {ds} ({name}) in {day['seconds']:.0f} s: "
                   + ("all invariants held" if not broke else f"BROKEN: {broke}"), flush=True)
