@@ -82,9 +82,10 @@ class BadSchema(Fault):
         log = ctx.stack.task_log_tail("pinrec_daily", run_id, ti["task_id"], 20_000)
         ctx.notes.append(f"task {ti['task_id']} failed (try {ti.get('try_number')}); its log says: "
                          + error_lines(log))
-        clear = any(w in log for w in ("schema", "user_id", "ts")) and "events" in log
-        ctx.check("bad schema: the failing task's log names the table and the bad column", clear,
-                  error_lines(log))
+        # clear = names the table, the bad column and the type the contract wants
+        clear = all(w in log for w in ("events", "user_id", "int64"))
+        ctx.check("bad schema: the failing task's log names the table, the column and the "
+                  "type wanted", clear, f"{ti['task_id']}: {error_lines(log)}")
         ctx.land_events()  # ops: replace the partition with the corrected file
         cleared = ctx.stack.clear_tasks("pinrec_daily", run_id, [ti["task_id"]], ctx.token)
         ctx.notes.append(f"ops replaced events ds={ctx.ds} and cleared {len(cleared)} task(s) "

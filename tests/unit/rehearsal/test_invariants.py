@@ -90,3 +90,17 @@ def test_error_lines_keeps_the_error_lines_of_a_log():
     log = "starting\nValueError: column user_id has type string, want int64\nexited 1\n"
     assert "user_id" in error_lines(log)
     assert error_lines("") == "(empty log)"
+
+
+def test_landing_schema_check_names_each_bad_column():
+    import pyarrow as pa
+
+    from jobs.landing_check import schema_problems
+    from pinrec.contracts import EVENTS_SCHEMA
+
+    good = pa.schema([f for f in EVENTS_SCHEMA if f.name != "ds"])
+    assert schema_problems(good, EVENTS_SCHEMA) == []
+    bad = good.set(good.get_field_index("user_id"), pa.field("user_id", pa.string()))
+    bad = bad.remove(bad.get_field_index("surface"))
+    assert schema_problems(bad, EVENTS_SCHEMA) == ["column user_id is string, want int64",
+                                                   "column surface is missing (want string)"]
