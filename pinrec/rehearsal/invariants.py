@@ -109,14 +109,20 @@ def dead_lettered(markers: list[str], dlq_values: list[bytes], sent: int) -> Che
 
 def outcome(expect_published: bool, run_state: str, published_ds: str | None, ds: str,
             previous_ds: str | None, publish_state: str | None) -> Check:
+    """A refused day must not reach users (an invariant). A healthy day should be published,
+    but the gate refusing it is a decision, not an outage: reported as an expectation."""
     if expect_published:
         ok = run_state == "success" and published_ds == ds
-        want = f"run success and ds {ds} published"
+        name, want = EXPECT_PUBLISHED, f"run success and ds {ds} published"
     else:
         ok = publish_state not in ("success", "running") and published_ds == previous_ds
-        want = f"publish not run and ds {previous_ds} still published"
-    return Check("day outcome as expected", ok,
-                 f"want {want}; got run {run_state}, publish {publish_state}, published {published_ds}")
+        name, want = REFUSED_NOT_PUBLISHED, f"publish not run and ds {previous_ds} still published"
+    return Check(name, ok, f"want {want}; got run {run_state}, publish {publish_state}, "
+                           f"published {published_ds}")
+
+
+EXPECT_PUBLISHED = "expectation: a healthy day is published"
+REFUSED_NOT_PUBLISHED = "the refused day is not published; the previous day keeps serving"
 
 
 def consumer_up(exits: list) -> Check:

@@ -183,8 +183,7 @@ def run_day(cfg: RehearsalConfig, stack, services: Services, token: str, ds: str
     day.notes.append(f"replay of {day.fresh_ds}: {len(msgs)} messages, {len(producer.acked)} "
                      f"acknowledged, {producer.resent} re-sent (offset -1 or error), "
                      f"{len(producer.failed)} failed" + (f": {producer.error!r}" if producer.error else ""))
-    expected_ds = ds if fault.expect_published else published_before
-    checks = check_day(day, fault, state, tasks, expected_ds, published_before,
+    checks = check_day(day, fault, state, tasks, published_before,
                        acked_before | producer.acked, t0)
     return {"ds": ds, "fault": fault.name, "description": fault.description, "run_id": run_id,
             "run_state": state, "tasks": tasks, "notes": day.notes, "gate": day.gate_record(),
@@ -192,8 +191,8 @@ def run_day(cfg: RehearsalConfig, stack, services: Services, token: str, ds: str
             "seconds": round(time.time() - t0, 1)}
 
 
-def check_day(day: Day, fault: Fault, state: str, tasks: dict, expected_ds: str | None,
-              published_before: str | None, acked: set, t0: float) -> list:
+def check_day(day: Day, fault: Fault, state: str, tasks: dict, published_before: str | None,
+              acked: set, t0: float) -> list:
     from pinrec.layout import published_candidates
 
     cfg, s = day.cfg, day.services
@@ -201,10 +200,10 @@ def check_day(day: Day, fault: Fault, state: str, tasks: dict, expected_ds: str 
     checks = [inv.outcome(fault.expect_published, state, published, day.ds, published_before,
                           tasks.get("publish"))]
     if s.serve.popen is not None:
-        health = day.wait_serving(expected_ds, 240)
+        health = day.wait_serving(published, 240)  # what the CURRENT pointers name
         active, sample = day.sample_users(published, cfg.sample_users) if published else (set(), [])
         probe = day.probe(sample)
-        checks.append(inv.served_consistency(health, expected_ds, {p[4] for p in probe}))
+        checks.append(inv.served_consistency(health, published, {p[4] for p in probe}))
         checks += inv.answers([p[:4] for p in probe], cfg.p99_ms)
         checks.append(inv.traffic(s.traffic.window(t0, time.time()) if s.traffic else []))
         checks.append(inv.candidates_cover(active, day.candidate_users(published), published))
@@ -345,7 +344,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pinrec.demo import pinrec_bin
-    from pinrec.rehearsal.report import write_report
+    from pinrec.rehearsal.report import is_expectation, write_report
 
     faults = tuple(f for f in (args.faults.split(",") if args.faults else
                                [WEEK[i % len(WEEK)] for i in range(args.days)]) if f)
@@ -358,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
     result = rehearse(cfg, pinrec_bin())
     json_path, md_path = write_report(result, cfg.out)
     broken = [(d["ds"], c["name"]) for d in result["days"] + [result["bootstrap"]] if d
-              for c in d["checks"] if not c["ok"]]
+              for c in d["checks"] if not c["ok"] and not is_expectation(c, d["fault"])]
     print(f"rehearse: {len(result['days'])} days in {result['wall_s']:.0f} s; report {md_path}")
     if broken:
         print(f"rehearse: {len(broken)} invariant(s) broke: {broken}", file=sys.stderr)

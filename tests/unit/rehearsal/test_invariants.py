@@ -104,3 +104,21 @@ def test_landing_schema_check_names_each_bad_column():
     bad = bad.remove(bad.get_field_index("surface"))
     assert schema_problems(bad, EVENTS_SCHEMA) == ["column user_id is string, want int64",
                                                    "column surface is missing (want string)"]
+
+
+def test_report_counts_expectations_apart_from_invariants(tmp_path):
+    from pinrec.rehearsal.report import is_expectation, write_report
+
+    refused_healthy = inv.outcome(True, "failed", "2026-01-04", DS, "2026-01-04", "upstream_failed")
+    assert is_expectation(refused_healthy.as_dict(), "none")
+    leaked = inv.outcome(False, "success", DS, DS, "2026-01-04", "success")
+    assert not leaked.ok and not is_expectation(leaked.as_dict(), "broken_model")
+    day = {"ds": DS, "fault": "late_landing", "description": "d", "run_id": "r", "run_state": "failed",
+           "seconds": 1.0, "notes": ["n"], "gate": {"passed": False}, "tasks": {},
+           "checks": [refused_healthy.as_dict(), inv.retention(1, 2, 1).as_dict()]}
+    result = {"config": {"users": 1, "items": 1, "start": DS, "dag_conf": {}, "p99_ms": 500},
+              "bootstrap": None, "days": [day], "wall_s": 1.0}
+    _, md = write_report(result, tmp_path)
+    text = md.read_text()
+    assert "1 invariant check(s) broke; 1 expectation(s) not met" in text
+    assert "not met (expectation)" in text and "**NO**" in text
