@@ -129,6 +129,15 @@ class Day:
 
         return wait_until(run_id, 120, f"the backfill run of {self.ds}")
 
+    def wait_run_state(self, run_id: str, states: tuple, timeout_s: float) -> str:
+        def state():
+            s = self.stack.request("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}", token=self.token)["state"]
+            return s in states and s
+        try:
+            return wait_until(state, timeout_s, f"run {run_id} in {states}", every_s=2)
+        except TimeoutError:
+            return "timeout"
+
     def task_states(self, run_id: str) -> dict[str, str | None]:
         return {t: ti["state"] for t, ti in self.stack.task_instances(DAG, run_id, self.token).items()}
 

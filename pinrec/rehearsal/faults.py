@@ -87,6 +87,11 @@ class BadSchema(Fault):
         ctx.check("bad schema: the failing task's log names the table, the column and the "
                   "type wanted", clear, f"{ti['task_id']}: {error_lines(log)}")
         ctx.land_events()  # ops: replace the partition with the corrected file
+        if ti["state"] == "failed":
+            # let the scheduler finish failing the run first: a clear made while it still marks
+            # the downstream tasks upstream_failed loses the race (seen: train upstream_failed
+            # after the clear)
+            ctx.wait_run_state(run_id, ("failed",), 300)
         cleared = ctx.stack.clear_tasks("pinrec_daily", run_id, [ti["task_id"]], ctx.token)
         ctx.notes.append(f"ops replaced events ds={ctx.ds} and cleared {len(cleared)} task(s) "
                          "via POST /api/v2/dags/pinrec_daily/clearTaskInstances")
@@ -212,7 +217,13 @@ def plant_nan_model(src, dst) -> None:
 
 
 def error_lines(log: str, n: int = 4) -> str:
-    """The last lines of a task log that look like an error, for the report."""
+    """The last lines of a task log that look like an error, for the report: the command's own
+    `pinrec ...: error: ...` lines first (Airflow's JSON log wraps them in "event")."""
+    import re
+
+    own = [m.group(1) for m in re.finditer(r'"event":"((?:pinrec [a-z]+: error|[A-Za-z.]*Error)[^"]*)"', log)]
+    if own:
+        return " | ".join(own[-n:])[-800:]
     keep = [ln.strip() for ln in log.splitlines()
             if any(w in ln for w in ("rror", "FAILED", "Exception", "exited"))]
     if keep:

@@ -122,3 +122,10 @@ def test_report_counts_expectations_apart_from_invariants(tmp_path):
     text = md.read_text()
     assert "1 invariant check(s) broke; 1 expectation(s) not met" in text
     assert "not met (expectation)" in text and "**NO**" in text
+
+
+def test_error_lines_prefers_the_commands_own_error_in_an_airflow_json_log():
+    log = ('{"event":"pinrec gate: error: events partition ds=2026-01-05 landed with files that do '
+           'not fit: column user_id is string, want int64","level":"info"}\n'
+           '{"event":"pinrec_daily FAILED: task wait_for_landing","level":"error"}\n')
+    assert error_lines(log).startswith("pinrec gate: error: events partition")
