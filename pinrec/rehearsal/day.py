@@ -115,19 +115,39 @@ class Day:
         body = {"dag_id": DAG, "from_date": f"{self.ds}T00:00:00Z", "to_date": f"{self.ds}T00:00:00Z",
                 "max_active_runs": 1, "reprocess_behavior": "completed",
                 "dag_run_conf": self.cfg.dag_conf}
-        try:
-            self.stack.request("POST", "/api/v2/backfills", body, token=self.token)
-        except urllib.error.HTTPError as e:
-            if e.code != 409:  # 409: a timed-out first attempt did create it
-                raise
-
         def run_id():
             runs = self.stack.request("GET", f"/api/v2/dags/{DAG}/dagRuns?limit=100&order_by=-start_date",
                                       token=self.token)["dag_runs"]
             mine = [r for r in runs if (r.get("logical_date") or "")[:10] == self.ds]
             return mine[0]["dag_run_id"] if mine else None
 
-        return wait_until(run_id, 120, f"the backfill run of {self.ds}")
+        for attempt in range(60):
+            try:
+                self.stack.request("POST", "/api/v2/backfills", body, token=self.token)
+                break
+            except urllib.error.HTTPError as e:
+                # 409: a backfill of the DAG is still active. Ours (a timed-out first attempt
+                # did create it)? Otherwise the previous day's, whose runs may all be finished
+                # while the scheduler has not closed it yet (seen after a cleared run): wait,
+                # then cancel it if it lingers, as ops would.
+                if e.code != 409:
+                    raise
+                if run_id():
+                    break
+                if attempt >= 20:
+                    self.cancel_finished_backfills()
+                time.sleep(3)
+        return wait_until(run_id, 180, f"the backfill run of {self.ds}")
+
+    def cancel_finished_backfills(self) -> None:
+        bfs = self.stack.request("GET", f"/api/v2/backfills?dag_id={DAG}&limit=100",
+                                 token=self.token)["backfills"]
+        for b in bfs:
+            if b.get("completed_at"):
+                continue
+            self.stack.request("PUT", f"/api/v2/backfills/{b['id']}/cancel", token=self.token)
+            self.notes.append(f"backfill {b['id']} stayed open after its runs finished; ops "
+                              "cancelled it (PUT /api/v2/backfills/{id}/cancel)")
 
     def wait_run_state(self, run_id: str, states: tuple, timeout_s: float) -> str:
         def state():
