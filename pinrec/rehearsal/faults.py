@@ -151,18 +151,21 @@ class BadMessages(Fault):
                    "query_text) amid the replay")
 
     def messages(self, ctx, msgs: list) -> list:
+        # one marker per bad message, near its start: the DLQ check finds each one (copies of
+        # one message re-dead-lettered by a crash loop must not count for another)
         tag = uuid.uuid4().hex[:10]
-        bad = [b"{not json " + tag.encode(),
-               json.dumps({"marker": tag, "user_id": 1}).encode(),
-               json.dumps({"marker": tag, "event_id": f"bad-{tag}", "user_id": 1, "item_id": 1,
+        m = [f"{tag}-{i}" for i in range(4)]
+        bad = [b"{not json " + m[0].encode(),
+               json.dumps({"marker": m[1], "user_id": 1}).encode(),
+               json.dumps({"marker": m[2], "event_id": f"bad-{m[2]}", "user_id": 1, "item_id": 1,
                            "item_type": "pin", "action": "no_such_action", "surface": "homefeed",
                            "ts": 0}).encode()]
-        big = json.dumps({"event_id": f"oversized-{tag}", "user_id": 1, "item_id": 1,
+        big = json.dumps({"event_id": f"oversized-{m[3]}", "user_id": 1, "item_id": 1,
                           "item_type": "pin", "action": "repin", "surface": "search",
                           "ts": ctx.fresh_start_us, "query_text": ""}).encode()
         big = big.replace(b'"query_text": ""', b'"query_text": "' + b"q" * (OVERSIZED_BYTES - len(big)) + b'"')
-        ctx.bad_markers = [tag]
-        ctx.bad_sent = len(bad) + 1
+        ctx.bad_markers = m
+        ctx.bad_sent = len(m)
         mid = len(msgs) // 2
         return msgs[:mid] + [(None, v, None) for v in bad] + [(None, big, None)] + msgs[mid:]
 
