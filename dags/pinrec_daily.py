@@ -53,6 +53,8 @@ MODEL_VERSION = "d{{ ds_nodash }}-{{ params.variant }}-{{ params.preset }}"  # o
 INDEX_VERSION = "{{ ds }}." + MODEL_VERSION  # how `pinrec index` names the index it builds
 DS_TABLES = ("events", "sequences", "items", "candidates", "served", "arm_outcomes")  # partitioned by ds
 ARMS_FILE = LAKE + "/runs/params/{{ ds }}/arms.json"  # written by `pinrec gate params`
+# How often the landing sensor looks again. `pinrec rehearse` shortens it: its days last minutes.
+LANDING_POKE_S = int(os.environ.get("PINREC_LANDING_POKE_S", "300"))
 
 
 def days_since_epoch(ds: str) -> int:
@@ -203,7 +205,7 @@ with DAG(
         bash_command=pinrec("gate landing"),
         retry_exit_code=99,  # `pinrec gate landing` exits 99 while the partition is missing
         mode="reschedule",
-        poke_interval=300,
+        poke_interval=LANDING_POKE_S,
         timeout=12 * 3600,
     )
     validate_params = BashOperator(

@@ -236,6 +236,13 @@ def run_landing(args) -> int:
     parse_ds(args.ds)
     parts = LakeTables(Lake.at(args.lake)).partitions("events")
     if args.ds in parts:
+        from jobs.landing_check import check_events_partition
+
+        if bad := check_events_partition(Lake.at(args.lake), args.ds):
+            raise UserError(f"events partition ds={args.ds} landed with files that do not fit the "
+                            f"events contract (pinrec/contracts.py EVENTS_SCHEMA): {' | '.join(bad)}. "
+                            "Fix: land the partition again with the contract's types, then clear "
+                            "wait_for_landing (downstream included)")
         print(f"events partition ds={args.ds} has landed")
         return 0
     newest = parts[-1] if parts else "none"

@@ -32,6 +32,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "bench": ("bench.cli", "benchmarks: print a table and write JSON"),
     "sql": ("jobs.sql", "run SQL over the lake tables (duckdb)"),
     "demo": ("pinrec.demo", "run the whole pipeline end to end on the embedded default"),
+    "rehearse": ("pinrec.rehearsal.runner", "rehearse production days with faults through the real scheduler"),
 }
 
 EXIT_USER_ERROR = 2

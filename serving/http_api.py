@@ -87,6 +87,11 @@ def regeneration_metrics(service: RecommendationService) -> str:
     return "\n".join(lines) + "\n"
 
 
+def served_version(folder: str) -> str | None:
+    """The version name of a snapshot's model/index folder ("None" when nothing is published)."""
+    return None if folder in ("None", "") else folder.rstrip("/").rsplit("/", 1)[-1]
+
+
 def make_handler(service: RecommendationService, token: str, metrics: ApiMetrics):
     expected = f"Bearer {token}".encode()
 
@@ -116,13 +121,15 @@ def make_handler(service: RecommendationService, token: str, metrics: ApiMetrics
                     route = PREFIX + "{user_id}"
                     status = self._recommend()
                 elif route in ("/healthz", "/health"):
-                    key = service.snapshot.key  # what was published when the snapshot loaded
-                    self._json(200, {"status": "ok", "candidates_ds": service.candidates.ds,
-                                     "sequences_ds": service.sequences.ds,
-                                     "model": Path(key[2]).name if key[2] != "None" else None,
-                                     "index": Path(key[3]).name if key[3] != "None" else None,
-                                     "arms": sorted(service.candidates.arms),
-                                     "regeneration": service.regenerator is not None})
+                    snap = service.snapshot  # one snapshot: the versions below belong together
+                    self._json(200, {"status": "ok", "candidates_ds": snap.candidates.ds,
+                                     "sequences_ds": snap.sequences.ds,
+                                     "arms": sorted(snap.candidates.arms),
+                                     "regeneration": snap.regenerator is not None,
+                                     # what ops (and `pinrec rehearse`) check belongs to one ds
+                                     "model_version": served_version(snap.key[2]),
+                                     "index_version": served_version(snap.key[3]),
+                                     "candidates_model_version": snap.candidates.model_version})
                 elif route == "/metrics":
                     text = (metrics.text() + regeneration_metrics(service)
                             + served_log_metrics(service.served_log))

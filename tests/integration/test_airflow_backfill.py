@@ -222,7 +222,7 @@ def serving_day(port: int, user: int, cands: dict) -> dict:
     assert {i["item_id"] for i in r["items"]} <= set(cands["repin"]), (r, cands)
     q = api_get(port, "/v1/recommendations/987654321?n=5&arm=repin&query=red%20shoes")
     assert "regenerated" in q["sources"], q  # the served model and index generate and retrieve
-    return {"candidates_ds": r["candidates_ds"], "model": h["model"], "index": h["index"],
+    return {"candidates_ds": r["candidates_ds"], "model": h["model_version"], "index": h["index_version"],
             "sequences_ds": h["sequences_ds"], "items": [i["item_id"] for i in r["items"]]}
 
 

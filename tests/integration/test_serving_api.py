@@ -144,6 +144,8 @@ def test_healthz_and_metrics(api):
     status, h = get(port, "/healthz", token=None)
     assert status == 200 and h["arms"] == sorted(ARMS) and h["candidates_ds"] == DS
     assert h["regeneration"] is True
+    # what serves is named, so ops (and `pinrec rehearse`) can check it is of one ds
+    assert {"model_version", "index_version", "candidates_model_version"} <= set(h)
     get(port, "/v1/recommendations/4?n=3")
     status, text = get(port, "/metrics", token=None)
     assert status == 200
