@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from pinrec_model.distributed import context_from_env, launched_by_torchrun, rank_device, torchrun_argv, user_shard
+from pinrec_model.distributed import context_from_env, launched_by_torchrun, rank_device, torchrun, user_shard
 
 __all__ = ["Shard", "ShardFailed", "launch", "run_worker", "shard_batches", "launched_by_torchrun"]
 
@@ -107,7 +106,7 @@ def launch(cfg, nproc: int, cli_args: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if cli_args is None else cli_args)
     t0 = time.perf_counter()
     try:
-        rc = subprocess.run(torchrun_argv(nproc, [*args, "--shard-dir", str(staging)])).returncode
+        rc = torchrun(nproc, [*args, "--shard-dir", str(staging)])
         notes = sorted(staging.glob("_rank*.json"))
         if rc != 0 or len(notes) != nproc:
             raise ShardFailed(f"pinrec score --nproc {nproc}: torchrun exited {rc} with {len(notes)} of "

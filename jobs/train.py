@@ -273,7 +273,6 @@ def train_refit(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: in
 
 
 def run(args) -> int:
-    import subprocess
     import sys
 
     from pinrec_model import distributed as D
@@ -282,7 +281,7 @@ def run(args) -> int:
         return run_rank(args, D.init_process_group(D.rank_device(args.device, D.context_from_env())))
     if args.nproc > 1:
         # the same command as N torchrun workers: they see WORLD_SIZE and take the branch above
-        return subprocess.run(D.torchrun_argv(args.nproc, sys.argv[1:])).returncode
+        return D.torchrun(args.nproc, sys.argv[1:])
     return run_rank(args, None)
 
 

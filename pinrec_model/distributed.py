@@ -157,11 +157,25 @@ def user_shard(user_ids: np.ndarray, world: int) -> np.ndarray:
     return (z % np.uint64(world)).astype(np.int64)
 
 
-def torchrun_argv(nproc: int, cli_args: list[str]) -> list[str]:
-    """The command that runs `pinrec <cli_args>` as `nproc` workers on this host (standalone
-    rendezvous on a free port). Workers see WORLD_SIZE in their environment and take the
-    worker path, so the same flags (--nproc included) go through unchanged."""
+def torchrun(nproc: int, cli_args: list[str]) -> int:
+    """Run `pinrec <cli_args>` as `nproc` workers on this host under torchrun (standalone
+    rendezvous on a free port, no restarts: a failed worker stops the others) -> 0 when every
+    worker succeeded, else 1. Workers see WORLD_SIZE in their environment and take the worker
+    path, so the same flags (--nproc included) go through unchanged. Called in-process rather
+    than as `torchrun ... -m pinrec.cli ARGS`: torchrun's own argument parser would reject
+    our flags that abbreviate its options (`--n` could be its `--nnodes`)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     if nproc < 1:
         raise ValueError(f"--nproc {nproc}: expected a positive number of processes (one per GPU)")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "--max-restarts=0", "-m", "pinrec.cli", *cli_args]
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "pinrec.cli"])
+    args.training_script_args = list(cli_args)
+    try:
+        run(args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        print(f"pinrec: {len(e.failures)} of {nproc} workers failed (first: rank {rank}, "
+              f"exit code {failure.exitcode})", file=sys.stderr)
+        return 1
+    return 0
