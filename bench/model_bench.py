@@ -37,6 +37,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "the in-batch negatives go through the cross-rank gather), in alternating "
                         "blocks with the plain step on the same model: the cost of the data-parallel path")
     p.add_argument("--ddp-rounds", type=int, default=3, help="alternating plain/DDP blocks of --train-steps")
+    p.add_argument("--ddp-only", action="store_true", help="with --ddp: skip the MFU run, time plain vs DDP only")
     p.add_argument("--json", dest="json_out")
 
 
@@ -154,6 +155,8 @@ def bench_ddp_overhead(args, cfg, dev, B: int) -> dict:
     from pinrec_model.training import data_parallel, train_step
 
     cuda = dev.startswith("cuda")
+    if cuda:
+        dev = f"cuda:{torch.device(dev).index or 0}"  # one rank, one device: name its index
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
                                 rank=0, world_size=1, device_id=torch.device(dev) if cuda else None)
@@ -177,8 +180,7 @@ def bench_ddp_overhead(args, cfg, dev, B: int) -> dict:
     for _ in range(args.ddp_rounds):
         times["plain"].append(block(plain))
         times["ddp_ws1"].append(block(parallel))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    dist.destroy_process_group()
+    med = {k: statistics.median(v) for k, v in times.items()}  # the group stays for the next batch size
     return {"batch": B, "seq": L, "steps_per_block": args.train_steps, "step_s": times,
             "median_step_s": med, "tokens_per_s": {k: B * L / v for k, v in med.items()},
             "ddp_ws1_cost": med["ddp_ws1"] / med["plain"] - 1.0}
@@ -282,6 +284,19 @@ def bench_prefill(args, cfg, dev) -> dict:
     return results
 
 
+def _report_ddp(args, cfg, dev, B: int, out: dict) -> None:
+    import torch
+
+    d = bench_ddp_overhead(args, cfg, dev, B)
+    out.setdefault("ddp_ws1", []).append(d)
+    print(f"DDP world size 1, batch {B} x {d['seq']}: {1e3 * d['median_step_s']['ddp_ws1']:.1f} ms/step vs "
+          f"plain {1e3 * d['median_step_s']['plain']:.1f} ms (cost {100 * d['ddp_ws1_cost']:+.1f} %; "
+          f"blocks {d['step_s']})", flush=True)
+    torch._dynamo.reset()
+    if dev.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def run(args) -> int:
     import torch
 
@@ -294,6 +309,9 @@ def run(args) -> int:
     if not args.skip_train:
         out["train"] = []
         for B in (int(b) for b in str(args.train_batch).split(",")):
+            if args.ddp and args.ddp_only:
+                _report_ddp(args, cfg, dev, B, out)
+                continue
             t = bench_train(args, cfg, dev, B)
             out["train"].append(t)
             print(f"train {t['variant']} batch {B} x {t['seq']}: {t['tokens_per_s']:,.0f} tokens/s, "
@@ -305,14 +323,7 @@ def run(args) -> int:
             if dev.startswith("cuda"):
                 torch.cuda.empty_cache()
             if args.ddp:
-                d = bench_ddp_overhead(args, cfg, dev, B)
-                out.setdefault("ddp_ws1", []).append(d)
-                print(f"  DDP world size 1, batch {B}: {1e3 * d['median_step_s']['ddp_ws1']:.1f} ms/step vs "
-                      f"plain {1e3 * d['median_step_s']['plain']:.1f} ms "
-                      f"(cost {100 * d['ddp_ws1_cost']:+.1f} %; blocks {d['step_s']})", flush=True)
-                torch._dynamo.reset()
-                if dev.startswith("cuda"):
-                    torch.cuda.empty_cache()
+                _report_ddp(args, cfg, dev, B, out)
     if not args.skip_prefill:
         out["prefill"] = bench_prefill(args, cfg, dev)
         print(f"prefill {args.prefill_batch} x {args.seq} tokens:")
