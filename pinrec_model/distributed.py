@@ -115,6 +115,7 @@ def gather_rows(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
     ranks' losses. Rows are padded to the largest count, as all_gather needs equal shapes."""
     import torch.distributed.nn.functional as dnn
 
+    x = x.contiguous()  # NCCL refuses strided views (e.g. a column of the targets)
     most = max(counts)
     pad = most - x.shape[0]
     if pad:
