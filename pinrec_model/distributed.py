@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +145,43 @@ def broadcast_float(v: float, device, src: int = 0) -> float:
     t = torch.tensor([v], dtype=torch.float64, device=device)
     dist.broadcast(t, src)
     return float(t.item())
+
+
+def rank_rows(global_idx: np.ndarray, ctx: DistContext | None):
+    """Example indices of one global batch -> (this rank's indices, its BatchPart); (None, None)
+    for a last global batch with fewer rows than ranks (every rank skips it alike)."""
+    if ctx is None:
+        return torch.as_tensor(global_idx), None
+    g = len(global_idx)
+    if g < ctx.world_size:
+        return None, None
+    start, stop = shard_bounds(g, ctx.world_size, ctx.rank)
+    return torch.as_tensor(global_idx[start:stop]), BatchPart(start, g)
+
+
+def out_of_time(t_start: float, max_seconds: float, ctx, dev) -> bool:
+    """Past the wall-clock cap? Data-parallel: if any rank is (all ranks stop together)."""
+    over = time.perf_counter() - t_start > max_seconds
+    return over if ctx is None else any_rank(over, dev)
+
+
+def epoch_totals(losses: list, tokens: int, ctx, dev) -> tuple[float, int]:
+    """(mean loss of the epoch's global batches, tokens trained on by all ranks)."""
+    if ctx is None:
+        return float(np.mean(torch.stack(losses).float().cpu().numpy())), tokens
+    # a rank's loss is its share of the global batch's mean times the world size
+    t = torch.tensor([float(torch.stack(losses).float().sum()), tokens], dtype=torch.float64, device=dev)
+    t = all_reduce_sum(t)
+    return float(t[0]) / ctx.world_size / len(losses), int(t[1])
+
+
+def validate_on_main(validate, model, ct, ctx, dev) -> float:
+    """Validation recall; data-parallel: rank 0's, broadcast (every rank takes the same decision)."""
+    if validate is None:
+        return float("nan")
+    if ctx is None:
+        return float(validate(model, ct))
+    return broadcast_float(float(validate(model, ct)) if ctx.is_main else 0.0, dev)
 
 
 def user_shard(user_ids: np.ndarray, world: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 
 from pinrec_model import distributed as D
 from pinrec_model.data import Catalog, Examples
-from pinrec_model.losses import CountMinSketch, full_softmax_loss, sampled_softmax_loss
+from pinrec_model.losses import CountMinSketch, full_softmax_loss, in_batch_negatives, sampled_softmax_loss
 from pinrec_model.model import PinRec, PinRecConfig, time_features
 
 
@@ -295,31 +295,6 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
     return loss if part is None else loss * norm
 
 
-def in_batch_negatives(prim: torch.Tensor, emb: torch.Tensor, keys: torch.Tensor, k: int,
-                       counts: list[int], part: D.BatchPart | None):
-    """The in-batch negatives: of the primary targets prim [M] (embeddings emb [M, D]), those
-    whose uniform keys [M] are the k largest (all of them when there are at most k): a uniform
-    subset without replacement (a CPU randperm of every row took ~6 ms a step at 65k rows, with
-    the GPU waiting on it). Data-parallel (`part`): the same subset of the global batch's rows,
-    from every rank, with gradient flowing back to each rank's rows -- the global top k lie
-    inside the union of the ranks' local top k, so each rank sends at most k rows.
-    -> (catalog rows [K], embeddings [K, D])."""
-    def top(rows, e, kk):
-        if len(rows) <= k:
-            return rows, e, kk
-        pick = kk.topk(k, sorted=False).indices
-        return rows[pick], e[pick], kk[pick]
-
-    rows, e, kk = top(prim, emb, keys)
-    if part is None:
-        return rows, e
-    sent = [min(c, k) for c in counts]
-    # catalog rows (< 2^53) and float32 keys are exact in float64: one collective for both
-    both = D.gather_rows(torch.stack([rows.double(), kk.double()], dim=1), sent)
-    rows, e, _ = top(both[:, 0].long(), D.gather_rows(e, sent), both[:, 1])
-    return rows, e
-
-
 def hidden_states(model: PinRec, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
     """model.encode(x, None)[0] for training: the same blocks and final LayerNorm, without
     returning each layer's keys and values. As outputs of a compiled block those would get
@@ -457,7 +432,7 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
                    disable=not (tc.progress and main), leave=False)
         tokens, t0, losses = 0, time.perf_counter(), []
         for b in bar:
-            idx, part = rank_rows(perm[b * G:(b + 1) * G], ctx)
+            idx, part = D.rank_rows(perm[b * G:(b + 1) * G], ctx)
             if idx is None:
                 break
             batch = {k: _to_device(v[idx], dev) for k, v in arrays.items()}
@@ -468,10 +443,10 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
             if b % 50 == 0 and tc.progress and main:
                 bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
             # data-parallel ranks agree on the clock every 16 steps (each check waits for the GPU)
-            if tc.max_seconds and (ctx is None or b % 16 == 15) and _out_of_time(t_start, tc, ctx, dev):
+            if tc.max_seconds and (ctx is None or b % 16 == 15) and D.out_of_time(t_start, tc.max_seconds, ctx, dev):
                 break
-        mean_loss, tokens = _epoch_totals(losses, tokens, ctx, dev)
-        val = _validate(validate, model, ct, ctx, dev)
+        mean_loss, tokens = D.epoch_totals(losses, tokens, ctx, dev)
+        val = D.validate_on_main(validate, model, ct, ctx, dev)
         res.history.append({"epoch": epoch + 1, "loss": mean_loss, "val_recall@10": val,
                             "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})
         if tc.progress and main:
@@ -483,7 +458,7 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
             bad += 1
             if bad >= tc.patience:
                 break
-        if tc.max_seconds and _out_of_time(t_start, tc, ctx, dev):
+        if tc.max_seconds and D.out_of_time(t_start, tc.max_seconds, ctx, dev):
             break
         if tc.stop_after and epoch + 1 >= tc.stop_after:
             break
@@ -492,39 +467,3 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
     model.eval()
     res.best_val = best
     return res
-
-
-def rank_rows(global_idx: np.ndarray, ctx: D.DistContext | None):
-    """Example indices of one global batch -> (this rank's indices, its BatchPart); (None, None)
-    for a last global batch with fewer rows than ranks (every rank skips it alike)."""
-    if ctx is None:
-        return torch.as_tensor(global_idx), None
-    g = len(global_idx)
-    if g < ctx.world_size:
-        return None, None
-    start, stop = D.shard_bounds(g, ctx.world_size, ctx.rank)
-    return torch.as_tensor(global_idx[start:stop]), D.BatchPart(start, g)
-
-
-def _out_of_time(t_start: float, tc: TrainConfig, ctx, dev) -> bool:
-    over = time.perf_counter() - t_start > tc.max_seconds
-    return over if ctx is None else D.any_rank(over, dev)
-
-
-def _epoch_totals(losses: list[torch.Tensor], tokens: int, ctx, dev) -> tuple[float, int]:
-    """(mean loss of the epoch's global batches, tokens trained on by all ranks)."""
-    if ctx is None:
-        return float(np.mean(torch.stack(losses).float().cpu().numpy())), tokens
-    # a rank's loss is its share of the global batch's mean times the world size
-    t = torch.tensor([float(torch.stack(losses).float().sum()), tokens], dtype=torch.float64, device=dev)
-    t = D.all_reduce_sum(t)
-    return float(t[0]) / ctx.world_size / len(losses), int(t[1])
-
-
-def _validate(validate, model: PinRec, ct: CatalogTensors, ctx, dev) -> float:
-    """Validation recall; data-parallel: rank 0's, broadcast (every rank takes the same decision)."""
-    if validate is None:
-        return float("nan")
-    if ctx is None:
-        return float(validate(model, ct))
-    return D.broadcast_float(float(validate(model, ct)) if ctx.is_main else 0.0, dev)
