@@ -32,6 +32,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sdpa", choices=["flash", "cudnn", "efficient"], help="experiment: one attention backend")
     p.add_argument("--profile", help="path prefix: torch.profiler tables of 3 training steps per batch size")
     p.add_argument("--tiny", action="store_true", help="a 2-layer model (CPU smoke run)")
+    p.add_argument("--ddp", action="store_true",
+                   help="also time the step under DDP with world size 1 (NCCL on CUDA, gloo on CPU; "
+                        "the in-batch negatives go through the cross-rank gather), in alternating "
+                        "blocks with the plain step on the same model: the cost of the data-parallel path")
+    p.add_argument("--ddp-rounds", type=int, default=3, help="alternating plain/DDP blocks of --train-steps")
+    p.add_argument("--ddp-only", action="store_true", help="with --ddp: skip the MFU run, time plain vs DDP only")
     p.add_argument("--json", dest="json_out")
 
 
@@ -66,13 +72,12 @@ def _synthetic(args, cfg, dev):
     return cat, CatalogTensors(cat, dev)
 
 
-def bench_train(args, cfg, dev, B: int) -> dict:
+def _train_setup(args, cfg, dev, B: int):
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from pinrec_model.losses import CountMinSketch
     from pinrec_model.model import PinRec
-    from pinrec_model.training import TrainConfig, lookahead, make_optimizer, train_step
+    from pinrec_model.training import TrainConfig, lookahead, make_optimizer
 
     cat, ct = _synthetic(args, cfg, dev)
     L, E = cfg.max_len, lookahead(cfg)
@@ -87,6 +92,17 @@ def bench_train(args, cfg, dev, B: int) -> dict:
     model = PinRec(cfg).to(dev)
     cms = CountMinSketch(cfg.cms_width, cfg.cms_depth).to(dev)
     opt = make_optimizer(model, tc, dev)
+    return cat, ct, L, g, batch, tc, model, cms, opt
+
+
+def bench_train(args, cfg, dev, B: int) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pinrec_model.training import train_step
+
+    cat, ct, L, g, batch, tc, model, cms, opt = _train_setup(args, cfg, dev, B)
+
     def step(t=tc):
         with _sdpa(args.sdpa):
             return train_step(model, cms, ct, opt, batch, g, L, tc.lr, t)
@@ -117,6 +133,57 @@ def bench_train(args, cfg, dev, B: int) -> dict:
     if args.profile:
         out["profile"] = _profile(step, dev, f"{args.profile}.b{B}.txt")
     return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
+def bench_ddp_overhead(args, cfg, dev, B: int) -> dict:
+    """Seconds per training step, plain vs DDP with world size 1, on one model and batch, in
+    alternating blocks of --train-steps (drift on a shared machine hits both alike)."""
+    import statistics
+
+    import torch
+    import torch.distributed as dist
+
+    from pinrec_model.distributed import BatchPart
+    from pinrec_model.training import data_parallel, train_step
+
+    cuda = dev.startswith("cuda")
+    if cuda:
+        dev = f"cuda:{torch.device(dev).index or 0}"  # one rank, one device: name its index
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                rank=0, world_size=1, device_id=torch.device(dev) if cuda else None)
+    cat, ct, L, g, batch, tc, model, cms, opt = _train_setup(args, cfg, dev, B)
+    ddp = data_parallel(model, cms, ct, L, tc, dev)
+    plain = lambda: train_step(model, cms, ct, opt, batch, g, L, tc.lr, tc)
+    parallel = lambda: train_step(model, cms, ct, opt, batch, g, L, tc.lr, tc, ddp, BatchPart(0, B))
+
+    def block(fn) -> float:
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(args.train_steps):
+            fn()
+        _sync(dev)
+        return (time.perf_counter() - t0) / args.train_steps
+
+    for fn in (plain, parallel):
+        for _ in range(3):
+            fn()  # compile + warm-up of each path
+    times = {"plain": [], "ddp_ws1": []}
+    for _ in range(args.ddp_rounds):
+        times["plain"].append(block(plain))
+        times["ddp_ws1"].append(block(parallel))
+    med = {k: statistics.median(v) for k, v in times.items()}  # the group stays for the next batch size
+    return {"batch": B, "seq": L, "steps_per_block": args.train_steps, "step_s": times,
+            "median_step_s": med, "tokens_per_s": {k: B * L / v for k, v in med.items()},
+            "ddp_ws1_cost": med["ddp_ws1"] / med["plain"] - 1.0}
 
 
 def _sdpa(name: str | None):
@@ -217,6 +284,19 @@ def bench_prefill(args, cfg, dev) -> dict:
     return results
 
 
+def _report_ddp(args, cfg, dev, B: int, out: dict) -> None:
+    import torch
+
+    d = bench_ddp_overhead(args, cfg, dev, B)
+    out.setdefault("ddp_ws1", []).append(d)
+    print(f"DDP world size 1, batch {B} x {d['seq']}: {1e3 * d['median_step_s']['ddp_ws1']:.1f} ms/step vs "
+          f"plain {1e3 * d['median_step_s']['plain']:.1f} ms (cost {100 * d['ddp_ws1_cost']:+.1f} %; "
+          f"blocks {d['step_s']})", flush=True)
+    torch._dynamo.reset()
+    if dev.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def run(args) -> int:
     import torch
 
@@ -229,6 +309,9 @@ def run(args) -> int:
     if not args.skip_train:
         out["train"] = []
         for B in (int(b) for b in str(args.train_batch).split(",")):
+            if args.ddp and args.ddp_only:
+                _report_ddp(args, cfg, dev, B, out)
+                continue
             t = bench_train(args, cfg, dev, B)
             out["train"].append(t)
             print(f"train {t['variant']} batch {B} x {t['seq']}: {t['tokens_per_s']:,.0f} tokens/s, "
@@ -239,6 +322,8 @@ def run(args) -> int:
             torch._dynamo.reset()  # the next batch size compiles its own static graphs
             if dev.startswith("cuda"):
                 torch.cuda.empty_cache()
+            if args.ddp:
+                _report_ddp(args, cfg, dev, B, out)
     if not args.skip_prefill:
         out["prefill"] = bench_prefill(args, cfg, dev)
         print(f"prefill {args.prefill_batch} x {args.seq} tokens:")

@@ -41,6 +41,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="eager prefill (as `pinrec score --no-compile`)")
     p.add_argument("--profile-batches", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sharded", action="store_true",
+                   help="also time the path of `pinrec score --nproc N` as its one rank of one (users "
+                        "hashed to shards and re-cut into full batches, rank-prefixed files), in "
+                        "alternating runs with today's path on the same model")
+    p.add_argument("--rounds", type=int, default=2, help="with --sharded: runs of each path")
     p.add_argument("--json", help="write the result here")
 
 
@@ -288,5 +293,45 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'  ' + k:28}{v:>12.2f} us/user")
     print(f"{'prefill':28}{out['prefill_users_per_s']:>12,.1f} users/s, {prefill_tflops:.1f} TFLOP/s "
           f"= {100 * out['prefill_share_of_peak']:.1f}% of {H100_BF16_PEAK_TFLOPS:.0f}")
+    if args.sharded:
+        out["sharded"] = compare_sharded(args, m, batches, features, retriever, arms, cfg, work,
+                                         first=(timings.users / secs, spool.rows))
+        sh = out["sharded"]
+        print(f"{'sharded, 1 rank of 1':28}{sh['median_users_per_s']['sharded_1_rank']:>12,.1f} users/s "
+              f"(today's path {sh['median_users_per_s']['today']:,.1f}; ratio {sh['ratio']:.3f})")
     write_json(args.json, out)
     return 0
+
+
+def compare_sharded(args, m, batches, features, retriever, arms, cfg, work: Path, first) -> dict:
+    """users/s of today's loop vs the sharded worker's loop (rank 0 of 1), alternating runs;
+    `first`: (users/s, rows) of the timed run above, today's path's first run."""
+    import statistics
+
+    from jobs.score import SpoolWriter, Timings, score_batches
+    from jobs.score_shards import Shard
+
+    def timed(batch_iter, spool) -> tuple[float, int]:
+        t = Timings()
+        t0 = time.perf_counter()
+        for _ in score_batches(m, batch_iter, features, retriever, arms, cfg, "bench", spool, t):
+            pass
+        spool.close()
+        _sync(str(m.device))
+        return t.users / (time.perf_counter() - t0), spool.rows
+
+    runs: dict[str, list] = {"today": [first], "sharded_1_rank": []}
+    for r in range(args.rounds):
+        if r > 0:
+            runs["today"].append(timed(batches(), SpoolWriter(work / f"today-{r}")))
+        shard = Shard(0, 1, work / f"sharded-{r}")
+        runs["sharded_1_rank"].append(timed(shard.batches(batches(), args.batch_size),
+                                            SpoolWriter(shard.staging, shard.file_prefix)))
+        _say(f"round {r + 1}: today {runs['today'][-1][0]:,.0f}, sharded {runs['sharded_1_rank'][-1][0]:,.0f} users/s")
+    rows = {k: {n for _, n in v} for k, v in runs.items()}
+    if len(rows["today"] | rows["sharded_1_rank"]) != 1:
+        raise RuntimeError(f"the two paths wrote different row counts: {rows}")
+    med = {k: statistics.median(u for u, _ in v) for k, v in runs.items()}
+    return {"users_per_s": {k: [round(u, 1) for u, _ in v] for k, v in runs.items()},
+            "median_users_per_s": {k: round(v, 1) for k, v in med.items()},
+            "ratio": round(med["sharded_1_rank"] / med["today"], 4), "rows": rows["today"].pop()}

@@ -16,7 +16,8 @@ CronDataIntervalTimetable, so logical date = data_interval_start = D.)
     wait_for_landing > outcomes   (what each arm earned on ds - attribution_days: its window is complete)
 
 A failed quality gate stops the run before `publish`: the previous model, index and
-candidates keep serving. train and score share the one-slot `gpu` pool.
+candidates keep serving. train and score share the one-slot `gpu` pool (one slot per GPU
+host): the `gpus` param is how many of that host's GPUs each of them uses (`--nproc`).
 """
 from __future__ import annotations
 
@@ -151,6 +152,10 @@ params = {
     "full_retrain_every_days": Param(7, type="integer", minimum=1,
                                      description="Full retrain cadence; other days warm-start "
                                                  "from the serving model."),
+    "gpus": Param(1, type="integer", minimum=1, maximum=8,
+                  description="GPUs of the GPU host that train and score use (`--nproc`: one "
+                              "process per GPU; DDP training, users sharded by hash for scoring). "
+                              "Both still take the host's one `gpu` pool slot."),
     "train_max_seconds": Param(3600, type="integer", minimum=10,
                                description="Wall-clock cap on one training run."),
     "feature_dim": Param(32, type="integer", minimum=1, maximum=4096,
@@ -229,7 +234,7 @@ with DAG(
             f"echo 'model {MODEL_VERSION} exists (versions are immutable): reusing it'; else "
             + pinrec("train", "--variant {{ params.variant }} --preset {{ params.preset }} "
                               f"--version {MODEL_VERSION} "
-                              "--max-seconds {{ params.train_max_seconds }} --quiet "
+                              "--max-seconds {{ params.train_max_seconds }} --quiet --nproc {{ params.gpus }} "
                               "--set feature_dim={{ params.feature_dim }} "
                               "{{ model_set_flags(params.model_set) }} "
                               "{{ '--refit' if params.train_refit else '' }} "
@@ -244,7 +249,7 @@ with DAG(
         # the index of this run by name, not index/CURRENT: runs of a parallel backfill each
         # publish their own index, and a model must be scored against its own item embeddings
         bash_command=pinrec("score", f"--model-version {MODEL_VERSION} --index-version {INDEX_VERSION} "
-                                     f"--arms {ARMS_FILE}"),
+                                     f"--arms {ARMS_FILE} " "--nproc {{ params.gpus }}"),
         pool=GPU_POOL,
     )
     quality_gate = BashOperator(

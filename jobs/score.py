@@ -159,10 +159,12 @@ def candidate_rows_from_arrays(user_ids: np.ndarray, res, arm: str, budget_json:
 
 
 class SpoolWriter:
-    """Parquet files of FILE_SCHEMA in one folder, rolled every ROWS_PER_FILE rows."""
+    """Parquet files of FILE_SCHEMA in one folder, rolled every ROWS_PER_FILE rows, named
+    <prefix>part-NNNNN.parquet (sharded scoring: one prefix per rank, one shared folder)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, prefix: str = ""):
         self.folder, self.writer, self.rows_in_file, self.files, self.rows = folder, None, 0, 0, 0
+        self.prefix = prefix
         folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -170,7 +172,7 @@ class SpoolWriter:
 
         if self.writer is None or self.rows_in_file >= ROWS_PER_FILE:
             self.close()
-            self.writer = pq.ParquetWriter(str(self.folder / f"part-{self.files:05d}.parquet"),
+            self.writer = pq.ParquetWriter(str(self.folder / f"{self.prefix}part-{self.files:05d}.parquet"),
                                            FILE_SCHEMA, compression="snappy")
             self.files += 1
             self.rows_in_file = 0
@@ -356,8 +358,10 @@ def resolve_index(lake: Lake, ds: str, model_version: str, requested: str | None
     return vdir
 
 
-def run_job(cfg: ScoreConfig, progress: bool = True) -> dict:
-    """Score every user of sequences@ds for every arm and replace candidates@ds."""
+def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
+    """Score every user of sequences@ds for every arm and replace candidates@ds. With `shard`
+    (a jobs.score_shards.Shard: one rank of `pinrec score --nproc N`), score this rank's users
+    only, into the shared staging folder, and leave the commit to the launcher."""
     from tqdm import tqdm
 
     from jobs.index import resolve_model
@@ -386,8 +390,10 @@ def run_job(cfg: ScoreConfig, progress: bool = True) -> dict:
     batches = _limit(seq.to_batches(columns=["user_id", "item_ids", "item_types", "actions",
                                              "surfaces", "ts"], batch_size=cfg.batch_size),
                      cfg.max_users)
-    staging = tables.staging_dir("candidates", cfg.ds)
-    spool, timings = SpoolWriter(staging), Timings()
+    if shard is not None:
+        batches, total = shard.batches(batches, cfg.batch_size), None
+    staging = tables.staging_dir("candidates", cfg.ds) if shard is None else shard.staging
+    spool, timings = SpoolWriter(staging, "" if shard is None else shard.file_prefix), Timings()
     t0 = time.perf_counter()
     try:
         with tqdm(total=total, unit="user", desc=f"score {cfg.ds}", disable=not progress or None) as bar:
@@ -396,13 +402,14 @@ def run_job(cfg: ScoreConfig, progress: bool = True) -> dict:
                 bar.update(done)
         spool.close()
         t_commit = time.perf_counter()
-        version = tables.commit_spark_output("candidates", staging, cfg.ds)
+        version = None if shard else tables.commit_spark_output("candidates", staging, cfg.ds)
         timings.write += time.perf_counter() - t_commit
     except BaseException:
         spool.close()
         import shutil
 
-        shutil.rmtree(staging, ignore_errors=True)
+        if shard is None:  # a shard's files go with the whole staging folder (the launcher's)
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     secs = time.perf_counter() - t0
     return {"ds": cfg.ds, "model_version": model_version, "arms": sorted(arms), "users": timings.users,
@@ -447,13 +454,24 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrieval", choices=("auto", "faiss", "exact"), default=d.retrieval,
                    help="faiss: the published index; exact: one matmul on the device (GPU path); "
                         "auto: exact on CUDA for catalogs up to 5M pins")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes, one per GPU: users split by a stable hash of user_id, each "
+                        "rank writes its own files, one Delta commit publishes them all (torchrun)")
+    p.add_argument("--shard-dir", help=argparse.SUPPRESS)  # set by --nproc for its workers
 
 
 def run(args: argparse.Namespace) -> int:
+    from jobs import score_shards
+
     cfg = ScoreConfig(ds=args.ds, lake=args.lake, arms=args.arms, model_version=args.model_version,
                       index_version=args.index_version, n=args.n, batch_size=args.batch_size,
                       device=args.device, tokens_per_step=args.tokens_per_step,
                       compression_threshold=args.compression_threshold, max_users=args.max_users,
                       retrieval=args.retrieval, compile=args.compile)
+    if args.shard_dir or score_shards.launched_by_torchrun():
+        print(json.dumps(score_shards.run_worker(cfg, args.shard_dir)))
+        return 0
+    if args.nproc > 1:
+        return score_shards.launch(cfg, args.nproc)
     print(json.dumps(run_job(cfg)))
     return 0

@@ -29,6 +29,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="share of users never trained on (the quality gate's held-out users; "
                         "default 2 %%, raised to reach 500 users). Fixed by the lake's first "
                         "training in models/HOLDOUT; ignored, with a note, once fixed")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel training on N processes, one per GPU (DDP under torchrun; "
+                        "NCCL on CUDA, gloo on CPU): --batch-size is per process, the global "
+                        "batch is N times it, in-batch negatives come from all N")
 
 
 def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None:
@@ -303,10 +307,26 @@ def train_refit(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: in
 
 
 def run(args) -> int:
+    import sys
+
+    from pinrec_model import distributed as D
+
+    if D.launched_by_torchrun():
+        return run_rank(args, D.init_process_group(D.rank_device(args.device, D.context_from_env())))
+    if args.nproc > 1:
+        # the same command as N torchrun workers: they see WORLD_SIZE and take the branch above
+        return D.torchrun(args.nproc, sys.argv[1:])
+    return run_rank(args, None)
+
+
+def run_rank(args, ctx) -> int:
+    """Train (one process, or one rank of `ctx`'s data-parallel job) and, on rank 0 only,
+    write the model version once every rank has finished training."""
     from pinrec.contracts import PINTEREST_ACTIONS
     from pinrec.layout import Lake, publish
     from pinrec_model.api import save_model
 
+    main = ctx is None or ctx.is_main
     lake = Lake.at(args.lake)
     vocab = PINTEREST_ACTIONS
     cfg = model_config(args, vocab)
@@ -321,8 +341,9 @@ def run(args) -> int:
     items = items_table_features(lake, args.ds)
     if items is not None:
         n = use_items_features(prep.catalog, items, cfg.feature_dim)
-        print(f"features: {n:,} of {len(prep.catalog):,} catalog items from items@{args.ds}")
-    elif args.ds:
+        if main:
+            print(f"features: {n:,} of {len(prep.catalog):,} catalog items from items@{args.ds}")
+    elif args.ds and main:
         print(f"features: no items table for {args.ds}; query tokens are featurised without their "
               f"text (run `pinrec items --ds {args.ds}` first to train on what serving reads)")
     users, holdout = trainable_users(lake, prep.seqs.user_ids, getattr(args, "holdout_fraction", None))
@@ -333,9 +354,16 @@ def run(args) -> int:
     t0 = time.perf_counter()
     res = train_refit(prep, cfg, tc, holdout=1, users=users, val_users=args.val_users,
                       init_state=init_state, refit=args.refit)
+    if ctx is not None:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank finished training: only now does rank 0 write the version
+        dist.destroy_process_group()
+        if not main:
+            return 0
     metrics = {"val_recall@10": res.best_val, "history": res.history, "warm_start_from": warm_from,
                "holdout": holdout,
-               "refit_epochs": res.refit_epochs,
+               "refit_epochs": res.refit_epochs, "world_size": 1 if ctx is None else ctx.world_size,
                "train_seconds": time.perf_counter() - t0,
                "users": int(len(prep.seqs.user_ids)), "items": int(len(prep.catalog))}
     vdir = save_model(lake.version_dir("models", version), res.model, res.cms, vocab, metrics,

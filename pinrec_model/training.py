@@ -13,8 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pinrec_model import distributed as D
 from pinrec_model.data import Catalog, Examples
-from pinrec_model.losses import CountMinSketch, full_softmax_loss, sampled_softmax_loss
+from pinrec_model.losses import CountMinSketch, full_softmax_loss, in_batch_negatives, sampled_softmax_loss
 from pinrec_model.model import PinRec, PinRecConfig, time_features
 
 
@@ -163,14 +164,16 @@ def time_offsets(ts_s, tok_valid, L: int, u, t_lim_s: int, n_buckets: int, reach
     return steps, bucket
 
 
-def sample_targets(cfg: PinRecConfig, rows, actions, ts_s, is_pin, L: int, gen: torch.Generator):
+def sample_targets(cfg: PinRecConfig, rows, actions, ts_s, is_pin, L: int, gen: torch.Generator,
+                   part: D.BatchPart | None = None):
     """Targets for each input position i < L of windows [B, L + E].
 
     Next-token: t' = i + 1. Multi-token (Eq. 5): t' - i ~ uniform on [1, min(t_lim, tokens
     left)] steps, or t' in time (t_lim_unit seconds, see time_offsets), and every pin in
     [t', t' + Delta] (steps or seconds) is a target.
     Returns (target positions [B, L, W], valid [B, L, W], offset condition [B, L] (the step
-    offset, or the time bucket), primary action [B, L], row valid [B, L])."""
+    offset, or the time bucket), primary action [B, L], row valid [B, L]). `part`: these rows'
+    place in a data-parallel global batch (the uniform draws are the global batch's rows)."""
     B, width = rows.shape
     dev = rows.device
     i = torch.arange(L, device=dev)[None, :].expand(B, L)
@@ -178,10 +181,10 @@ def sample_targets(cfg: PinRecConfig, rows, actions, ts_s, is_pin, L: int, gen: 
     last = torch.where(tok_valid, torch.arange(width, device=dev)[None, :], -1).max(dim=1).values  # [B]
     left = (last[:, None] - i).clamp(min=0)  # tokens after i
     if cfg.multi_token and cfg.t_lim_unit == "seconds":
-        u = _to_device(torch.rand(B, L, generator=gen), dev)
+        u = _to_device(D.rows_rand(gen, B, L, part), dev)
         step, offset = time_offsets(ts_s, tok_valid, L, u, cfg.t_lim_s, cfg.t_lim, cfg.lookahead_tokens)
     elif cfg.multi_token:
-        u = _to_device(torch.rand(B, L, generator=gen), dev)
+        u = _to_device(D.rows_rand(gen, B, L, part), dev)
         span = left.clamp(max=cfg.t_lim).clamp(min=1)
         offset = 1 + (u * span).long().clamp(max=cfg.t_lim - 1)
         offset = step = torch.minimum(offset, span)
@@ -207,14 +210,20 @@ def sample_targets(cfg: PinRecConfig, rows, actions, ts_s, is_pin, L: int, gen: 
 
 
 def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch: dict,
-                  gen: torch.Generator, L: int, compiled: bool = False) -> torch.Tensor:
+                  gen: torch.Generator, L: int, compiled: bool = False,
+                  part: D.BatchPart | None = None) -> torch.Tensor:
     """The mean training loss of a batch of windows [B, L + E]. `compiled`: run the parts
-    of the step through torch.compile region by region (same function, fused kernels)."""
+    of the step through torch.compile region by region (same function, fused kernels).
+
+    `part` (data-parallel training, inside an initialised process group): these rows are rows
+    [start, start + B) of a global batch. In-batch negatives and the sketch's counts then come
+    from every rank, and the value returned is this rank's share of the global mean times the
+    world size, so DDP's gradient average is the gradient of the global batch's mean loss."""
     cfg = model.cfg
     rows, actions, surfaces, ts, n_in = right_align(batch["rows"], batch["actions"], batch["surfaces"],
                                                     batch["ts_s"], L)
     is_pin = ct.type_ids[rows.clamp(min=0)] == 1
-    wpos, wvalid, offset, tact, row_valid = sample_targets(cfg, rows, actions, ts, is_pin, L, gen)
+    wpos, wvalid, offset, tact, row_valid = sample_targets(cfg, rows, actions, ts, is_pin, L, gen, part)
     row_valid &= torch.arange(L, device=rows.device)[None, :] < n_in[:, None]  # see right_align
     now = ts.gather(1, (n_in - 1).clamp(min=0)[:, None])[:, 0]  # the newest input token's time
     all_emb = ct.embed(model, ct.pin_rows) if cfg.full_softmax else None
@@ -234,7 +243,7 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         B, width = rows.shape
         rnd = ct.pin_rows[_to_device(torch.randint(0, len(ct.pin_rows), (cfg.n_random_negatives,), generator=gen),
                                      rows.device)]
-        keys = _to_device(torch.rand(B, L, generator=gen), rows.device)  # in-batch negative subsample
+        keys = _to_device(D.rows_rand(gen, B, L, part), rows.device)  # in-batch negative subsample
         uniq, inv = torch.unique(torch.cat([rows.clamp(min=0).reshape(-1), rnd]), return_inverse=True)
         emb = ct.embed(model, uniq)
         tok_emb = emb[inv[: rows.numel()]].reshape(B, width, -1)  # [B, L + E, D]
@@ -247,25 +256,25 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
     B = rows.shape[0]
     trow = rows.gather(1, wpos.reshape(B, -1)).reshape(wpos.shape)[sel]  # [M, W] catalog rows
     tvalid = wvalid[sel]
-    if len(trow) == 0:  # a batch without one pin target (e.g. a last batch of search queries)
+    counts = [len(trow)] if part is None else D.gather_counts(len(trow), rows.device)
+    if sum(counts) == 0:  # a batch without one pin target (e.g. a last batch of search queries)
         return h.sum() * 0.0
+    reduction, norm = ("mean", 1.0) if part is None else ("sum", len(counts) / sum(counts))
     if cfg.full_softmax:
         # full-softmax positions index pins only: map catalog rows -> pin positions
         pin_pos = torch.full((len(ct.ids),), 0, dtype=torch.long, device=rows.device)
         pin_pos[ct.pin_rows] = torch.arange(len(ct.pin_rows), device=rows.device)
         loss_fn = _maybe_compiled(full_softmax_loss, compiled)
-        return loss_fn(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.loss_scale, cfg.window_loss)
+        loss = loss_fn(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.loss_scale, cfg.window_loss,
+                       reduction)
+        return loss if part is None else loss * norm
     prim = trow[:, 0]
-    cms.update(ct.ids[prim])
     pos = tok_emb[sel[0][:, None], wpos[sel]]  # [M, W, D]: the targets' window tokens
+    # The sketch counts the primary targets of the whole global batch, on every rank: the sum
+    # of the ranks' sketches (a sketch is linear in its counts), without sending the tables.
+    cms.update(ct.ids[prim if part is None else D.gather_rows(prim, counts)])
     # In-batch negatives: the rows' primary targets (subsampled); random: uniform over pins.
-    if len(prim) > cfg.max_in_batch_negatives:
-        # A uniform subset without replacement: the rows with the k largest uniform keys (a CPU
-        # randperm of every row took ~6 ms a step at 65k rows, with the GPU waiting on it).
-        pick = keys[sel].topk(cfg.max_in_batch_negatives, sorted=False).indices
-        inb, inb_emb = prim[pick], pos[pick, 0]
-    else:
-        inb, inb_emb = prim, pos[:, 0]
+    inb, inb_emb = in_batch_negatives(prim, pos[:, 0], keys[sel], cfg.max_in_batch_negatives, counts, part)
     neg = torch.cat([inb_emb, rnd_emb])
     neg_rows = torch.cat([inb, rnd])
     if cfg.logq_correction:
@@ -281,8 +290,9 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         pos_q = torch.zeros(trow.shape, device=rows.device)
         neg_q = torch.zeros(len(neg_rows), device=rows.device)
     loss_fn = _maybe_compiled(sampled_softmax_loss, compiled)
-    return loss_fn(query, pos, ct.ids[trow.clamp(min=0)], tvalid, pos_q.to(rows.device),
-                   neg, ct.ids[neg_rows], neg_q.to(rows.device), cfg.loss_scale, cfg.window_loss)
+    loss = loss_fn(query, pos, ct.ids[trow.clamp(min=0)], tvalid, pos_q.to(rows.device),
+                   neg, ct.ids[neg_rows], neg_q.to(rows.device), cfg.loss_scale, cfg.window_loss, reduction)
+    return loss if part is None else loss * norm
 
 
 def hidden_states(model: PinRec, x: torch.Tensor, compiled: bool = False) -> torch.Tensor:
@@ -322,16 +332,50 @@ def make_optimizer(model: PinRec, tc: TrainConfig, device: str) -> torch.optim.A
                              fused=torch.device(device).type == "cuda")
 
 
+class TrainingObjective(torch.nn.Module):
+    """training_loss as a module whose forward is the whole loss, so DDP can wrap it: DDP syncs
+    the gradients of what runs inside its forward. The sketch and the catalog ride along
+    unregistered (the sketch is kept equal on every rank by its updates, not by broadcasts)."""
+
+    def __init__(self, model: PinRec, cms: CountMinSketch, ct: CatalogTensors, L: int, compiled: bool):
+        super().__init__()
+        self.model = model
+        self._aux = (cms, ct, L, compiled)
+
+    def forward(self, batch: dict, gen: torch.Generator, part: D.BatchPart) -> torch.Tensor:
+        cms, ct, L, compiled = self._aux
+        return training_loss(self.model, cms, ct, batch, gen, L, compiled, part)
+
+
+def data_parallel(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, L: int, tc: TrainConfig,
+                  device: str) -> torch.nn.parallel.DistributedDataParallel:
+    """The model's objective under DDP (process group already initialised). Which parameters a
+    step uses depends on its data (a batch without search queries leaves the query tower out),
+    so DDP looks for unused ones each step; the gradients live in DDP's buckets (no copies)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    cuda = torch.device(device).type == "cuda"
+    return DistributedDataParallel(TrainingObjective(model, cms, ct, L, tc.compile),
+                                   device_ids=[torch.device(device)] if cuda else None,
+                                   broadcast_buffers=False, gradient_as_bucket_view=True,
+                                   find_unused_parameters=True)
+
+
 def train_step(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, opt: torch.optim.Optimizer,
-               batch: dict, gen: torch.Generator, L: int, lr: float, tc: TrainConfig) -> torch.Tensor:
+               batch: dict, gen: torch.Generator, L: int, lr: float, tc: TrainConfig,
+               ddp=None, part: D.BatchPart | None = None) -> torch.Tensor:
     """One optimisation step (bf16 autocast on CUDA, clipping, AdamW) -> the detached loss, left
     on the device: nothing here waits for the GPU, so the host queues the next step meanwhile.
-    `pinrec train` and `pinrec bench model` both run exactly this."""
+    `pinrec train` and `pinrec bench model` both run exactly this. Data-parallel: `ddp` (from
+    data_parallel, around the same model) and this rank's `part` of the global batch."""
     for g in opt.param_groups:
         g["lr"] = lr
     cuda = batch["rows"].device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-        loss = training_loss(model, cms, ct, batch, gen, L, compiled=tc.compile)
+        if ddp is None:
+            loss = training_loss(model, cms, ct, batch, gen, L, compiled=tc.compile)
+        else:
+            loss = ddp(batch, gen, part)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -343,13 +387,20 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
         validate: Callable[[PinRec, CatalogTensors], float] | None = None,
         init_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Train on `ex`, from scratch or (warm start) from `init_state` (a saved version's model and
-    count-min-sketch tensors); keep the weights of the best validation epoch."""
+    count-min-sketch tensors); keep the weights of the best validation epoch.
+
+    Inside a process group (a torchrun worker, see distributed.py) this is one rank of
+    data-parallel training: `tc.batch_size` rows per rank, a global batch of batch_size x world,
+    validation on rank 0 (its result broadcast, so every rank stops at the same epoch), and the
+    same weights returned on every rank."""
     from tqdm import tqdm
 
+    ctx = D.current_context()
+    world, main = (1, True) if ctx is None else (ctx.world_size, ctx.is_main)
     torch.manual_seed(tc.seed)
     np_rng = np.random.default_rng(tc.seed)
-    gen = torch.Generator().manual_seed(tc.seed)
-    dev = resolve_device(tc.device)
+    gen = torch.Generator().manual_seed(tc.seed)  # the same draws on every rank (see distributed.py)
+    dev = resolve_device(tc.device) if ctx is None else D.rank_device(resolve_device(tc.device), ctx)
     model = PinRec(cfg).to(dev)
     cms = CountMinSketch(cfg.cms_width, cfg.cms_depth).to(dev)
     ct = CatalogTensors(cat, dev)
@@ -359,10 +410,17 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
         cms_state = {k[4:]: v for k, v in init_state.items() if k.startswith("cms.")}
         if cms_state:
             cms.load_state_dict(cms_state)
+    n = len(ex.rows)
+    ddp = None
+    if ctx is not None:
+        if n < world:
+            raise ValueError(f"{n} training windows for {world} ranks: train with fewer processes")
+        ddp = data_parallel(model, cms, ct, ex.n_inputs, tc, dev)
+        torch.manual_seed(tc.seed + 7919 * (ctx.rank + 1))  # dropout masks: per rank, fixed by seed
     opt = make_optimizer(model, tc, dev)
     arrays = {k: torch.as_tensor(getattr(ex, k)) for k in ("rows", "actions", "surfaces", "ts_s")}
-    n = len(ex.rows)
-    steps_per_epoch = max(1, math.ceil(n / tc.batch_size))
+    G = tc.batch_size * world
+    steps_per_epoch = max(1, math.ceil(n / G))
     total = steps_per_epoch * tc.epochs
     res = TrainResult(model, cms)
     best, best_state, bad, step = -1.0, None, 0, 0
@@ -370,26 +428,29 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
     for epoch in range(tc.epochs):
         model.train()
         perm = np_rng.permutation(n)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not tc.progress,
-                   leave=False)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}",
+                   disable=not (tc.progress and main), leave=False)
         tokens, t0, losses = 0, time.perf_counter(), []
         for b in bar:
-            idx = torch.as_tensor(perm[b * tc.batch_size:(b + 1) * tc.batch_size])
+            idx, part = D.rank_rows(perm[b * G:(b + 1) * G], ctx)
+            if idx is None:
+                break
             batch = {k: _to_device(v[idx], dev) for k, v in arrays.items()}
-            loss = train_step(model, cms, ct, opt, batch, gen, ex.n_inputs, lr_at(step, total, tc), tc)
+            loss = train_step(model, cms, ct, opt, batch, gen, ex.n_inputs, lr_at(step, total, tc), tc, ddp, part)
             step += 1
             losses.append(loss)  # kept on the device: a float() here would wait for the GPU every step
             tokens += int((arrays["rows"][idx, : ex.n_inputs] >= 0).sum())  # host copy: no sync
-            if b % 50 == 0:
+            if b % 50 == 0 and tc.progress and main:
                 bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
-            if tc.max_seconds and time.perf_counter() - t_start > tc.max_seconds:
+            # data-parallel ranks agree on the clock every 16 steps (each check waits for the GPU)
+            if tc.max_seconds and (ctx is None or b % 16 == 15) and D.out_of_time(t_start, tc.max_seconds, ctx, dev):
                 break
-        losses = torch.stack(losses).float().cpu().numpy()
-        val = float(validate(model, ct)) if validate else float("nan")
-        res.history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_recall@10": val,
+        mean_loss, tokens = D.epoch_totals(losses, tokens, ctx, dev)
+        val = D.validate_on_main(validate, model, ct, ctx, dev)
+        res.history.append({"epoch": epoch + 1, "loss": mean_loss, "val_recall@10": val,
                             "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})
-        if tc.progress:
-            print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f} val recall@10 {val:.4f}", flush=True)
+        if tc.progress and main:
+            print(f"epoch {epoch + 1}: loss {mean_loss:.4f} val recall@10 {val:.4f}", flush=True)
         if validate is None or val > best:
             best, bad = val, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -397,7 +458,7 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
             bad += 1
             if bad >= tc.patience:
                 break
-        if tc.max_seconds and time.perf_counter() - t_start > tc.max_seconds:
+        if tc.max_seconds and D.out_of_time(t_start, tc.max_seconds, ctx, dev):
             break
         if tc.stop_after and epoch + 1 >= tc.stop_after:
             break

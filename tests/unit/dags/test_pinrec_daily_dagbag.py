@@ -86,7 +86,7 @@ def test_params_schema(dag):
     assert set(p.keys()) == {"arms", "lookback_days", "variant", "preset",
                              "full_retrain_every_days", "max_recall_drop", "maintenance_weekday",
                              "train_max_seconds", "train_refit", "feature_dim", "model_set",
-                             "attribution_days"}
+                             "attribution_days", "gpus"}
     defaults = {k: p[k] for k in p.keys()}
     checked = validate_params(defaults)  # the defaults must pass the gate's own validation
     assert set(checked.arms) == {"balanced", "repin"}
@@ -238,3 +238,19 @@ def test_failure_callback_says_what_failed_and_how_to_rerun(dag, caplog):
     assert "task score for ds=2026-01-03 (try 3)" in text
     assert "airflow tasks clear pinrec_daily -t '^score$' -s 2026-01-03 -e 2026-01-03" in text
     assert "pinrec')" in text and "score --ds" in text  # the task's own command, to run by hand
+
+
+def test_gpus_param_sets_nproc_of_train_and_score_only(dag):
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    assert dag.params["gpus"] == 1
+    with pytest.raises(ParamValidationError):
+        copy.deepcopy(dag.params.get_param("gpus")).resolve(0)
+    for gpus in (1, 4):
+        for task_id in ("train", "score"):
+            argv = pinrec_argv(render(dag, task_id, gpus=gpus))
+            assert argv[argv.index("--nproc") + 1] == str(gpus)
+        assert "--nproc" not in pinrec_argv(render(dag, "index", gpus=gpus))
+    assert dag.get_task("train").pool == dag.get_task("score").pool == "gpu"
