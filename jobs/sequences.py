@@ -236,20 +236,20 @@ def read_day_events(tables, ds: str):
     return day.cast(EVENT_ROW_SCHEMA)
 
 
-def check_duplicates(tables, cfg: SequencesConfig, runs: dict, day) -> int:
-    """Event ids of ds against the day rows of the previous `checkpoint_every` days (bounded,
-    and only the day's active users); returns rows read."""
+def check_duplicates(tables, cfg: SequencesConfig, day) -> int:
+    """Event ids of ds against the events of the previous `checkpoint_every` days (bounded:
+    a few days' events of the day's active users); returns rows read."""
     import pyarrow.compute as pc
 
     from jobs.sequences_checks import check_cross_day_duplicates
-    from jobs.sequences_store import DAYS
 
     lookback = min(cfg.checkpoint_every, cfg.window_days - 1)
-    earlier = [d for d in (shift_ds(cfg.ds, -k) for k in range(1, lookback + 1)) if d in runs]
-    if not earlier or not day.num_rows or not tables.exists(DAYS):
+    landed = set(tables.partitions("events"))
+    earlier = [d for d in (shift_ds(cfg.ds, -k) for k in range(1, lookback + 1)) if d in landed]
+    if not earlier or not day.num_rows:
         return 0
     users = pc.unique(day.column("user_id").combine_chunks())
-    rows = tables.read(DAYS, earlier, columns=["user_id", "event_ids", "ds"],
+    rows = tables.read("events", earlier, columns=["user_id", "event_id", "ds"],
                        filter=pads_field("user_id").isin(users))
     check_cross_day_duplicates(day, rows, cfg.ds)
     return rows.num_rows
@@ -334,10 +334,10 @@ def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
         "sequences ds=%s: %s", cfg.ds, plan.reason)
     if plan.kind == "full" and cfg.mode == "auto":
         print(f"sequences ds={cfg.ds}: {plan.reason}", flush=True)
+    day = read_day_events(tables, cfg.ds)  # bad input fails here, before any Spark start-up
+    rows_read = day.num_rows + check_duplicates(tables, cfg, day)
     if lazy and (engine == "spark" or plan.kind == "full"):
         spark = spark()
-    day = read_day_events(tables, cfg.ds)
-    rows_read = day.num_rows + check_duplicates(tables, cfg, runs, day)
     run = RunInfo(cfg.window_days, cfg.max_len)
     if cfg.ds in checkpoints and runs.get(cfg.ds) != run:  # built with other parameters
         tables.delete_partitions(CHECKPOINTS, [cfg.ds])

@@ -81,14 +81,12 @@ def check_day_window(day_events: pa.Table, ds: str) -> None:
 
 
 def check_cross_day_duplicates(day_events: pa.Table, earlier: pa.Table, ds: str) -> None:
-    """`earlier`: day rows (user_id, event_ids, ds) of the days before ds that the check covers.
+    """`earlier`: events (user_id, event_id, ds) of the days before ds that the check covers.
     An event id of ds already there is a re-landed or reused id."""
     if not day_events.num_rows or not earlier.num_rows:
         return
-    flat_ids = pc.list_flatten(earlier.column("event_ids"))
-    parent = pc.list_parent_indices(earlier.column("event_ids"))
-    seen = pa.table({"user_id": pc.take(earlier.column("user_id"), parent), "event_id": flat_ids,
-                     "earlier_ds": pc.take(earlier.column("ds"), parent)})
+    seen = earlier.select(["user_id", "event_id", "ds"]).rename_columns(
+        ["user_id", "event_id", "earlier_ds"])
     today = day_events.select(["user_id", "event_id"]).group_by(["user_id", "event_id"]).aggregate([])
     dup = today.join(seen, ["user_id", "event_id"], join_type="inner")
     if dup.num_rows:

@@ -12,6 +12,10 @@ Storage (docs/adr/0002-sequences-daily-cost.md):
 `merge_batches` -> the rows a full 365-day rebuild for ds writes (same arrays, `cutoff_ts` =
 cutoff(ds)), in user order. A checkpoint is usable for ds when it was built with the same
 window and cap as the run of ds, and every day of (C, ds] inside the window has a run.
+
+Migration: a lake written before this design has materialised `sequences` partitions; a ds
+with no run row but such a partition is read from it (and the first run after them is a full
+rebuild, logged, because they are no checkpoint). Hand-made fixtures may write that table too.
 """
 from __future__ import annotations
 
@@ -96,9 +100,17 @@ def runs_row(ds: str, run: RunInfo, mode: str, counts: dict) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------------ reads
+LEGACY = "sequences"
+
+
+def _legacy_partitions(tables) -> list[str]:
+    return tables.partitions(LEGACY) if tables.exists(LEGACY) else []
+
+
 def sequences_partitions(tables) -> list[str]:
-    """Every ds a run finished for (each readable unless a later backfill left a gap)."""
-    return sorted(load_runs(tables))
+    """Every readable ds: each ds a run finished for (unless a later backfill left a gap),
+    and the materialised partitions of a lake from before ADR 0002."""
+    return sorted(set(load_runs(tables)) | set(_legacy_partitions(tables)))
 
 
 def latest_sequences_ds(tables, at_most: str | None = None) -> str | None:
@@ -119,6 +131,9 @@ def read_sequences(tables, ds: str, columns: Sequence[str] | None = None) -> pa.
     from jobs.sequences import window_bounds
     from jobs.sequences_arrow import FILE_SCHEMA, merge_batches
 
+    if ds not in load_runs(tables) and ds in _legacy_partitions(tables):
+        t = tables.read(LEGACY, [ds]).sort_by("user_id").cast(SEQUENCES_SCHEMA)
+        return t.select(list(columns)) if columns else t
     plan = plan_for(tables, ds)
     start, cutoff = window_bounds(ds, plan.window_days)
     base = (tables.dataset(CHECKPOINTS, [plan.checkpoint]).to_batches(columns=FILE_SCHEMA.names)
