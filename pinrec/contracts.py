@@ -211,7 +211,7 @@ SEQUENCE_RUNS_SCHEMA = pa.schema(
     [
         pa.field("window_days", pa.int32(), nullable=False),
         pa.field("max_len", pa.int32(), nullable=False),
-        pa.field("mode", pa.string(), nullable=False),  # full | incremental | checkpoint
+        pa.field("mode", pa.string(), nullable=False),  # day | checkpoint | full
         pa.field("day_events", pa.int64(), nullable=False),
         pa.field("active_users", pa.int64(), nullable=False),
         pa.field("rows_read", pa.int64(), nullable=False),
