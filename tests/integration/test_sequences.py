@@ -137,19 +137,44 @@ FIRST, QUIET = "2026-01-06", "2026-01-09"  # QUIET: a day with no events
 DAYS_RUN = [shift_ds(FIRST, k) for k in range(6)]  # 01-06 .. 01-11
 
 
-def _full(spark, lake: Lake, ds: str):
-    """The definition: a full rebuild of ds (written as the checkpoint of ds, read back)."""
-    run_job(spark, SequencesConfig(ds=ds, lake=str(lake.root), mode="full", **KW))
-    return sequences(lake, ds)
+LATE = [("late-1", 7, 99, "repin", _us("2026-01-07", 23)),
+        ("late-2", 1000, 98, "search", _us("2026-01-07", 5))]
+
+
+def _backfill_events(lake: Lake) -> None:
+    """Two events arrive late for 01-07 and the partition is landed again."""
+    day = LakeTables(lake).read("events", ["2026-01-07"])
+    LakeTables(lake).replace_partitions("events", pa.concat_tables([day, events_table(LATE)]),
+                                        ["2026-01-07"])
+
+
+@pytest.fixture(scope="module")
+def expected(spark, tmp_path_factory):
+    """The definition, shared by both engines: a full rebuild of every day (written as the
+    checkpoint of that day and read back), before and after the backfill of 01-07."""
+    lake = Lake.at(tmp_path_factory.mktemp("full") / "lake")
+    _synth(lake.root)
+    LakeTables(lake).delete_partitions("events", [QUIET])
+
+    def full_every_day():
+        out = {}
+        for ds in DAYS_RUN:
+            run_job(spark, SequencesConfig(ds=ds, lake=str(lake.root), mode="full", **KW))
+            out[ds] = sequences(lake, ds)
+        return out
+
+    before = full_every_day()
+    ref = reference(_rows(lake), DAYS_RUN[-1], 6, 7)
+    _backfill_events(lake)
+    return {"before": before, "reference": ref, "after": full_every_day()}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["arrow", "spark"])
-def test_daily_runs_equal_full_rebuild_every_day(spark, tmp_path, engine):
-    full_lake, inc_lake = Lake.at(tmp_path / "full"), Lake.at(tmp_path / "inc")
-    for lake in (full_lake, inc_lake):
-        _synth(lake.root)
-        LakeTables(lake).delete_partitions("events", [QUIET])
+def test_daily_runs_equal_full_rebuild_every_day(spark, tmp_path, engine, expected):
+    inc_lake = Lake.at(tmp_path / "inc")
+    _synth(inc_lake.root)
+    LakeTables(inc_lake).delete_partitions("events", [QUIET])
     # the embedded engine never starts Spark for a day's work
     no_spark = lambda: pytest.fail("a daily run started a Spark session")  # noqa: E731
     daily = no_spark if engine == "arrow" else spark
@@ -167,11 +192,10 @@ def test_daily_runs_equal_full_rebuild_every_day(spark, tmp_path, engine):
     assert runs["2026-01-10"]["rows_written"] == runs["2026-01-10"]["active_users"] > 0
     assert runs["2026-01-10"]["rows_written"] < sequences(inc_lake, "2026-01-10").num_rows
 
-    expected = {ds: _full(spark, full_lake, ds) for ds in DAYS_RUN}
     got = {ds: sequences(inc_lake, ds) for ds in DAYS_RUN}
     for ds in DAYS_RUN:
-        assert got[ds].equals(expected[ds]), ds
-    ref = reference(_rows(full_lake), DAYS_RUN[-1], 6, 7)
+        assert got[ds].equals(expected["before"][ds]), ds
+    ref = expected["reference"]
     assert len(ref) > 50 and table_as_dict(inc_lake, DAYS_RUN[-1]) == ref
 
     # Re-running a middle day (same input) changes nothing and keeps the checkpoints.
@@ -181,16 +205,13 @@ def test_daily_runs_equal_full_rebuild_every_day(spark, tmp_path, engine):
 
     # A backfill that changes a middle day: only that day is re-run; every later ds reads the
     # new events (the stale checkpoint of 01-09 is dropped) and equals a full rebuild again.
-    late = [("late-1", 7, 99, "repin", _us("2026-01-07", 23)), ("late-2", 1000, 98, "search", _us("2026-01-07", 5))]
-    for lake in (full_lake, inc_lake):
-        day = LakeTables(lake).read("events", ["2026-01-07"])
-        LakeTables(lake).replace_partitions("events", pa.concat_tables([day, events_table(late)]),
-                                            ["2026-01-07"])
+    _backfill_events(inc_lake)
     run_job(daily, SequencesConfig(ds="2026-01-07", lake=str(inc_lake.root), engine=engine, **KW))
     assert t.partitions(CHECKPOINTS) == [FIRST]
     for ds in DAYS_RUN:
-        assert sequences(inc_lake, ds).equals(_full(spark, full_lake, ds)), ds
+        assert sequences(inc_lake, ds).equals(expected["after"][ds]), ds
     assert 1000 in sequences(inc_lake, "2026-01-11").column("user_id").to_pylist()
+    assert not expected["after"]["2026-01-11"].equals(expected["before"]["2026-01-11"])
 
 
 def test_incremental_without_previous_day_is_refused(spark, tmp_path):
