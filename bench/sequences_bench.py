@@ -1,23 +1,33 @@
-"""`pinrec bench sequences`: the daily incremental update vs a full 365-day rebuild, one run.
+"""`pinrec bench sequences`: the daily run vs a full 365-day rebuild, at several sizes, one run.
 
-Synthesises `--users` users over 366 days (so day 366 has a full 365-day window), builds
-sequences for day 365 (untimed: the base of the incremental update; kept when --lake holds it),
-then times, for day 366, the incremental update and the full rebuild, and compares the two
-tables row by row. Prints a table and writes `full_s`, `incremental_s`, `identical` as JSON.
+For each `--sizes` entry (users; the same activity per user, so the day's events grow with the
+users): synthesise `--days` days (day `--days` has a full window), build the checkpoint of the
+day before (untimed; kept when the lake already holds it), then `--repeat` times, on the last
+day: the daily run (day rows only; its rows read, rows and bytes written), the read of that day
+(`read_sequences`: what every reader pays), the full Spark rebuild, and a checkpoint run (the
+periodic maintenance, O(users)). The daily run's result is compared with the full rebuild's
+table row by row every repetition. Reports median and min-max of each; writes JSON.
+
+Bars (issue 16): daily <= 1/20 of the full rebuild at the largest size, identical; daily
+seconds per event of the day within 1.5x across sizes while the full rebuild grows.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
+
 from bench.cli import write_json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     from jobs.spark import add_spark_args
 
-    p.add_argument("--users", type=int, default=200_000)
+    p.add_argument("--sizes", default="250000,1000000", help="comma-separated user counts")
+    p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--days", type=int, default=366, help="days of events (>= window + 1)")
     p.add_argument("--window-days", type=int, default=365)
     p.add_argument("--max-len", type=int, default=512)
@@ -26,75 +36,113 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="daily chance a user has a session (synthetic activity level)")
     p.add_argument("--events-per-session", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lake", help="lake folder to build in (default: a temp folder); reused "
-                                  "when it already holds the events")
+    p.add_argument("--lake", help="folder for one lake per size (default: a temp folder); a "
+                                  "lake that already holds the events is reused")
     p.add_argument("--json", help="write the result here")
-    p.add_argument("--rebuild-base", action="store_true",
-                   help="rebuild the base day (ds-1) even when --lake already holds it")
     add_spark_args(p)
 
 
-def sorted_table(tables, ds: str):
-    """The partition as one Arrow table in user order (compared column by column, in Arrow:
-    Python objects for 200k users' arrays would cost gigabytes)."""
-    return tables.read("sequences", [ds]).sort_by("user_id").combine_chunks()
+def spread(xs: list[float]) -> dict:
+    return {"median": round(statistics.median(xs), 4), "min": round(min(xs), 4),
+            "max": round(max(xs), 4), "runs": [round(x, 4) for x in xs]}
 
 
-def run(args: argparse.Namespace) -> int:
-    import pyarrow.compute as pc
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
 
+
+def reset_day(tables, ds: str) -> None:
+    """Forget ds so the next run is a real first run of the day after the checkpoint."""
+    from jobs.sequences_store import CHECKPOINTS, DAYS, RUNS
+
+    for t in (RUNS, CHECKPOINTS, DAYS):
+        tables.delete_partitions(t, [ds])
+
+
+def bench_size(spark, args, users: int, root: Path) -> dict:
     from jobs.data_cli import run_synth
     from jobs.lake import LakeTables
     from jobs.sequences import SequencesConfig, run_job, shift_ds
-    from jobs.spark import SparkConfig, get_session
+    from jobs.sequences_store import CHECKPOINTS, RUNS, read_sequences
     from jobs.synth import SynthConfig
+    from pinrec.contracts import SEQUENCES_SCHEMA
     from pinrec.layout import Lake
+
+    lake_dir = root / f"users-{users}"
+    tables = LakeTables(Lake.at(lake_dir))
+    synth = SynthConfig(users=users, days=args.days, seed=args.seed, items=args.items,
+                        clusters=200, p_active=args.p_active,
+                        events_per_session=args.events_per_session, start="2025-01-01")
+    if not tables.exists("events"):
+        run_synth(synth, str(lake_dir))
+    ds = shift_ds(synth.start, args.days - 1)
+    prev = shift_ds(ds, -1)
+    kw = dict(lake=str(lake_dir), max_len=args.max_len, window_days=args.window_days)
+    if prev not in tables.partitions(CHECKPOINTS):
+        run_job(spark, SequencesConfig(ds=prev, mode="full", **kw))
+    no_spark = lambda: (_ for _ in ()).throw(AssertionError("the daily run started Spark"))  # noqa: E731
+    daily, read, full, ckpt, identical, counts = [], [], [], [], [], None
+    for rep in range(args.repeat):
+        reset_day(tables, ds)
+        s, _ = timed(lambda: run_job(no_spark, SequencesConfig(ds=ds, mode="incremental", **kw)))
+        daily.append(s)
+        counts = {k: v for k, v in tables.read(RUNS, [ds]).to_pylist()[0].items()
+                  if k in ("day_events", "active_users", "rows_read", "rows_written", "bytes_written")}
+        s, got = timed(lambda: read_sequences(tables, ds))
+        read.append(s)
+        s, _ = timed(lambda: run_job(spark, SequencesConfig(ds=ds, mode="full", **kw)))
+        full.append(s)
+        written = tables.read(CHECKPOINTS, [ds]).sort_by("user_id").cast(SEQUENCES_SCHEMA)
+        identical.append(got.combine_chunks().equals(written.combine_chunks()))
+        reset_day(tables, ds)  # a checkpoint run: the maintenance every --checkpoint-every days
+        s, _ = timed(lambda: run_job(no_spark, SequencesConfig(ds=ds, checkpoint_every=1, **kw)))
+        ckpt.append(s)
+        print(f"  users={users:,} rep {rep + 1}: daily {daily[-1]:.2f} s, read {read[-1]:.2f} s, "
+              f"full {full[-1]:.2f} s, checkpoint {ckpt[-1]:.2f} s, identical={identical[-1]}",
+              flush=True)
+    n_events = sum(tables.partition_stats("events", d)[0] for d in tables.partitions("events"))
+    med = statistics.median
+    return {"users": users, "events": n_events, "sequences_rows": got.num_rows, "ds": ds,
+            "daily_s": spread(daily), "read_s": spread(read), "full_s": spread(full),
+            "checkpoint_s": spread(ckpt), "ratio_daily_to_full": round(med(daily) / med(full), 4),
+            "daily_us_per_day_event": round(1e6 * med(daily) / max(counts["day_events"], 1), 3),
+            "daily_work": counts, "identical": all(identical), "lake": str(lake_dir)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from jobs.spark import SparkConfig, get_session
 
     if args.days < args.window_days + 1:
         raise ValueError(f"--days must be at least --window-days + 1 = {args.window_days + 1}")
-    lake_dir = Path(args.lake or tempfile.mkdtemp(prefix="pinrec-bench-seq-"))
-    tables = LakeTables(Lake.at(lake_dir))
-    synth = SynthConfig(users=args.users, days=args.days, seed=args.seed, items=args.items,
-                        clusters=200, p_active=args.p_active,
-                        events_per_session=args.events_per_session, start="2025-01-01")
-    t0 = time.perf_counter()
-    if not tables.exists("events"):
-        run_synth(synth, str(lake_dir))
-    synth_s = time.perf_counter() - t0
-    n_events = tables.dataset("events").count_rows()
-    ds = shift_ds(synth.start, args.days - 1)
-    prev = shift_ds(ds, -1)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    root = Path(args.lake or tempfile.mkdtemp(prefix="pinrec-bench-seq-"))
     spark = get_session(SparkConfig.from_args(args))
-    kw = dict(lake=str(lake_dir), max_len=args.max_len, window_days=args.window_days)
-
-    t0 = time.perf_counter()
-    if prev in tables.partitions("sequences") and not args.rebuild_base:
-        spark.range(100_000).selectExpr("id % 7 AS k").groupBy("k").count().collect()  # warm-up
-        base_s = None  # the base day is deterministic: a kept one equals a rebuilt one
-    else:
-        run_job(spark, SequencesConfig(ds=prev, mode="full", **kw))
-        base_s = round(time.perf_counter() - t0, 2)
-    t0 = time.perf_counter()
-    run_job(spark, SequencesConfig(ds=ds, mode="incremental", **kw))
-    incremental_s = time.perf_counter() - t0
-    incremental = sorted_table(tables, ds)
-    t0 = time.perf_counter()
-    run_job(spark, SequencesConfig(ds=ds, mode="full", **kw))
-    full_s = time.perf_counter() - t0
-    full = sorted_table(tables, ds)
-    identical = incremental.equals(full)
-
-    out = {"users": args.users, "days": args.days, "window_days": args.window_days,
-           "max_len": args.max_len, "events": n_events, "sequences_rows": full.num_rows,
-           "mean_length": round(pc.mean(full.column("length")).as_py() or 0.0, 2),
-           "ds": ds, "master": args.master, "full_s": round(full_s, 2),
-           "incremental_s": round(incremental_s, 2), "ratio": round(incremental_s / full_s, 4),
-           "identical": identical, "base_full_s": base_s,
-           "synth_s": round(synth_s, 2), "lake": str(lake_dir)}
-    print(f"{'':24}{'seconds':>10}")
-    print(f"{'full 365-day rebuild':24}{full_s:>10.2f}")
-    print(f"{'incremental (1 day)':24}{incremental_s:>10.2f}")
-    print(f"ratio {out['ratio']:.3f} (bar <= 0.100); identical={identical}; "
-          f"{n_events:,} events, {full.num_rows:,} users, mean length {out['mean_length']}")
+    spark.range(100_000).selectExpr("id % 7 AS k").groupBy("k").count().collect()  # warm-up
+    results = [bench_size(spark, args, users, root) for users in sizes]
+    per_event = [r["daily_us_per_day_event"] for r in results]
+    big = results[-1]
+    out = {"sizes": results, "repeat": args.repeat, "days": args.days,
+           "window_days": args.window_days, "max_len": args.max_len, "master": args.master,
+           "load_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+           "bars": {"ratio_at_largest": big["ratio_daily_to_full"], "ratio_bar": 0.05,
+                    "per_event_spread": round(max(per_event) / min(per_event), 3),
+                    "per_event_bar": 1.5,
+                    "full_growth": round(big["full_s"]["median"] / results[0]["full_s"]["median"], 3),
+                    "identical": all(r["identical"] for r in results)}}
+    print(f"{'users':>10}{'day events':>12}{'daily s':>18}{'full s':>22}{'ratio':>8}"
+          f"{'us/event':>10}{'rows written':>14}{'MB written':>12}")
+    for r in results:
+        d, f, w = r["daily_s"], r["full_s"], r["daily_work"]
+        print(f"{r['users']:>10,}{w['day_events']:>12,}"
+              f"{d['median']:>8.2f} ({d['min']:.2f}-{d['max']:.2f})"
+              f"{f['median']:>10.2f} ({f['min']:.2f}-{f['max']:.2f})"
+              f"{r['ratio_daily_to_full']:>8.4f}{r['daily_us_per_day_event']:>10.2f}"
+              f"{w['rows_written']:>14,}{w['bytes_written'] / 1e6:>12.2f}")
+    b = out["bars"]
+    print(f"ratio at {big['users']:,} users {b['ratio_at_largest']:.4f} (bar <= 0.05); per-event "
+          f"spread {b['per_event_spread']:.2f}x (bar <= 1.5x); full grows {b['full_growth']:.2f}x; "
+          f"identical={b['identical']}; load avg {out['load_1min']} on {out['cpus']} CPUs")
     write_json(args.json, out)
-    return 0 if identical else 1
+    return 0 if b["identical"] else 1

@@ -52,7 +52,10 @@ LAKE = "{{ var.value.get('PINREC_LAKE', %s) }}" % repr(DEFAULT_LAKE)
 COMMON = "--ds {{ ds }} --lake " + LAKE
 MODEL_VERSION = "d{{ ds_nodash }}-{{ params.variant }}-{{ params.preset }}"  # one per ds and model kind
 INDEX_VERSION = "{{ ds }}." + MODEL_VERSION  # how `pinrec index` names the index it builds
-DS_TABLES = ("events", "sequences", "items", "candidates", "served", "arm_outcomes")  # partitioned by ds
+# partitioned by ds; sequences is stored as days + checkpoints + runs (ADR 0002; `sequences`
+# itself only in lakes from before it)
+DS_TABLES = ("events", "sequences", "sequence_days", "sequence_checkpoints", "sequence_runs",
+             "items", "candidates", "served", "arm_outcomes")
 ARMS_FILE = LAKE + "/runs/params/{{ ds }}/arms.json"  # written by `pinrec gate params`
 # How often the landing sensor looks again. `pinrec rehearse` shortens it: its days last minutes.
 LANDING_POKE_S = int(os.environ.get("PINREC_LANDING_POKE_S", "300"))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute in partition_stats
 import pyarrow.dataset as pads
 
 from pinrec.contracts import PARTITION_COLUMNS, TABLE_SCHEMAS
@@ -263,6 +264,16 @@ class LakeTables:
             raise
         return self._table(table).version()
 
+    def delete_partitions(self, table: str, partitions: Iterable[str]) -> int | None:
+        """Remove the given `ds` partitions (a no-op for absent ones or an absent table);
+        returns the new version, or None when nothing was there."""
+        parts = sorted(set(partitions) & set(self.partitions(table)))
+        if not parts:
+            return None
+        with_retry(lambda: self._table(table).delete(_ds_predicate(parts)),
+                   f"delete {table} {parts}", self.retry)
+        return self._table(table).version()
+
     def staging_dir(self, table: str, ds: str) -> Path:
         """A fresh folder inside the table for one run's Spark output (unique per run)."""
         return self.lake.table(table) / f"ds={ds}" / f"run-{uuid.uuid4().hex[:12]}"
@@ -327,6 +338,17 @@ class LakeTables:
 
     def version(self, table: str) -> int:
         return self._table(table).version()
+
+    def partition_stats(self, table: str, ds: str) -> tuple[int, int]:
+        """(rows, bytes) of the live files of partition `ds`, from the log (no data read)."""
+        if not self.exists(table):
+            return 0, 0
+        adds = pa.table(self._table(table).get_add_actions(flatten=True))
+        if not adds.num_rows or "partition.ds" not in adds.column_names:
+            return 0, 0
+        mine = adds.filter(pa.compute.equal(adds.column("partition.ds"), ds))
+        rows = sum(v or 0 for v in mine.column("num_records").to_pylist())
+        return int(rows), int(sum(mine.column("size_bytes").to_pylist()))
 
     def history(self, table: str, limit: int | None = None) -> list[dict]:
         return self._table(table).history(limit)

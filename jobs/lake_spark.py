@@ -109,6 +109,16 @@ class SparkDeltaTables:
         self._retry(op, f"merge into {table} {parts}")
         return self.version(table)
 
+    def delete_partitions(self, table: str, partitions: Iterable[str]) -> int | None:
+        from delta.tables import DeltaTable
+
+        parts = sorted(set(partitions) & set(self.partitions(table)))
+        if not parts:
+            return None
+        self._retry(lambda: DeltaTable.forPath(self.spark, self.uri(table)).delete(_ds_predicate(parts)),
+                    f"delete {table} {parts}")
+        return self.version(table)
+
     def read_spark(self, spark, table: str, ds: Sequence[str] | None = None, columns=None):
         df = spark.read.format("delta").load(self.uri(table))
         if ds is not None:
@@ -130,6 +140,9 @@ class SparkDeltaTables:
 
     def version(self, table: str) -> int:
         return self._rs().version(table)
+
+    def partition_stats(self, table: str, ds: str) -> tuple[int, int]:
+        return self._rs().partition_stats(table, ds)
 
     def history(self, table: str, limit: int | None = None) -> list[dict]:
         return self._rs().history(table, limit)

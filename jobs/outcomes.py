@@ -112,10 +112,11 @@ def read_inputs(tables, cfg: OutcomesConfig) -> Inputs:
         events = _as_us(tables.read("events", parts, columns=["user_id", "item_id", "action", "ts"],
                                     filter=pc.field("item_type") == "pin"), "ts")
     history = pa.table({"user_id": pa.array([], pa.int64()), "item_id": pa.array([], pa.int64())})
-    seq_ds = tables.latest_partition("sequences", at_most=cands_ds) if (
-        cands_ds and tables.exists("sequences")) else None
+    from jobs.sequences_store import latest_sequences_ds, read_sequences
+
+    seq_ds = latest_sequences_ds(tables, at_most=cands_ds) if cands_ds else None
     if seq_ds is not None:
-        seq = tables.read("sequences", [seq_ds], columns=["user_id", "item_ids"])
+        seq = read_sequences(tables, seq_ds, columns=["user_id", "item_ids"])
         lengths = pc.list_value_length(seq.column("item_ids")).fill_null(0).to_numpy()
         history = pa.table({"user_id": np.repeat(seq.column("user_id").to_numpy(), lengths),
                             "item_id": pc.list_flatten(seq.column("item_ids"))})

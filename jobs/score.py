@@ -370,7 +370,9 @@ def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
 
     lake = Lake.at(cfg.lake)
     tables = LakeTables(lake)
-    if cfg.ds not in tables.partitions("sequences"):
+    from jobs.sequences_store import sequences_dataset, sequences_partitions
+
+    if cfg.ds not in sequences_partitions(tables):
         raise ValueError(f"no sequences for ds={cfg.ds}; run `pinrec sequences --ds {cfg.ds}` first")
     model_version, mdir = resolve_model(lake, cfg.model_version)
     t_load = time.perf_counter()
@@ -383,7 +385,7 @@ def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
                                 items, features)
     load_s = time.perf_counter() - t_load
 
-    seq = tables.dataset("sequences", [cfg.ds])
+    seq = sequences_dataset(tables, cfg.ds)
     total = seq.count_rows()
     if cfg.max_users is not None:
         total = min(total, cfg.max_users)

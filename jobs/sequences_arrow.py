@@ -1,18 +1,24 @@
-"""The incremental sequences update in Arrow, for the embedded (delta-rs) back end.
+"""The sequences transforms in Arrow: the embedded (delta-rs) engine and the read path.
 
 Same contract as `jobs.sequences.build_sequences` (window, de-duplication by event_id with the
 smallest (ts, item, type, action, surface) winning, order by (ts, event_id), keep the newest
-`max_len`), applied to yesterday's sequences plus one day of events. Why it is exact is in
-`jobs.sequences`. Users fall in two groups:
-- not active on ds: their arrays are trimmed of events older than the new window start
-  (arrays are chronological, so that is a prefix) and re-stamped; rows left empty are dropped;
-- active on ds: yesterday's events + today's are re-built by `rebuild_users`.
-Spark's fixed per-job cost (seconds) is larger than this whole update for a day of 200k users
-(measured: `pinrec bench sequences`), so on one machine this path skips Spark; on a cluster the
-delta-spark back end runs `jobs.sequences.build_incremental` instead. The tests and the bench
-check that both equal the full Spark rebuild.
+`max_len`). Three uses (docs/adr/0002-sequences-daily-cost.md):
+- `day_rows`: the daily job's whole output, one row per user active that day;
+- `merge_batches`: a checkpoint (sequences as of an earlier ds) + the day rows after it ->
+  sequences as of ds. Users fall in two groups:
+  - no day row since the checkpoint: their arrays are trimmed of events older than the new
+    window start (arrays are chronological, so that is a prefix); rows left empty are dropped;
+  - a day row since the checkpoint: checkpoint events + day events are re-built by
+    `rebuild_users`.
+  `jobs.sequences_store.read_sequences` runs it for every reader; the periodic checkpoint
+  writes its output.
+Spark's fixed per-job cost (seconds) is larger than a whole day's update on one machine, so the
+embedded back end skips Spark for these; a cluster runs the Spark twins in `jobs.sequences`.
+The tests and the bench check both against the full Spark rebuild.
 """
 from __future__ import annotations
+
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +32,7 @@ ARRAY_COLUMNS = (("event_ids", "event_id"), ("item_ids", "item_id"), ("item_type
 FILE_SCHEMA = pa.schema([f for f in SEQUENCES_SCHEMA if f.name != "ds"])
 EVENT_ROW_SCHEMA = pa.schema([EVENTS_SCHEMA.field(n) for n in ("user_id", *EVENT_FIELDS)])
 TS = pa.timestamp("us", tz="UTC")
+DAY_US = 86_400_000_000
 
 
 def _lists(offsets: np.ndarray, values: dict[str, pa.Array], users, cutoff_us: int) -> pa.RecordBatch:
@@ -104,29 +111,47 @@ def rebuild_users(events: pa.Table, start_us: int, cutoff_us: int, max_len: int)
                   users.combine_chunks() if isinstance(users, pa.ChunkedArray) else users, cutoff_us)
 
 
-def incremental(tables, prev_ds: str, day_events: pa.Table, start_us: int, cutoff_us: int,
-                max_len: int, out_dir) -> int:
-    """Write sequences for the new day into `out_dir` from sequences@prev_ds and the day's
-    events (user_id + EVENT_FIELDS); one streaming pass over prev. Returns rows written."""
-    import pyarrow.parquet as pq
+def day_rows(day_events: pa.Table, cutoff_us: int, max_len: int) -> pa.RecordBatch:
+    """One day's events -> one row per active user: that day's events, de-duplicated, ordered,
+    capped. Exact as a building block because a window is whole days: when an event of the day
+    is in a later window, every newer event of the same day is too, so the per-day cap never
+    drops an event a windowed, capped sequence keeps."""
+    return rebuild_users(day_events.select(EVENT_ROW_SCHEMA.names).cast(EVENT_ROW_SCHEMA),
+                         cutoff_us - DAY_US, cutoff_us, max_len)
 
-    active = pc.unique(day_events.column("user_id").combine_chunks()) if day_events.num_rows \
-        else pa.array([], pa.int64())
-    touched, rows = [day_events.select(EVENT_ROW_SCHEMA.names).cast(EVENT_ROW_SCHEMA)], 0
-    scanner = tables.dataset("sequences", [prev_ds]).scanner(columns=FILE_SCHEMA.names,
-                                                             batch_size=65_536)
-    with pq.ParquetWriter(str(out_dir / "part-00000.parquet"), FILE_SCHEMA, compression="snappy") as w:
-        for batch in scanner.to_batches():
-            is_active = pc.is_in(batch.column("user_id"), value_set=active)
-            kept = trim_and_restamp(batch.filter(pc.invert(is_active)), start_us, cutoff_us)
-            if kept.num_rows:
-                w.write_batch(kept)
-                rows += kept.num_rows
-            act = batch.filter(is_active)
-            if act.num_rows:
-                touched.append(explode(act))
+
+def merge_batches(base_batches: Iterable[pa.RecordBatch], days: pa.Table, start_us: int,
+                  cutoff_us: int, max_len: int) -> Iterator[pa.RecordBatch]:
+    """Sequences as of `cutoff_us` from a checkpoint (`base_batches`, sequences as of an earlier
+    cutoff, streamed) and the day rows after it (`days`). Users without a day row keep their
+    checkpoint row, trimmed to the window; the others are rebuilt from checkpoint + day rows
+    (why that is exact: `jobs.sequences`). Yields FILE_SCHEMA batches, rebuilt users last."""
+    days = days.select(FILE_SCHEMA.names).cast(FILE_SCHEMA) if days.num_rows else None
+    active = (pc.unique(days.column("user_id").combine_chunks()) if days is not None
+              else pa.array([], pa.int64()))
+    touched = [explode(days)] if days is not None else []
+    for batch in base_batches:
+        batch = batch.select(FILE_SCHEMA.names) if hasattr(batch, "select") else batch
+        is_active = pc.is_in(batch.column("user_id"), value_set=active)
+        kept = trim_and_restamp(batch.filter(pc.invert(is_active)), start_us, cutoff_us)
+        if kept.num_rows:
+            yield kept
+        act = batch.filter(is_active)
+        if act.num_rows:
+            touched.append(explode(act))
+    if touched:
         rebuilt = rebuild_users(pa.concat_tables(touched), start_us, cutoff_us, max_len)
         if rebuilt.num_rows:
-            w.write_batch(rebuilt)
-            rows += rebuilt.num_rows
+            yield rebuilt
+
+
+def write_batches(batches: Iterable[pa.RecordBatch], path) -> int:
+    """Stream FILE_SCHEMA batches into one Parquet file; returns rows written."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    with pq.ParquetWriter(str(path), FILE_SCHEMA, compression="snappy") as w:
+        for b in batches:
+            w.write_batch(b.cast(FILE_SCHEMA) if b.schema != FILE_SCHEMA else b)
+            rows += b.num_rows
     return rows

@@ -2,7 +2,10 @@
 
 Every Delta table is registered as a view over its live Arrow dataset (the snapshot's files,
 `LakeTables.dataset`), never over the folder, so files a later commit removed are never read.
-Tables: events, sequences, items, candidates, item_features, served, arm_outcomes.
+Tables: events, sequences, items, candidates, item_features, served, arm_outcomes, and how
+sequences is stored (sequence_days, sequence_checkpoints, sequence_runs). `sequences` is the table as of one ds
+(`--ds`, default the newest), assembled by `jobs.sequences_store.read_sequences` exactly as a
+full rebuild for that ds would write it (docs/adr/0002-sequences-daily-cost.md).
 Ready queries live in docs/analysts.md.
 """
 from __future__ import annotations
@@ -20,30 +23,44 @@ WRITTEN_BY = {"events": "`pinrec data import|synth` or the stream", "sequences":
               "items": "`pinrec items`", "candidates": "`pinrec score`",
               "item_features": "`pinrec data import` (datasets with item attributes)",
               "served": "the speed layer's `served` lander (or `pinrec demo`'s closed loop)",
-              "arm_outcomes": "`pinrec outcomes`"}
+              "arm_outcomes": "`pinrec outcomes`",
+              "sequence_days": "`pinrec sequences`", "sequence_checkpoints": "`pinrec sequences`",
+              "sequence_runs": "`pinrec sequences`"}
+SEQUENCES_REF = re.compile(r"\bsequences\b", re.IGNORECASE)
 
 
-def connect(lake: str):
-    """(a duckdb connection with one view per existing lake table, the names of those tables)."""
+def connect(lake: str, sequences_ds: str | None = None, with_sequences: bool = True):
+    """(a duckdb connection with one view per existing lake table, the names of those tables).
+    `sequences` is the table as of `sequences_ds` (default: the newest readable ds); it is
+    assembled only when `with_sequences`."""
     import duckdb
 
     from jobs.lake import LakeTables
+    from jobs.sequences_store import latest_sequences_ds, read_sequences, sequences_partitions
 
     tables = LakeTables(Lake.at(lake))
     con = duckdb.connect()
-    found = [t for t in TABLES if tables.exists(t)]
-    if not found:
-        raise ValueError(f"no Delta tables under {lake}/tables; check --lake (or $PINREC_LAKE)")
+    found = [t for t in TABLES if t != "sequences" and tables.exists(t)]
     for name in found:
         con.register(name, tables.dataset(name))
+    readable = sequences_partitions(tables)
+    if readable:
+        found.append("sequences")
+        if sequences_ds is not None and sequences_ds not in readable:
+            raise ValueError(f"--ds {sequences_ds}: no sequences for that day; readable: "
+                             f"{readable[0]}..{readable[-1]} ({len(readable)} days)")
+        if with_sequences:
+            con.register("sequences", read_sequences(tables, sequences_ds or latest_sequences_ds(tables)))
+    if not found:
+        raise ValueError(f"no Delta tables under {lake}/tables; check --lake (or $PINREC_LAKE)")
     return con, found
 
 
-def query(lake: str, sql: str):
+def query(lake: str, sql: str, sequences_ds: str | None = None):
     """Run `sql` and return the result as a pyarrow Table."""
     import duckdb
 
-    con, found = connect(lake)
+    con, found = connect(lake, sequences_ds, with_sequences=bool(SEQUENCES_REF.search(sql)))
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as e:
@@ -93,12 +110,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("sql", help='the query, e.g. "SELECT arm, count(*) FROM candidates GROUP BY arm"; '
                                "tables: " + ", ".join(TABLES))
     add_lake_arg(p)
+    p.add_argument("--ds", help="the day `sequences` is read as of (default: the newest)")
     p.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing")
     p.add_argument("--max-rows", type=int, default=50, help="rows to print (default 50)")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = query(args.lake, args.sql)
+    result = query(args.lake, args.sql, args.ds)
     if args.out:
         write_result(result, args.out)
         print(f"{result.num_rows:,} rows -> {args.out}")

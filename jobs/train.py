@@ -118,8 +118,10 @@ def read_training_data(lake, ds=None):
 
     lt = LakeTables(lake)
     feats = lt.read("item_features") if lt.exists("item_features") else None
-    if ds and lt.exists("sequences") and ds in lt.partitions("sequences"):
-        return events_from_sequences(lt.read("sequences", [ds])), feats
+    from jobs.sequences_store import read_sequences, sequences_partitions
+
+    if ds and ds in sequences_partitions(lt):
+        return events_from_sequences(read_sequences(lt, ds)), feats
     if not lt.exists("events"):
         raise ValueError(f"lake {lake.root} has no events table: run `pinrec data import ...` or "
                          f"`pinrec data synth ... --lake {lake.root}` first")

@@ -202,6 +202,26 @@ SEQUENCES_SCHEMA = pa.schema(
     ]
 )
 
+# How `sequences` is stored (docs/adr/0002-sequences-daily-cost.md): `sequence_days` holds, per
+# ds, one row per user active that day (that day's events, same columns as SEQUENCES_SCHEMA);
+# `sequence_checkpoints` holds, at some ds, the full sequences as of that ds; `sequence_runs`
+# one row per finished `pinrec sequences --ds` run. Readers call
+# `jobs.sequences_store.read_sequences(tables, ds)`, which merges them into SEQUENCES_SCHEMA.
+SEQUENCE_RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("window_days", pa.int32(), nullable=False),
+        pa.field("max_len", pa.int32(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),  # day | checkpoint | full
+        pa.field("day_events", pa.int64(), nullable=False),
+        pa.field("active_users", pa.int64(), nullable=False),
+        pa.field("rows_read", pa.int64(), nullable=False),
+        pa.field("rows_written", pa.int64(), nullable=False),
+        pa.field("bytes_written", pa.int64(), nullable=False),
+        pa.field("finished_at", TS_TYPE, nullable=False),
+        pa.field("ds", pa.string(), nullable=False),
+    ]
+)
+
 ITEMS_SCHEMA = pa.schema(
     [
         pa.field("item_id", pa.int64(), nullable=False),
@@ -292,6 +312,9 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "item_features": ITEM_FEATURES_SCHEMA,
     "events": EVENTS_SCHEMA,
     "sequences": SEQUENCES_SCHEMA,
+    "sequence_days": SEQUENCES_SCHEMA,
+    "sequence_checkpoints": SEQUENCES_SCHEMA,
+    "sequence_runs": SEQUENCE_RUNS_SCHEMA,
     "items": ITEMS_SCHEMA,
     "candidates": CANDIDATES_SCHEMA,
     "served": SERVED_SCHEMA,
@@ -301,6 +324,9 @@ PARTITION_COLUMNS: dict[str, list[str]] = {
     "item_features": [],
     "events": ["ds"],
     "sequences": ["ds"],
+    "sequence_days": ["ds"],
+    "sequence_checkpoints": ["ds"],
+    "sequence_runs": ["ds"],
     "items": ["ds"],
     "candidates": ["ds"],
     "served": ["ds"],

@@ -15,8 +15,11 @@ def recent_history(lake: Path, ds: str, fresh_ds: str, user_id: int, k: int = 5)
     from jobs.lake import LakeTables
     from pinrec.layout import Lake
 
+    from jobs.sequences_store import read_sequences
+
     t = LakeTables(Lake.at(lake))
-    seq = t.read("sequences", ds=[ds], filter=pc.field("user_id") == user_id).to_pylist()
+    seqs = read_sequences(t, ds)
+    seq = seqs.filter(pc.equal(seqs.column("user_id"), user_id)).to_pylist()
     lines = []
     if seq:
         row = seq[0]
@@ -35,7 +38,9 @@ def pick_users(lake: Path, ds: str, fresh_ds: str, n: int) -> list[int]:
     from pinrec.layout import Lake
 
     t = LakeTables(Lake.at(lake))
-    batch = set(t.read("sequences", ds=[ds], columns=["user_id"])["user_id"].to_pylist())
+    from jobs.sequences_store import read_sequences
+
+    batch = set(read_sequences(t, ds, columns=["user_id"])["user_id"].to_pylist())
     fresh = t.read("events", ds=[fresh_ds], columns=["user_id"])["user_id"].to_pylist()
     counts: dict[int, int] = {}
     for u in fresh:

@@ -21,7 +21,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-TABLES = ("events", "sequences", "items", "candidates", "item_features", "served", "arm_outcomes")
+TABLES = ("events", "sequences", "items", "candidates", "item_features", "served", "arm_outcomes",
+          # how `sequences` is stored (jobs/sequences_store.py): read it with read_sequences
+          "sequence_days", "sequence_checkpoints", "sequence_runs")
 ARTIFACT_KINDS = ("models", "index")
 _VERSION = re.compile(r"^[A-Za-z0-9._-]+$")
 

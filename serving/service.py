@@ -67,10 +67,11 @@ class Snapshot:
 def lake_key(lake: Path) -> tuple:
     """What serving depends on: published candidates ds, newest sequences ds, model and index."""
     from jobs.lake import LakeTables
+    from jobs.sequences_store import latest_sequences_ds
     from pinrec.layout import Lake, current, published_candidates
 
     lk = Lake.at(lake)
-    return (published_candidates(lk), LakeTables(lk).latest_partition("sequences"),
+    return (published_candidates(lk), latest_sequences_ds(LakeTables(lk)),
             str(current(lk, "models")), str(current(lk, "index")))
 
 

@@ -95,9 +95,11 @@ def load_batch_sequences(lake_root) -> BatchSequences:
     from jobs.lake import LakeTables
     from pinrec.layout import Lake
 
+    from jobs.sequences_store import latest_sequences_ds, read_sequences
+
     tables = LakeTables(Lake.at(lake_root))
-    ds = tables.latest_partition("sequences")
+    ds = latest_sequences_ds(tables)
     if ds is None:
         return BatchSequences.empty()
     cols = ["user_id", "event_ids", "item_ids", "item_types", "actions", "surfaces", "ts", "cutoff_ts"]
-    return BatchSequences.from_table(tables.read("sequences", [ds], columns=cols), ds)
+    return BatchSequences.from_table(read_sequences(tables, ds, columns=cols), ds)

@@ -12,15 +12,9 @@ from pinrec.layout import Lake
 
 def batch_cutoff_us(lake_root: str | Path) -> int | None:
     """cutoff_ts (UTC µs) of the newest sequences partition, or None when there is none."""
-    import pyarrow.compute as pc
-
     from jobs.lake import LakeTables
+    from jobs.sequences_store import latest_sequences_ds
+    from pinrec.contracts import cutoff_us
 
-    tables = LakeTables(Lake.at(lake_root))
-    ds = tables.latest_partition("sequences")
-    if ds is None:
-        return None
-    col = tables.read("sequences", [ds], columns=["cutoff_ts"]).column("cutoff_ts")
-    if len(col) == 0:
-        return None
-    return int(pc.max(col).cast("int64").as_py())
+    ds = latest_sequences_ds(LakeTables(Lake.at(lake_root)))
+    return None if ds is None else cutoff_us(ds)  # cutoff_ts of every row of sequences@ds

@@ -295,7 +295,9 @@ class Day:
         from pinrec.contracts import cutoff_us
 
         t = LakeTables(self.lake)
-        seq = set(t.read("sequences", [self.ds], columns=["user_id"])["user_id"].to_pylist())
+        from jobs.sequences_store import read_sequences
+
+        seq = set(read_sequences(t, self.ds, columns=["user_id"])["user_id"].to_pylist())
         ev = t.read("events", columns=["user_id", "ts"])
         before = pc.less(pc.cast(ev["ts"], "int64"), cutoff_us(self.ds))
         expected = set(pc.filter(ev["user_id"], before).to_pylist())

@@ -22,6 +22,7 @@ from jobs.score import ScoreConfig
 from jobs.score import run_job as run_score
 from jobs.sequences import SequencesConfig
 from jobs.sequences import run_job as run_sequences
+from jobs.sequences_store import read_sequences
 from pinrec.layout import Lake, current, read_pointer
 
 DAY1, DAY2 = "2026-01-14", "2026-01-15"
@@ -112,7 +113,7 @@ def test_score_writes_contract_rows_idempotently(lake, tmp_path, retrieval):
     stats = run_score(cfg, progress=False)
     assert stats["retrieval"] == ("exact" if retrieval == "exact" else "flat")
     first = rows(lake, "candidates", DAY1)
-    seqs = {r["user_id"]: set(r["item_ids"]) for r in LakeTables(lake).read("sequences", [DAY1]).to_pylist()}
+    seqs = {r["user_id"]: set(r["item_ids"]) for r in read_sequences(LakeTables(lake), DAY1).to_pylist()}
     assert stats["users"] == len(seqs) and stats["rows"] == len(first)
     per = {}
     for r in first:

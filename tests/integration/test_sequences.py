@@ -1,5 +1,7 @@
-"""The sequences job on a real Spark session and real Delta tables, checked against a
-plain-Python reference, in both modes."""
+"""The sequences job on a real Spark session and real Delta tables: every day's
+`read_sequences` equals a full rebuild for that day and a plain-Python reference, for both
+engines (Arrow, and Spark writing Parquet that delta-rs commits), across checkpoints, a day
+with no events, a re-run of a middle day and a backfill that changes a middle day."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -8,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from jobs.lake import LakeTables
-from jobs.sequences import SequencesConfig, run_job, spark_incremental, window_bounds
+from jobs.sequences import SequencesConfig, run_job, shift_ds, window_bounds
+from jobs.sequences_store import CHECKPOINTS, DAYS, RUNS, read_sequences
 from pinrec.contracts import EVENTS_SCHEMA, ds_of_us
 from pinrec.layout import Lake
 
@@ -58,7 +61,7 @@ def reference(rows, ds: str, window_days: int, max_len: int) -> dict[int, list[t
 
 
 def table_as_dict(lake: Lake, ds: str) -> dict[int, list[tuple]]:
-    t = LakeTables(lake).read("sequences", [ds]).to_pylist()
+    t = read_sequences(LakeTables(lake), ds).to_pylist()
     out = {}
     for r in t:
         assert r["length"] == len(r["item_ids"])
@@ -73,8 +76,8 @@ def _to_us(ts: datetime) -> int:
     return (ts - EPOCH) // timedelta(microseconds=1)
 
 
-def sorted_rows(lake: Lake, ds: str) -> list[dict]:
-    return sorted(LakeTables(lake).read("sequences", [ds]).to_pylist(), key=lambda r: r["user_id"])
+def sequences(lake: Lake, ds: str) -> pa.Table:
+    return read_sequences(LakeTables(lake), ds)
 
 
 HAND_ROWS = [
@@ -116,37 +119,99 @@ def _synth(lake_root, users=120, days=12, seed=3):
                           p_active=0.5, events_per_session=4.0, start="2026-01-01"), str(lake_root))
 
 
-@pytest.mark.slow
-def test_incremental_equals_full_and_reference_and_reruns_are_identical(spark, tmp_path):
-    """Window 6 days and cap 7 so both the window edge and the cap bite every day."""
-    full_lake, inc_lake = Lake.at(tmp_path / "full"), Lake.at(tmp_path / "inc")
-    for lake in (full_lake, inc_lake):
-        _synth(lake.root)
-    rows = [(r["event_id"], r["user_id"], r["item_id"], r["action"], _to_us(r["ts"]))
-            for r in LakeTables(full_lake).read("events").to_pylist()]
-    kw = dict(max_len=7, window_days=6)
-    days = ["2026-01-08", "2026-01-09", "2026-01-10"]
-    run_job(spark, SequencesConfig(ds=days[0], lake=str(inc_lake.root), mode="full", **kw))
-    for ds in days[1:]:
-        mode, _ = run_job(spark, SequencesConfig(ds=ds, lake=str(inc_lake.root), **kw))
-        assert mode == "incremental"
-    run_job(spark, SequencesConfig(ds=days[-1], lake=str(full_lake.root), mode="full", **kw))
-    expected = reference(rows, days[-1], 6, 7)
-    assert len(expected) > 50
-    assert table_as_dict(full_lake, days[-1]) == expected
-    assert sorted_rows(inc_lake, days[-1]) == sorted_rows(full_lake, days[-1])
-    # The Spark incremental (the delta-spark / cluster path) gives the same rows too.
-    spark_rows = spark_incremental(spark, LakeTables(inc_lake), SequencesConfig(
-        ds=days[-1], lake=str(inc_lake.root), **kw)).toArrow().to_pylist()
-    assert sorted(spark_rows, key=lambda r: r["user_id"]) == sorted_rows(full_lake, days[-1])
+def _synth(lake_root, users=120, days=12, seed=3):
+    from jobs.data_cli import run_synth
+    from jobs.synth import SynthConfig
 
-    # Idempotency: re-running a day (either mode) leaves the table contents identical.
-    before = {ds: sorted_rows(inc_lake, ds) for ds in days}
-    # (the embedded incremental path must not even start Spark)
-    no_spark = lambda: pytest.fail("the incremental update started a Spark session")  # noqa: E731
-    run_job(no_spark, SequencesConfig(ds=days[-1], lake=str(inc_lake.root), mode="incremental", **kw))
-    run_job(spark, SequencesConfig(ds=days[1], lake=str(inc_lake.root), mode="full", **kw))
-    assert {ds: sorted_rows(inc_lake, ds) for ds in days} == before
+    run_synth(SynthConfig(users=users, days=days, seed=seed, items=400, clusters=8,
+                          p_active=0.5, events_per_session=4.0, start="2026-01-01"), str(lake_root))
+
+
+def _rows(lake: Lake) -> list[tuple]:
+    return [(r["event_id"], r["user_id"], r["item_id"], r["action"], _to_us(r["ts"]))
+            for r in LakeTables(lake).read("events").to_pylist()]
+
+
+KW = dict(max_len=7, window_days=6, checkpoint_every=3)  # window edge, cap and checkpoints all bite
+FIRST, QUIET = "2026-01-06", "2026-01-09"  # QUIET: a day with no events
+DAYS_RUN = [shift_ds(FIRST, k) for k in range(6)]  # 01-06 .. 01-11
+
+
+LATE = [("late-1", 7, 99, "repin", _us("2026-01-07", 23)),
+        ("late-2", 1000, 98, "search", _us("2026-01-07", 5))]
+
+
+def _backfill_events(lake: Lake) -> None:
+    """Two events arrive late for 01-07 and the partition is landed again."""
+    day = LakeTables(lake).read("events", ["2026-01-07"])
+    LakeTables(lake).replace_partitions("events", pa.concat_tables([day, events_table(LATE)]),
+                                        ["2026-01-07"])
+
+
+@pytest.fixture(scope="module")
+def expected(spark, tmp_path_factory):
+    """The definition, shared by both engines: a full rebuild of every day (written as the
+    checkpoint of that day and read back), before and after the backfill of 01-07."""
+    lake = Lake.at(tmp_path_factory.mktemp("full") / "lake")
+    _synth(lake.root)
+    LakeTables(lake).delete_partitions("events", [QUIET])
+
+    def full_every_day():
+        out = {}
+        for ds in DAYS_RUN:
+            run_job(spark, SequencesConfig(ds=ds, lake=str(lake.root), mode="full", **KW))
+            out[ds] = sequences(lake, ds)
+        return out
+
+    before = full_every_day()
+    ref = reference(_rows(lake), DAYS_RUN[-1], 6, 7)
+    _backfill_events(lake)
+    return {"before": before, "reference": ref, "after": full_every_day()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["arrow", "spark"])
+def test_daily_runs_equal_full_rebuild_every_day(spark, tmp_path, engine, expected):
+    inc_lake = Lake.at(tmp_path / "inc")
+    _synth(inc_lake.root)
+    LakeTables(inc_lake).delete_partitions("events", [QUIET])
+    # the embedded engine never starts Spark for a day's work
+    no_spark = lambda: pytest.fail("a daily run started a Spark session")  # noqa: E731
+    daily = no_spark if engine == "arrow" else spark
+    modes = [run_job(spark, SequencesConfig(ds=FIRST, lake=str(inc_lake.root), mode="full", **KW))[0]]
+    for ds in DAYS_RUN[1:]:
+        modes.append(run_job(daily, SequencesConfig(ds=ds, lake=str(inc_lake.root), engine=engine, **KW))[0])
+    # 01-09 is the 3rd day after the checkpoint of 01-06: a new checkpoint there
+    assert modes == ["full", "incremental", "incremental", "checkpoint", "incremental", "incremental"]
+    t = LakeTables(inc_lake)
+    assert t.partitions(CHECKPOINTS) == [FIRST, "2026-01-09"]
+    assert QUIET in t.partitions(RUNS)
+    runs = {r["ds"]: r for r in t.read(RUNS).to_pylist()}
+    assert runs[QUIET]["day_events"] == 0 and runs[QUIET]["active_users"] == 0
+    # a day's run writes only its active users' rows
+    assert runs["2026-01-10"]["rows_written"] == runs["2026-01-10"]["active_users"] > 0
+    assert runs["2026-01-10"]["rows_written"] < sequences(inc_lake, "2026-01-10").num_rows
+
+    got = {ds: sequences(inc_lake, ds) for ds in DAYS_RUN}
+    for ds in DAYS_RUN:
+        assert got[ds].equals(expected["before"][ds]), ds
+    ref = expected["reference"]
+    assert len(ref) > 50 and table_as_dict(inc_lake, DAYS_RUN[-1]) == ref
+
+    # Re-running a middle day (same input) changes nothing and keeps the checkpoints.
+    run_job(daily, SequencesConfig(ds="2026-01-08", lake=str(inc_lake.root), engine=engine, **KW))
+    assert t.partitions(CHECKPOINTS) == [FIRST, "2026-01-09"]
+    assert {ds: sequences(inc_lake, ds) for ds in DAYS_RUN} == got
+
+    # A backfill that changes a middle day: only that day is re-run; every later ds reads the
+    # new events (the stale checkpoint of 01-09 is dropped) and equals a full rebuild again.
+    _backfill_events(inc_lake)
+    run_job(daily, SequencesConfig(ds="2026-01-07", lake=str(inc_lake.root), engine=engine, **KW))
+    assert t.partitions(CHECKPOINTS) == [FIRST]
+    for ds in DAYS_RUN:
+        assert sequences(inc_lake, ds).equals(expected["after"][ds]), ds
+    assert 1000 in sequences(inc_lake, "2026-01-11").column("user_id").to_pylist()
+    assert not expected["after"]["2026-01-11"].equals(expected["before"]["2026-01-11"])
 
 
 def test_incremental_without_previous_day_is_refused(spark, tmp_path):

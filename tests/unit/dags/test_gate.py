@@ -251,7 +251,9 @@ def _expected_eval_users(lake: Lake) -> tuple[int, int]:
     from the sequences table directly."""
     from jobs.lake import LakeTables
 
-    seq = LakeTables(lake).read("sequences", [DS]).to_pylist()
+    from jobs.sequences_store import read_sequences
+
+    seq = read_sequences(LakeTables(lake), DS).to_pylist()
     held = held_out_users([r["user_id"] for r in seq], read_holdout_fraction(lake))
     ok = [h and r["length"] >= 15 and "pin" in r["item_types"][-10:] for h, r in zip(held, seq)]
     return int(held.sum()), int(sum(ok))

@@ -215,6 +215,7 @@ def test_bench_dispatcher_lists_benchmarks_and_reports_missing_ones(capsys):
 
     p = argparse.ArgumentParser()
     cli.configure(p)
-    args = p.parse_args(["sequences", "--users", "10", "--json", "x.json"])
-    assert args.users == 10 and args.json == "x.json" and args.bench == "sequences"
+    args = p.parse_args(["sequences", "--sizes", "10,40", "--json", "x.json"])
+    assert args.sizes == "10,40" and args.repeat == 3 and args.json == "x.json"
+    assert args.bench == "sequences"
     assert "sequences" in cli.BENCHES and "score" in cli.BENCHES
