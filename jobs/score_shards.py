@@ -98,8 +98,10 @@ def launch(cfg, nproc: int, cli_args: list[str] | None = None) -> int:
     from jobs.lake import LakeTables
     from pinrec.layout import Lake
 
+    from jobs.sequences_store import sequences_partitions
+
     tables = LakeTables(Lake.at(cfg.lake))
-    if cfg.ds not in tables.partitions("sequences"):
+    if cfg.ds not in sequences_partitions(tables):
         raise ValueError(f"no sequences for ds={cfg.ds}; run `pinrec sequences --ds {cfg.ds}` first")
     staging = tables.staging_dir("candidates", cfg.ds)
     staging.mkdir(parents=True)

@@ -268,7 +268,9 @@ class Day:
         from jobs.lake import LakeTables
         from pinrec.contracts import cutoff_us
 
-        ds = LakeTables(self.lake).latest_partition("sequences")
+        from jobs.sequences_store import latest_sequences_ds
+
+        ds = latest_sequences_ds(LakeTables(self.lake))
         return cutoff_us(ds) if ds else None
 
     def dlq_values(self) -> list[bytes]:

@@ -236,7 +236,9 @@ def _still_after_cutoff(day: Day) -> set:
     from jobs.lake import LakeTables
     from pinrec.layout import Lake
 
-    cutoff_ds = LakeTables(day.lake).latest_partition("sequences")
+    from jobs.sequences_store import latest_sequences_ds
+
+    cutoff_ds = latest_sequences_ds(LakeTables(day.lake))
     src = LakeTables(Lake.at(day.cfg.source_lake))
     keep = [d for d in src.partitions("events") if cutoff_ds is None or d > cutoff_ds]
     ids = set(src.read("events", keep, columns=["event_id"])["event_id"].to_pylist()) if keep else set()
