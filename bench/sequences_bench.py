@@ -32,6 +32,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rebuild-base", action="store_true",
                    help="rebuild the base day (ds-1) even when --lake already holds it")
     add_spark_args(p)
+    from jobs.spark_cluster import add_cluster_arg
+
+    add_cluster_arg(p)
 
 
 def sorted_table(tables, ds: str):
@@ -41,6 +44,10 @@ def sorted_table(tables, ds: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cluster:
+        from jobs.spark_cluster import run_on_cluster
+
+        return run_on_cluster(args, run)
     import pyarrow.compute as pc
 
     from jobs.data_cli import run_synth
