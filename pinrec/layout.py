@@ -211,3 +211,16 @@ def publish_release(lake: Lake, ds: str, model: str, index: str | None) -> None:
     if index is not None:
         write_pointer(lake.artifacts("index") / "CURRENT", index)
     publish_candidates(lake, ds)
+
+
+def serving_set(lake: Lake) -> tuple[str | None, str | None, str | None]:
+    """(model version, index version, candidates ds) that serve now, read together: on a remote
+    lake from one `releases` row, so they always belong to the same publish. Serving should read
+    this once per reload rather than `current()` and `published_candidates()` one by one."""
+    if lake.remote:
+        from pinrec.lake_releases import latest_release
+
+        rel = latest_release(lake)
+        return (rel.model, rel.index, rel.candidates_ds) if rel else (None, None, None)
+    return (read_pointer(lake.artifacts("models") / "CURRENT"),
+            read_pointer(lake.artifacts("index") / "CURRENT"), published_candidates(lake))
