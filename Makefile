@@ -28,13 +28,18 @@ constraints:
 clean-venv:
 	rm -rf $(VENV)
 
-# System packages the tests use: Debian chromium for the Airflow UI browser test (PostgreSQL 15
-# and Java 17 are part of the machine image). Installs only what is missing; needs root or sudo.
+# System packages the tests use: Debian chromium for the Airflow UI browser test, Debian
+# docker-compose 1.29 to validate docker-compose.yml without an engine (PostgreSQL 15 and Java 17
+# are part of the machine image). Installs only what is missing; needs root or sudo.
 sysdeps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium \
 	  || echo "sysdeps: could not install chromium; the browser test will be skipped"; }
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose \
+	  || echo "sysdeps: could not install docker-compose; the Compose validation test will be skipped"; }
 
 # Random passwords for the compose stack's Airflow users (the simple auth manager's file).
 airflow-passwords:

@@ -40,6 +40,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                                   "lake that already holds the events is reused")
     p.add_argument("--json", help="write the result here")
     add_spark_args(p)
+    from jobs.spark_cluster import add_cluster_arg
+
+    add_cluster_arg(p)
 
 
 def spread(xs: list[float]) -> dict:
@@ -112,6 +115,10 @@ def bench_size(spark, args, users: int, root: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cluster:  # a standalone master and N workers for the run's Spark jobs
+        from jobs.spark_cluster import run_on_cluster
+
+        return run_on_cluster(args, run)
     from jobs.spark import SparkConfig, get_session
 
     if args.days < args.window_days + 1:

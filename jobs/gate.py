@@ -331,7 +331,7 @@ def restore_serving_index(lake) -> None:
 
 
 def run_publish(args) -> int:
-    from pinrec.layout import Lake, current, publish, publish_candidates, published_candidates
+    from pinrec.layout import Lake, current, publish_release, published_candidates
     from jobs.lake import LakeTables
 
     lake = Lake.at(args.lake)
@@ -342,14 +342,12 @@ def run_publish(args) -> int:
         # A backfill of past days rebuilds their partitions but must not roll serving back.
         print(f"not publishing ds={args.ds}: serving already uses the newer ds={serving_ds}")
         return 0
-    publish(lake, "models", args.model_version)
     index_version = args.index_version
     if index_version is None:
         cur = current(lake, "index")
         index_version = cur.name if cur else None
-    if index_version is not None:
-        publish(lake, "index", index_version)
-    publish_candidates(lake, args.ds)
+    # One step: on a remote lake one `releases` row names all three (pinrec/lake_releases.py).
+    publish_release(lake, args.ds, args.model_version, index_version)
     record = {"ds": args.ds, "model": args.model_version, "index": index_version}
     serving_record_path(lake).parent.mkdir(parents=True, exist_ok=True)
     serving_record_path(lake).write_text(json.dumps(record, indent=2) + "\n")

@@ -129,6 +129,7 @@ def run_job(cfg: IndexConfig) -> dict:
         tmp.rename(vdir)  # the version appears complete or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    lake.push_version("index", version)  # remote lake: upload once, immutable
     if cfg.publish:
         publish(lake, "index", version)
     _record(lake, cfg.ds, report | {"published": cfg.publish})

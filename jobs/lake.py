@@ -15,6 +15,12 @@ literals, so the conflict checker can see that the files they touch are disjoint
 
 Spark output is committed by delta-rs without rewriting the files (`commit_spark_output`): Spark
 writes Parquet (TIMESTAMP_MICROS) into the table folder and one transaction adds those files.
+
+A remote lake (`s3://bucket/prefix`, docs/adr/0003): delta-rs opens the tables at their URIs and
+commits with S3 conditional writes (concurrent writers are safe); staged Spark output is written
+to the table's local mirror (`Lake.table`), uploaded under the same relative paths and then
+committed; Spark reads a snapshot's files from local copies in that mirror (Delta data files are
+immutable, so a copy never goes stale), because these machines have no hadoop-aws jars for s3a.
 """
 from __future__ import annotations
 
@@ -51,7 +57,12 @@ def snapshot_dataset(dt, uri: str, ds: Sequence[str] | None = None) -> pads.Data
 
     adds = pa.table(dt.get_add_actions(flatten=True))
     schema = pa.schema(dt.schema().to_arrow())
-    fs, base = pafs.FileSystem.from_uri(uri)
+    if uri.startswith("s3://"):
+        from pinrec.lake_store import filesystem
+
+        fs, base = filesystem(), uri.split("://", 1)[1].rstrip("/")
+    else:
+        fs, base = pafs.FileSystem.from_uri(uri)
     values = (adds.column("partition.ds").to_pylist() if "partition.ds" in adds.column_names
               else [None] * adds.num_rows)
     paths, parts = [], []
@@ -147,9 +158,13 @@ class LakeTables:
     backend = "deltalake"
 
     def uri(self, table: str) -> str:
-        return str(self.lake.table(table))
+        return self.lake.table_uri(table)
 
     def exists(self, table: str) -> bool:
+        if self.lake.remote:
+            from deltalake import DeltaTable
+
+            return DeltaTable.is_deltatable(self.uri(table))
         return (self.lake.table(table) / "_delta_log").is_dir()
 
     def _table(self, table: str):
@@ -157,7 +172,7 @@ class LakeTables:
 
         if not self.exists(table):
             raise TableNotFound(
-                f"Delta table {table!r} does not exist under {self.lake.root}; "
+                f"Delta table {table!r} does not exist under {self.lake.location}; "
                 f"run the job that writes it first (see `pinrec --help`)"
             )
         return DeltaTable(self.uri(table))
@@ -240,7 +255,17 @@ class LakeTables:
             raise ValueError(f"{files_dir} must lie inside the table folder {root}")
         for junk in list(files_dir.glob(".*.crc")) + list(files_dir.glob("_*")):
             junk.unlink()
-        actions = [_add_action(root, f, {"ds": ds}) for f in sorted(files_dir.glob("*.parquet"))]
+        files = sorted(files_dir.glob("*.parquet"))
+        actions = [_add_action(root, f, {"ds": ds}) for f in files]
+        if self.lake.remote:  # same relative paths under the table's URI, then one commit
+            from pinrec.lake_store import upload_file
+
+            try:
+                for f in files:
+                    upload_file(f, f"{self.uri(table)}/{f.relative_to(root).as_posix()}")
+            except BaseException:
+                shutil.rmtree(files_dir, ignore_errors=True)
+                raise
         schema = TABLE_SCHEMAS[table]
         partition_by = PARTITION_COLUMNS[table]
 
@@ -262,6 +287,8 @@ class LakeTables:
         except BaseException:
             shutil.rmtree(files_dir, ignore_errors=True)  # never-committed files: nothing reads them
             raise
+        if self.lake.remote:
+            shutil.rmtree(files_dir, ignore_errors=True)  # the committed copies live in S3
         return self._table(table).version()
 
     def delete_partitions(self, table: str, partitions: Iterable[str]) -> int | None:
@@ -301,6 +328,26 @@ class LakeTables:
         uris = dt.file_uris([("ds", "in", list(ds))] if ds is not None else None)
         return [u[len("file://"):] if u.startswith("file://") else u for u in uris]
 
+    def local_files(self, table: str, ds: Sequence[str] | None = None) -> list[str]:
+        """`live_files` as local paths: on a remote lake, copies in the table's local mirror
+        (fetched once: a Delta data file never changes under its name)."""
+        files = self.live_files(table, ds)
+        if not self.lake.remote:
+            return files
+        from urllib.parse import unquote
+
+        from pinrec.lake_store import download_file
+
+        prefix, root, out = self.uri(table) + "/", self.lake.table(table), []
+        for uri in files:
+            local = root / unquote(uri[len(prefix):]) if uri.startswith(prefix) else None
+            if local is None:
+                raise ValueError(f"{table}: file {uri} lies outside the table {prefix}")
+            if not local.exists():
+                download_file(uri, local)
+            out.append(str(local))
+        return out
+
     def read_spark(self, spark, table: str, ds: Sequence[str] | None = None, columns=None):
         """A Spark DataFrame over the live files of the snapshot, without the partition column
         (Parquet files of a partitioned Delta table do not hold it; filter with `ds` instead)."""
@@ -308,7 +355,7 @@ class LakeTables:
 
         parts = set(PARTITION_COLUMNS[table])
         schema = spark_schema(pa.schema([f for f in TABLE_SCHEMAS[table] if f.name not in parts]))
-        files = self.live_files(table, ds)
+        files = self.local_files(table, ds)
         df = (spark.read.schema(schema).parquet(*files) if files
               else spark.createDataFrame([], schema))
         return df.select(*columns) if columns else df

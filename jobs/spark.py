@@ -1,7 +1,11 @@
 """The Spark session helper: one place that knows how PinRec talks to Spark.
 
 Runs on `local[N]` here and on a cluster unchanged: the master and any Spark conf come from
-`SparkConfig` (the `--master` / `--spark-conf` flags), never from code. Defaults are tuned for a
+`SparkConfig` (the `--master` / `--spark-conf` flags), never from code. `--master
+spark://HOST:PORT` runs the job on a Spark standalone cluster (`jobs/spark_cluster.py` starts one
+from the pyspark wheel; the compose stack runs the same daemons); executors then reach the driver
+at `--driver-host`, which must be an address they can connect to (127.0.0.1 when the cluster
+runs on this machine, the scheduler's host name in the compose stack). Defaults are tuned for a
 small machine (DESIGN.md §4): few shuffle partitions, UI off, driver bound to 127.0.0.1.
 
 Spark writes Parquet timestamps as TIMESTAMP_MICROS in UTC so delta-rs can commit the files as
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, field
 
 
@@ -22,15 +27,33 @@ class SparkConfig:
     app_name: str = "pinrec"
     shuffle_partitions: int = 4
     driver_memory: str = "3g"
+    # Must fit a worker's --memory, or a standalone cluster never grants an executor (the job waits).
+    executor_memory: str = "1g"
+    driver_host: str = "127.0.0.1"
     delta_jars: tuple[str, ...] = ()
     conf: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        check_master(self.master)
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> "SparkConfig":
         jars = tuple(j for j in (args.delta_jars or "").split(",") if j)
         return SparkConfig(master=args.master, shuffle_partitions=args.shuffle_partitions,
-                           driver_memory=args.driver_memory, delta_jars=jars,
+                           driver_memory=args.driver_memory, executor_memory=args.executor_memory,
+                           driver_host=args.driver_host, delta_jars=jars,
                            conf=tuple(parse_conf(c) for c in args.spark_conf))
+
+
+_MASTER = re.compile(r"^(local(\[(\d+|\*)(,\d+)?\])?|spark://[^\s:/]+:\d+(,[^\s:/]+:\d+)*"
+                     r"|yarn|k8s://\S+)$")
+
+
+def check_master(master: str) -> None:
+    """Reject a master URL Spark would only fail on after a long start-up."""
+    if not _MASTER.match(master):
+        raise ValueError(f"--master {master!r} is not a Spark master URL; use local[N], "
+                         f"spark://HOST:PORT (a standalone cluster), yarn or k8s://URL")
 
 
 def parse_conf(item: str) -> tuple[str, str]:
@@ -47,6 +70,11 @@ def add_spark_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shuffle-partitions", type=int, default=d.shuffle_partitions,
                    help="spark.sql.shuffle.partitions (raise it on a cluster)")
     p.add_argument("--driver-memory", default=d.driver_memory)
+    p.add_argument("--executor-memory", default=d.executor_memory,
+                   help="per executor on a cluster; must fit a worker's --memory")
+    p.add_argument("--driver-host", default=os.environ.get("PINREC_SPARK_DRIVER_HOST", d.driver_host),
+                   help="address executors use to reach this driver (default: "
+                        f"$PINREC_SPARK_DRIVER_HOST or {d.driver_host})")
     p.add_argument("--delta-jars", default=os.environ.get("PINREC_DELTA_JARS", ""),
                    help="comma-separated Delta Spark jars; enables the delta-spark back end")
     p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
@@ -60,9 +88,11 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.default.parallelism": str(cfg.shuffle_partitions),
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": cfg.driver_host,
+        # Loopback stays loopback; any other host name must accept executors' connections.
+        "spark.driver.bindAddress": cfg.driver_host if cfg.driver_host == "127.0.0.1" else "0.0.0.0",
         "spark.driver.memory": cfg.driver_memory,
+        "spark.executor.memory": cfg.executor_memory,
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.parquet.compression.codec": "snappy",

@@ -335,7 +335,7 @@ def run_rank(args, ctx) -> int:
     tc = train_config(args)
     version = args.version or f"{args.variant}-{time.strftime('%Y%m%dT%H%M%S')}-s{args.seed}"
     if lake.version_dir("models", version).exists():
-        raise ValueError(f"model version {version!r} already exists under {lake.root / 'models'}; "
+        raise ValueError(f"model version {version!r} already exists under {lake.location}/models; "
                          f"versions are immutable: pass a new --version")
     warm_from, init_state = warm_start_state(lake, args.warm_start_from, cfg)
     events, feats = read_training_data(lake, args.ds)
@@ -370,6 +370,7 @@ def run_rank(args, ctx) -> int:
                "users": int(len(prep.seqs.user_ids)), "items": int(len(prep.catalog))}
     vdir = save_model(lake.version_dir("models", version), res.model, res.cms, vocab, metrics,
                       {"train": tc.__dict__, "ds": args.ds})
+    lake.push_version("models", version)  # remote lake: upload once, immutable
     if args.publish:
         publish(lake, "models", version)
     print(json.dumps({"version": version, "path": str(vdir), "val_recall@10": res.best_val,

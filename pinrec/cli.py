@@ -50,7 +50,7 @@ def default_lake() -> str:
 
 def add_lake_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lake", default=default_lake(),
-                   help="lake root folder (default: $PINREC_LAKE or ./lake)")
+                   help="lake root: a folder or s3://bucket/prefix (default: $PINREC_LAKE or ./lake)")
 
 
 def add_ds_arg(p: argparse.ArgumentParser, required: bool = True) -> None:

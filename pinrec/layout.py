@@ -12,6 +12,18 @@
 Versions are never modified after they are published; serving follows CURRENT, which is
 replaced atomically (write temp, fsync, rename), so a reader sees the old or the new version,
 never half of one. A failed job never touches CURRENT, so the previous version keeps serving.
+
+The lake may also live on object storage: `Lake.at("s3://bucket/prefix")` (docs/adr/0003).
+Then the tables are Delta tables at `s3://bucket/prefix/tables/<name>` (delta-rs commits them
+with S3 conditional writes, so concurrent writers are safe), model and index versions are
+immutable prefixes `s3://bucket/prefix/<kind>/<version>/` written once (`push_version`, with a
+`_COMPLETE` marker last), and there are no CURRENT files -- object stores have no atomic rename.
+Publishing appends one row to the `releases` Delta table (`lake_releases.py`) naming the model,
+the index and the candidates `ds` together, so a reader that reads one release never pairs a
+model of one day with candidates of another. `root` is then a local working folder (the
+`PINREC_LAKE_CACHE` environment variable, default ~/.cache/pinrec/lakes/<bucket>/<prefix>):
+Spark's staging output, run reports, and read-only copies of immutable versions (`version_dir`
+fetches a published version there on first use, so jobs keep opening local folders).
 """
 from __future__ import annotations
 
@@ -28,18 +40,52 @@ ARTIFACT_KINDS = ("models", "index")
 _VERSION = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+REMOTE_SCHEMES = ("s3://",)
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+    return str(location).startswith(REMOTE_SCHEMES)
+
+
+def _cache_root(uri: str) -> Path:
+    base = os.environ.get("PINREC_LAKE_CACHE")
+    base = Path(base) if base else Path.home() / ".cache" / "pinrec" / "lakes"
+    return (base.expanduser() / uri.split("://", 1)[1].strip("/")).resolve()
+
+
 @dataclass(frozen=True)
 class Lake:
-    root: Path
+    root: Path                 # local folder: the lake itself, or the working folder of a remote one
+    remote: str | None = None  # "s3://bucket/prefix" when the lake lives on object storage
 
     @staticmethod
     def at(path: str | os.PathLike) -> "Lake":
+        text = str(path)
+        if is_remote(text):
+            uri = text.rstrip("/")
+            if uri.count("/") < 2 or not uri.split("://", 1)[1]:
+                raise ValueError(f"--lake {text!r}: give a bucket, as in s3://bucket/prefix")
+            return Lake(_cache_root(uri), uri)
+        if "://" in text:
+            raise ValueError(f"--lake {text!r}: unsupported scheme; use a local folder or "
+                             f"s3://bucket/prefix")
         return Lake(Path(path).expanduser().resolve())
 
+    @property
+    def location(self) -> str:
+        """What to pass as --lake to another process: the URI of a remote lake, else the folder."""
+        return self.remote or str(self.root)
+
     def table(self, name: str) -> Path:
+        """The table's local folder: the table itself, or (remote lake) its staging mirror."""
         if name not in TABLES:
             raise ValueError(f"unknown table {name!r}; known tables: {list(TABLES)}")
         return self.root / "tables" / name
+
+    def table_uri(self, name: str) -> str:
+        """Where delta-rs opens the table."""
+        local = self.table(name)
+        return f"{self.remote}/tables/{name}" if self.remote else str(local)
 
     def artifacts(self, kind: str) -> Path:
         if kind not in ARTIFACT_KINDS:
@@ -47,9 +93,25 @@ class Lake:
         return self.root / kind
 
     def version_dir(self, kind: str, version: str) -> Path:
+        """The local folder of a version. On a remote lake a version published there is fetched
+        into the working folder first (versions are immutable, so a fetched copy never goes
+        stale); one that does not exist remotely is returned as a fresh local path to write."""
         if not _VERSION.match(version):
             raise ValueError(f"bad version name {version!r}: use letters, digits, '.', '_', '-'")
-        return self.artifacts(kind) / version
+        local = self.artifacts(kind) / version
+        if self.remote and not local.is_dir():
+            from pinrec.lake_store import fetch_version
+
+            fetch_version(self, kind, version, local)
+        return local
+
+    def push_version(self, kind: str, version: str) -> None:
+        """Make a version written into `version_dir` durable: on a remote lake, upload it once
+        under its immutable prefix (refused if that version already exists there)."""
+        if self.remote:
+            from pinrec.lake_store import push_version
+
+            push_version(self, kind, version, self.artifacts(kind) / version)
 
     @property
     def runs(self) -> Path:
@@ -85,28 +147,53 @@ def read_pointer(path: Path) -> str | None:
     return value or None
 
 
+_RELEASE_FIELD = {"models": "model", "index": "index"}
+
+
 def publish(lake: Lake, kind: str, version: str) -> Path:
-    """Point `<kind>/CURRENT` at an existing, complete version folder."""
+    """Point `<kind>/CURRENT` at an existing, complete version folder (remote lake: a new
+    release that changes only this kind)."""
     vdir = lake.version_dir(kind, version)
     if not vdir.is_dir():
         raise FileNotFoundError(f"cannot publish {kind} version {version!r}: {vdir} does not exist")
-    write_pointer(lake.artifacts(kind) / "CURRENT", version)
+    if lake.remote:
+        from pinrec.lake_releases import append_release
+
+        append_release(lake, **{_RELEASE_FIELD[kind]: version})
+    else:
+        write_pointer(lake.artifacts(kind) / "CURRENT", version)
     return vdir
 
 
 def current(lake: Lake, kind: str) -> Path | None:
     """The folder of the serving version of `kind`, or None when nothing was published yet."""
-    version = read_pointer(lake.artifacts(kind) / "CURRENT")
+    if lake.remote:
+        from pinrec.lake_releases import latest_release
+
+        rel = latest_release(lake)
+        version = getattr(rel, _RELEASE_FIELD[kind]) if rel else None
+    else:
+        version = read_pointer(lake.artifacts(kind) / "CURRENT")
     return lake.version_dir(kind, version) if version else None
 
 
 def publish_candidates(lake: Lake, ds: str) -> None:
     """Serving reads the candidates partition named here, so a day whose quality gate failed
     (its partition written but not published) never reaches users."""
-    write_pointer(lake.root / "candidates" / "CURRENT", ds)
+    if lake.remote:
+        from pinrec.lake_releases import append_release
+
+        append_release(lake, candidates_ds=ds)
+    else:
+        write_pointer(lake.root / "candidates" / "CURRENT", ds)
 
 
 def published_candidates(lake: Lake) -> str | None:
+    if lake.remote:
+        from pinrec.lake_releases import latest_release
+
+        rel = latest_release(lake)
+        return rel.candidates_ds if rel else None
     return read_pointer(lake.root / "candidates" / "CURRENT")
 
 
@@ -138,3 +225,35 @@ def fix_holdout_fraction(lake: Lake, fraction: float) -> float:
     finally:
         os.unlink(tmp)
     return read_holdout_fraction(lake)
+
+
+def publish_release(lake: Lake, ds: str, model: str, index: str | None) -> None:
+    """Publish a day's model, index and candidates together. Remote lake: one `releases` row,
+    one Delta commit, so they become visible at once. Local lake: the three CURRENT files, each
+    replaced atomically (a reader that wants them as one set reads `releases` on a remote lake)."""
+    for kind, version in (("models", model), ("index", index)):
+        if version is not None and not lake.version_dir(kind, version).is_dir():
+            raise FileNotFoundError(f"cannot publish {kind} version {version!r}: it does not exist "
+                                    f"under {lake.location}/{kind}")
+    if lake.remote:
+        from pinrec.lake_releases import append_release
+
+        append_release(lake, model=model, index=index, candidates_ds=ds)
+        return
+    write_pointer(lake.artifacts("models") / "CURRENT", model)
+    if index is not None:
+        write_pointer(lake.artifacts("index") / "CURRENT", index)
+    publish_candidates(lake, ds)
+
+
+def serving_set(lake: Lake) -> tuple[str | None, str | None, str | None]:
+    """(model version, index version, candidates ds) that serve now, read together: on a remote
+    lake from one `releases` row, so they always belong to the same publish. Serving should read
+    this once per reload rather than `current()` and `published_candidates()` one by one."""
+    if lake.remote:
+        from pinrec.lake_releases import latest_release
+
+        rel = latest_release(lake)
+        return (rel.model, rel.index, rel.candidates_ds) if rel else (None, None, None)
+    return (read_pointer(lake.artifacts("models") / "CURRENT"),
+            read_pointer(lake.artifacts("index") / "CURRENT"), published_candidates(lake))

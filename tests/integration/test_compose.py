@@ -1,10 +1,14 @@
-"""docker-compose.yml, checked without a Docker engine (none runs here): every service's image,
-command, dependencies, volumes and ports must be consistent with each other, with the `pinrec`
-CLI and with deploy/ (Dockerfile, Spark conf, env example)."""
+"""docker-compose.yml, checked without a Docker engine (none runs here): a real Compose
+implementation (Debian's docker-compose 1.29, `make sysdeps`) must accept and render it, and every
+service's image, command, dependencies, volumes and ports must be consistent with each other, with
+the `pinrec` CLI, with deploy/ (Dockerfile, Spark conf, env example) and with the Spark cluster the
+tests start (jobs/spark_cluster.py)."""
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -180,3 +184,89 @@ def test_secrets_come_from_files_outside_the_repo():
 def test_dockerfile_copies_what_exists(path):
     assert (REPO / path).exists()
     assert path.split("/")[0] in (REPO / "deploy/Dockerfile").read_text() or path == "dags"
+
+
+# ------------------------------------------------------------------------------------------------
+# A real Compose implementation: `docker-compose config` parses, validates against the Compose
+# schema, resolves anchors/merge keys, env files, profiles and secrets -- no engine needed.
+# ------------------------------------------------------------------------------------------------
+
+def _compose_project(root: Path, text: str) -> Path:
+    """A project folder holding `text` as docker-compose.yml, with the files it names: deploy/
+    from the repo and the secrets made from deploy/env.example, as an operator would."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "docker-compose.yml").write_text(text)
+    shutil.copytree(REPO / "deploy", root / "deploy", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("secrets"))
+    (root / "deploy/secrets").mkdir(exist_ok=True)
+    shutil.copy(REPO / "deploy/env.example", root / "deploy/secrets/pinrec.env")
+    (root / "deploy/secrets/airflow-passwords.json").write_text('{"ops": "x"}\n')
+    return root
+
+
+def _compose_config(project: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose (Compose 1.29) is not installed; `make sysdeps` installs it "
+                    "(apt-get install docker-compose)")
+    return subprocess.run([exe, "-p", "pinrec", "--profile", "gpu", "config"], cwd=project,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict:
+    project = _compose_project(tmp_path_factory.mktemp("compose"), (REPO / "docker-compose.yml").read_text())
+    res = _compose_config(project)
+    assert res.returncode == 0, f"docker-compose rejects docker-compose.yml: {res.stderr}"
+    return yaml.safe_load(res.stdout)
+
+
+def test_real_compose_renders_every_service_with_merge_keys_resolved(rendered):
+    services = rendered["services"]
+    assert set(services) == EXPECTED
+    for name, svc in services.items():
+        if svc["image"].startswith("pinrec"):
+            assert svc["build"]["dockerfile"] == "deploy/Dockerfile", name
+            assert svc["environment"]["PINREC_LAKE"] == "/lake", name
+    scheduler = services["airflow-scheduler"]["environment"]
+    assert scheduler["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert scheduler["PINREC_SPARK_DRIVER_HOST"] == "airflow-scheduler"
+    # env_file values arrive in the rendered environment: the secrets file is really read
+    assert "CHANGE-ME" in scheduler["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert rendered["secrets"]["airflow-passwords"]["file"].endswith("deploy/secrets/airflow-passwords.json")
+
+
+def test_compose_spark_services_run_the_cluster_the_tests_start(rendered):
+    from jobs.spark_cluster import master_argv, worker_argv
+
+    services = rendered["services"]
+    master, worker = services["spark-master"]["command"], services["spark-worker"]["command"]
+    port = int(master[master.index("--port") + 1])
+    assert master == master_argv("spark-master", port, int(master[master.index("--webui-port") + 1]))
+    url = f"spark://spark-master:{port}"
+    assert worker == worker_argv(url, int(worker[worker.index("--cores") + 1]),
+                                 worker[worker.index("--memory") + 1],
+                                 int(worker[worker.index("--webui-port") + 1]))
+    assert services["airflow-scheduler"]["environment"]["PINREC_SPARK_MASTER"] == url
+
+
+@pytest.mark.parametrize("broken, error", [
+    ("name: pinrec\n", "'name' does not match any of the regexes"),
+    ("services:\n  extra:\n    image: busybox\n    depends_on: [nowhere]\n", "nowhere"),
+    ("services:\n  extra:\n    image: busybox\n    ports: ['127.0.0.1:x:80']\n", "ports"),
+])
+def test_real_compose_rejects_broken_files(tmp_path, broken, error):
+    """The validator can fail: the top-level `name:` key Compose 1.29 does not know (why this
+    file gives the project name with -p), a dependency on an unknown service, a bad port."""
+    text = (REPO / "docker-compose.yml").read_text()
+    if broken.startswith("services:"):
+        text = text.replace("services:\n", broken, 1)
+    else:
+        text = broken + text
+    res = _compose_config(_compose_project(tmp_path, text))
+    assert res.returncode != 0
+    assert error in res.stderr, res.stderr
+
+
+def test_no_top_level_name_key():
+    assert "name" not in COMPOSE, "Compose 1.29 rejects a top-level name: use -p pinrec"
