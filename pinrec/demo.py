@@ -42,11 +42,19 @@ class DemoConfig:
     seed: int = 0
     start: str = "2026-01-01"
     variant: str = "mt_oc"
-    train_seconds: int = 90
+    # Training fitted to the demo's data (1,000 users: ~1,500 windows). The trainer's defaults
+    # (batch 128, 100 warm-up steps) give 12 steps an epoch, so a 90 s run never left warm-up
+    # and its outcome-conditioned candidates were no more visual for `repin` than the base rate
+    # (bench/results/closed_loop_conditioning_probe.json). Batch 32 with 20 warm-up steps and a
+    # fixed epoch count conditions (docs/adr/0006b-arm-outcomes.md); the seconds are a guard.
+    train_epochs: int = 4
+    train_batch_size: int = 32
+    train_warmup: int = 20
+    train_seconds: int = 420
     show_users: int = 3
     import_source: tuple[str, str] | None = None
     days_in_lake: tuple[str, str] | None = None  # (batch ds, fresh ds) read from the lake
-    loop_days: int = 2  # days of the closed loop after the fresh day (synthetic lakes only)
+    loop_days: int = 3  # days of the closed loop after the fresh day (synthetic lakes only)
 
     @property
     def lake(self) -> Path:
@@ -90,8 +98,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--items", type=int, default=2_000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-seconds", type=int, default=90, help="wall-clock cap on training")
-    p.add_argument("--loop-days", type=int, default=2,
+    p.add_argument("--train-epochs", type=int, default=DemoConfig.train_epochs,
+                   help="training epochs (batch 32, 20 warm-up steps: fitted to the demo's size)")
+    p.add_argument("--train-seconds", type=int, default=DemoConfig.train_seconds,
+                   help="wall-clock guard on training (a loaded machine stops it before its epochs)")
+    p.add_argument("--loop-days", type=int, default=DemoConfig.loop_days,
                    help="days of the closed loop (synthetic lakes; 0 skips it)")
     p.add_argument("--import", dest="import_source", nargs=2, metavar=("SOURCE", "PATH"),
                    help="import a real dataset instead of synthesising (see `pinrec data import`)")
@@ -100,6 +111,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(out=Path(args.out).resolve(), users=args.users, days=args.days,
                      items=args.items, seed=args.seed, train_seconds=args.train_seconds,
+                     train_epochs=args.train_epochs,
                      loop_days=args.loop_days,
                      import_source=tuple(args.import_source) if args.import_source else None)
     procs = Procs(cfg.out / "logs")
@@ -143,7 +155,9 @@ def batch_day(cfg: DemoConfig, timings: Timings) -> None:
     step(timings, "items", ["items", *common], logs)
     if not (cfg.lake / "models" / v / "config.json").exists():
         step(timings, "train", ["train", *common, "--variant", cfg.variant, "--preset", "small",
-                                "--version", v, "--max-seconds", str(cfg.train_seconds), "--quiet"], logs)
+                                "--version", v, "--epochs", str(cfg.train_epochs),
+                                "--batch-size", str(cfg.train_batch_size), "--warmup", str(cfg.train_warmup),
+                                "--max-seconds", str(cfg.train_seconds), "--quiet"], logs)
     step(timings, "index", ["index", *common, "--model-version", v, "--no-publish"], logs)
     arms_file = cfg.lake / "runs" / "params" / ds / "arms.json"
     step(timings, "score", ["score", *common, "--model-version", v, "--index-version", f"{ds}.{v}",

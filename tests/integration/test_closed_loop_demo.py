@@ -1,13 +1,14 @@
-"""`pinrec demo` end to end with the closed loop (issue 17 §5): on a small synthetic world it runs
-the batch day, the broker, the consumer and the API, then two days of the closed loop with the
+"""`pinrec demo` end to end with the closed loop (issue 17 §5): on the demo's synthetic world
+(its default size) it runs the batch day with the demo's own trained model (MT+OC, 4 epochs on
+CPU), the broker, the consumer and the API, then three days of the closed loop with the
 balanced and the repin-only arm, `pinrec outcomes` per day and `pinrec report arms`. Checked:
-the served lists follow the assignment and the arms, the users' responses reached RocksDB and
-the lake, and the report states the repin-share difference with its interval.
+the repin arm's realised repin share is above the balanced arm's with the 95 % interval of the
+difference excluding zero (the paper's outcome-conditioning claim, with the real model, no
+oracle), the served lists follow the assignment and the arms, and the users' responses reached
+RocksDB and the lake.
 
-Not asserted here: the sign of that difference. It depends on how well the demo's small model
-(MT+OC, seconds of CPU training) conditions on the outcome; measured on this machine under load
-it did not (docs/adr/0006b-arm-outcomes.md). What the loop shows when conditioning works is
-asserted in tests/integration/test_closed_loop.py."""
+Training runs its full epoch count here (the wall-clock guard is lifted): a guard that stops it
+early on a loaded machine would make the model, and so the assertion, depend on the load."""
 from __future__ import annotations
 
 import json
@@ -23,22 +24,22 @@ from jobs.lake import LakeTables
 from pinrec.layout import Lake
 from streaming.store import RealtimeStore
 
-pytestmark = [pytest.mark.timeout(1200), pytest.mark.slow]
-LOOP_DAYS = ["2026-01-09", "2026-01-10"]  # --days 8 from 2026-01-01: the loop continues on day 9
+pytestmark = [pytest.mark.timeout(3000), pytest.mark.slow]
+# the demo's 30 days from 2026-01-01: the loop continues on day 31 for 3 days
+LOOP_DAYS = ["2026-01-31", "2026-02-01", "2026-02-02"]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("closed_loop") / "demo"
     pinrec = str(Path(sys.executable).with_name("pinrec"))
-    r = subprocess.run([pinrec, "demo", "--users", "400", "--days", "8", "--items", "800",
-                        "--train-seconds", "30", "--out", str(out)],
-                       capture_output=True, text=True, timeout=1100, env=dict(os.environ))
+    r = subprocess.run([pinrec, "demo", "--train-seconds", "2400", "--out", str(out)],
+                       capture_output=True, text=True, timeout=2900, env=dict(os.environ))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return out, r.stdout
 
 
-def test_the_report_states_the_repin_difference_with_its_interval(demo):
+def test_the_repin_arm_realises_more_repins_with_the_interval_excluding_zero(demo):
     out, stdout = demo
     stats = json.loads((out / "report" / "arms" / "arms.json").read_text())
     assert (stats["from"], stats["to"], stats["baseline"]) == (LOOP_DAYS[0], LOOP_DAYS[-1], "balanced")
@@ -49,6 +50,7 @@ def test_the_report_states_the_repin_difference_with_its_interval(demo):
     d = stats["differences"]["repin"]["repin"]
     assert d["diff"] == pytest.approx(repin["value"] - balanced["value"])
     assert d["lo"] <= d["diff"] <= d["hi"] and d["hi"] - d["lo"] > 0
+    assert d["lo"] > 0, f"repin arm {repin} vs balanced arm {balanced}: difference {d} includes 0"
     assert stats["arms"]["repin"]["engaged_items"] > 0 and stats["arms"]["balanced"]["engaged_items"] > 0
     assert "demo: realised repin share" in stdout and "arm report" in stdout
     print(f"\nrealised repin share: repin arm {repin}, balanced arm {balanced}; difference {d}")
@@ -70,7 +72,7 @@ def test_served_lists_follow_the_arms_and_the_assignment(demo):
     rep = served.filter(pc.equal(served.column("arm"), "repin"))
     assert set(rep.column("outcome").to_pylist()) <= {"repin", "popularity"}
     outcomes = tables.read("arm_outcomes", LOOP_DAYS)
-    assert outcomes.num_rows == 2 * 2 * 6
+    assert outcomes.num_rows == len(LOOP_DAYS) * 2 * 6
 
 
 def test_responses_reached_rocksdb_and_the_lake(demo):
