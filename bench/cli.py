@@ -20,6 +20,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "crash": ("bench.crash_bench", "speed layer: kill -9 the consumer mid-stream, check exactly-once"),
     "serve": ("bench.serve_bench", "serving: p99 per request, precomputed and with CPU regeneration"),
     "served-land": ("bench.served_land_bench", "served lander: one MERGE landing vs the size of the day so far"),
+    "report": ("bench.report", "render the README's measured-figures table from bench/results/ (--write)"),
     "model": ("bench.model_bench", "H100: paper-preset training MFU and prefill vs HF GPT-2 (side by side)"),
 }
 
