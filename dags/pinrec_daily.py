@@ -302,6 +302,8 @@ with DAG(
         task_id="outcomes",
         bash_command=f"{PINREC} outcomes --ds {{{{ days_before(ds, params.attribution_days) }}}} "
                      f"--lake {LAKE} --attribution-days {{{{ params.attribution_days }}}}",
+        # `pinrec outcomes` exits 99 when nothing was served or scored that day (the first days)
+        skip_on_exit_code=99,
     )
 
     wait_for_landing >> outcomes

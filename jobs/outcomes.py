@@ -332,8 +332,8 @@ def run_job(cfg: OutcomesConfig, now: datetime | None = None) -> pa.Table:
     tables = LakeTables(Lake.at(cfg.lake))
     inp = read_inputs(tables, cfg)
     if inp.served.num_rows == 0 and inp.candidates.num_rows == 0:
-        raise ValueError(f"nothing to measure for ds={cfg.ds}: no `served` rows on that day and no "
-                         f"`candidates` on or before it under {cfg.lake}")
+        raise NothingToMeasure(f"nothing to measure for ds={cfg.ds}: no `served` rows on that day and no "
+                               f"`candidates` on or before it under {cfg.lake}")
     out = build_arm_outcomes(inp, cfg, traffic_split(cfg, inp), now or datetime.now(timezone.utc))
     tables.replace_partitions("arm_outcomes", out, [cfg.ds])
     newest = tables.latest_partition("events")
@@ -358,6 +358,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
 
 
+# `pinrec outcomes` exits with this when the day has nothing to measure (the pipeline's first
+# days: nothing was served or scored yet); the DAG's task maps it to "skipped", not "failed".
+EXIT_NOTHING_TO_MEASURE = 99
+
+
+class NothingToMeasure(ValueError):
+    pass
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         traffic = tuple(sorted(json.loads(args.traffic).items())) if args.traffic else ()
@@ -367,7 +376,11 @@ def run(args: argparse.Namespace) -> int:
                          args.bootstrap)
     import pyarrow.compute as pc
 
-    out = run_job(cfg)
+    try:
+        out = run_job(cfg)
+    except NothingToMeasure as e:
+        print(f"pinrec outcomes: {e}; nothing written (exit {EXIT_NOTHING_TO_MEASURE}: skipped)")
+        return EXIT_NOTHING_TO_MEASURE
     for r in out.filter(pc.equal(out.column("outcome"), "all")).to_pylist():
         print(f"outcomes {cfg.ds} arm {r['arm']}: {r['served_impressions']} impressions to "
               f"{r['served_users']} users, {r['engaged_items']} engaged, rate "

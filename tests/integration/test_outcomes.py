@@ -239,3 +239,5 @@ def test_report_page_shows_every_arm_in_a_real_browser(world, tmp_path):
     assert set(diffs) == {"saves"} and len(diffs) == 5  # saves vs the baseline (control), per action
     assert "saves − control" in text and "Realised action mix vs budget" in text
     assert shot.stat().st_size > 20_000, "the screenshot is (nearly) empty"
+    # the CLI exits 99 on such a day, which the DAG's outcomes task maps to "skipped"
+    assert pinrec(["outcomes", "--ds", D, "--lake", str(tmp_path / "empty")]) == 99
