@@ -20,7 +20,7 @@ SERVICES = COMPOSE["services"]
 EXPECTED = {
     "postgres", "kafka", "kafka-init", "spark-master", "spark-worker", "airflow-init",
     "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-    "stream-consumer", "serving", "gpu-scorer",
+    "stream-consumer", "served-lander", "serving", "gpu-scorer",
 }
 AIRFLOW_COMMANDS = {"api-server", "scheduler", "dag-processor", "triggerer"}
 
