@@ -69,18 +69,6 @@ def stack(tmp_path_factory):
         s.cleanup(keep_logs_in=ARTIFACTS / "airflow")
 
 
-def wait_for_dag(s, token: str, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            return s.request("GET", f"/api/v2/dags/{DAG}", token=token)
-        except urllib.error.HTTPError as e:
-            if e.code != 404:
-                raise
-        time.sleep(2)
-    raise TimeoutError(f"{DAG} was not parsed by the dag-processor in {timeout} s")
-
-
 def task_log(s, run_id: str, task_id: str) -> str:
     logs = sorted((s.home / "logs").glob(f"dag_id={DAG}/run_id={run_id}/task_id={task_id}/*.log"))
     return logs[-1].read_text(errors="replace") if logs else "(no log file)"
@@ -249,7 +237,7 @@ def test_backfill_gate_on_broken_day_keeps_serving_then_rerun_is_identical(stack
     from pinrec.layout import Lake, current, published_candidates
 
     ops, analyst = stack.token("ops"), stack.token("analyst")
-    dag = wait_for_dag(stack, ops)
+    dag = stack.wait_for_dag(DAG, ops)
     assert dag["is_paused"], "DAGs start paused; the ops guide tells ops to unpause first"
 
     # a viewer may look but not backfill
