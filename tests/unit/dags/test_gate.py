@@ -371,3 +371,15 @@ def test_compare_reports_the_serving_recall_when_the_candidate_cannot_run():
     assert c is None and s == pytest.approx(0.2) and ci is None and n == 0
     assert hard == ["non-finite weights"] and note is None
     assert not decide(c, s, ci, n, 0.05, hard, note).passed
+
+
+def test_a_backfill_of_an_older_day_is_decided_on_the_hard_checks_alone():
+    from jobs.gate import backfill_note, decide
+
+    assert backfill_note("2026-01-03", None) is None  # nothing serving yet
+    assert backfill_note("2026-01-03", "2026-01-03") is None  # a re-run of the serving day compares
+    assert backfill_note("2026-01-04", "2026-01-03") is None  # a newer day compares
+    note = backfill_note("2026-01-02", "2026-01-03")
+    assert "older than the serving ds=2026-01-03" in note
+    assert decide(0.08, None, None, 400, 0.05, (), note).passed
+    assert not decide(0.08, None, None, 400, 0.05, ("weights not finite",), note).passed
