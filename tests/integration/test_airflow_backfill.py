@@ -274,7 +274,7 @@ def test_backfill_gate_on_broken_day_keeps_serving_then_rerun_is_identical(stack
     assert "PASSED: candidate recall@10" in log2 and "95 % CI" in log2, log2[-4000:]
 
     lake = LakeTables(Lake.at(stack.lake))
-    from jobs.sequences_store import read_sequences
+    from jobs.sequences_store import read_sequences, sequences_partitions
 
     for ds in DAYS[:2]:
         seq = read_sequences(lake, ds)
@@ -340,7 +340,7 @@ def test_backfill_gate_on_broken_day_keeps_serving_then_rerun_is_identical(stack
     assert sorted(r["logical_date"][:10] for r in again) == DAYS
     assert {r["logical_date"][:10]: r["state"] for r in again} == {DAYS[0]: "success", DAYS[1]: "success",
                                                                   BROKEN_DAY: "failed"}
-    assert lake.partitions("sequences") == DAYS
+    assert sequences_partitions(lake) == DAYS
     assert snapshot(stack.lake) == before
     assert published_candidates(Lake.at(stack.lake)) == DAYS[1]
     assert current(Lake.at(stack.lake), "models").name == model_of(DAYS[1])
