@@ -29,6 +29,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="share of users never trained on (the quality gate's held-out users; "
                         "default 2 %%, raised to reach 500 users). Fixed by the lake's first "
                         "training in models/HOLDOUT; ignored, with a note, once fixed")
+    p.add_argument("--holdout-min-users", type=int, default=None,
+                   help="raise the held-out share to reach this many users (default 500, capped at "
+                        "half the users); 0 keeps --holdout-fraction as given (a small demo lake, "
+                        "where 500 of 1,000 users would leave half the data untrained)")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel training on N processes, one per GPU (DDP under torchrun; "
                         "NCCL on CUDA, gloo on CPU): --batch-size is per process, the global "
@@ -231,7 +235,7 @@ def warm_start_state(lake, source: str | None, cfg):
     return vdir.name, load_file(str(vdir / "model.safetensors"))
 
 
-def trainable_users(lake, user_ids, requested: float | None = None):
+def trainable_users(lake, user_ids, requested: float | None = None, min_users: int | None = None):
     """(indices of the users a model may train on, the held-out record for metrics.json):
     every user but the lake's held-out ones (pinrec.contracts.held_out_users)."""
     import numpy as np
@@ -241,7 +245,9 @@ def trainable_users(lake, user_ids, requested: float | None = None):
 
     fraction = read_holdout_fraction(lake)
     if fraction is None:
-        fraction = fix_holdout_fraction(lake, holdout_fraction_for(len(user_ids), requested or HOLDOUT_FRACTION))
+        share = requested or HOLDOUT_FRACTION
+        fraction = fix_holdout_fraction(lake, holdout_fraction_for(len(user_ids), share) if min_users is None
+                                        else holdout_fraction_for(len(user_ids), share, min_users))
     elif requested is not None and requested != fraction:
         print(f"held-out users: --holdout-fraction {requested} ignored; the lake's share is fixed "
               f"at {fraction} (models/HOLDOUT) so no user a model trained on is ever held out")
@@ -348,7 +354,8 @@ def run_rank(args, ctx) -> int:
     elif args.ds and main:
         print(f"features: no items table for {args.ds}; query tokens are featurised without their "
               f"text (run `pinrec items --ds {args.ds}` first to train on what serving reads)")
-    users, holdout = trainable_users(lake, prep.seqs.user_ids, getattr(args, "holdout_fraction", None))
+    users, holdout = trainable_users(lake, prep.seqs.user_ids, getattr(args, "holdout_fraction", None),
+                                     getattr(args, "holdout_min_users", None))
     print(f"held-out users: {holdout['users']:,} of {len(prep.seqs.user_ids):,} (share "
           f"{holdout['fraction']:.4g}) are not trained on")
     if not warm_start_keeps_holdout(lake, warm_from, holdout["fraction"]):
