@@ -67,7 +67,10 @@ def test_a_killed_rank_fails_the_job_without_a_model_version(lake):
         assert p.poll() is None, p.stderr.read()[-3000:]
         time.sleep(0.05)
     assert any(line.startswith("epoch 1:") for line in lines), "training never finished an epoch"
-    victim = [c for c in psutil.Process(p.pid).children(recursive=True) if c.environ().get("RANK") == "1"]
+    # the launcher's own descendants, taken before the kill: the suite's other fixtures (a Spark JVM,
+    # a broker) are children of this pytest process too and must not count as left behind
+    launched = psutil.Process(p.pid).children(recursive=True)
+    victim = [c for c in launched if c.environ().get("RANK") == "1"]
     assert len(victim) == 1
     victim[0].send_signal(signal.SIGKILL)
     p.wait(timeout=300)
@@ -75,11 +78,12 @@ def test_a_killed_rank_fails_the_job_without_a_model_version(lake):
     models = Path(lake) / "models"
     assert not (models / "ddp-killed").exists()
     assert not [d.name for d in models.iterdir() if "ddp-killed" in d.name]  # no .tmp either
+
     def left_behind():
         out = []
-        for c in psutil.Process().children(recursive=True):
+        for c in launched:
             try:
-                if c.pid != p.pid and c.is_running() and c.status() != psutil.STATUS_ZOMBIE:
+                if c.is_running() and c.status() != psutil.STATUS_ZOMBIE:
                     out.append(c)
             except psutil.NoSuchProcess:
                 pass
