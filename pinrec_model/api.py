@@ -325,51 +325,33 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
     excl = max(lens, default=0) if exclude_history else 0
     max_q = max((q for p in plans for _, _, q in p), default=0)
     k_search = int(math.ceil(max_q * overfetch)) + excl
-    scores, ids = retriever.search(queries, k_search) if max_q and len(queries) else (None, None)
-    seen = [set(np.asarray(h.item_ids, dtype=np.int64).tolist()) if exclude_history else set()
-            for h in histories]
-    return select_walk(plans, scores, ids, seen, n)
+    if not max_q or not len(queries):
+        return [[] for _ in histories]
+    scores, ids = retriever.search(queries, k_search)  # [sum of plan entries, K]: users' entries in order
+    seen = [np.asarray(h.item_ids, dtype=np.int64) if exclude_history else None for h in histories]
+    return select_per_user(plans, scores, ids, seen, n)
 
 
-def select_walk(plans, scores: np.ndarray, ids: np.ndarray, seen: list[set], n: int) -> list[list[Candidate]]:
-    """Per user, plan entry by plan entry, take the entry's best `quota` results not yet seen
-    (history or chosen); fill what de-duplication took away from the over-fetched tails, best
-    score first; order by score. scores/ids: one row per plan entry of every user, in order."""
-    by_score = lambda c: -c[1]
-    out, qi = [], 0
+def select_per_user(plans, scores: np.ndarray, ids: np.ndarray, seen: list, n: int) -> list[list[Candidate]]:
+    """Per-user plans and their flat search results -> candidates, through the one selection
+    (batch_generation.select_candidates). scores/ids [R, K]: one row per plan entry of every
+    user, in order; seen: per user the item ids to exclude (int64 [T]) or None."""
+    from pinrec_model.batch_generation import select_candidates
+
+    B, K = len(plans), ids.shape[1]
+    E = max(len(p) for p in plans)
+    grid_ids = np.full((B, E, K), -1, np.int64)  # padding entries: no results, quota 0
+    grid_s = np.full((B, E, K), -np.inf, np.float32)
+    quotas = np.zeros((B, E), np.int64)
+    r = 0
     for b, plan in enumerate(plans):
-        seen_b = seen[b]
-        chosen, rest = [], []  # (item id, score, outcome) tuples
-        for name, _, quota in plan:
-            got, pos = 0, 0
-            row_i = ids[qi]
-            # Stop at the quota: the over-fetched tail is only read when a fill is needed. Rows
-            # are read as Python lists a window at a time (most walks end within the quota).
-            w = min(len(row_i), 2 * quota + 8)
-            lst = row_i[:w].tolist()
-            while got < quota:
-                if pos == len(lst):
-                    if len(lst) == len(row_i):
-                        break
-                    lst = row_i.tolist()
-                i = lst[pos]
-                if i >= 0 and i not in seen_b:
-                    chosen.append((i, float(scores[qi, pos]), name))
-                    seen_b.add(i)
-                    got += 1
-                pos += 1
-            rest.append((qi, pos, name))
-            qi += 1
-        # Over-fetched results fill what de-duplication took away, best score first.
-        if len(chosen) < n:
-            spare = [(i, s, name) for q, start, name in rest
-                     for s, i in zip(scores[q, start:].tolist(), ids[q, start:].tolist()) if i >= 0]
-            for c in sorted(spare, key=by_score):
-                if len(chosen) >= n:
-                    break
-                if c[0] not in seen_b:
-                    chosen.append(c)
-                    seen_b.add(c[0])
-        chosen.sort(key=by_score)
-        out.append(list(map(Candidate._make, chosen[:n])))
-    return out
+        e = len(plan)
+        rows = ids[r:r + e]
+        grid_ids[b, :e] = rows if seen[b] is None else np.where(np.isin(rows, seen[b]), -1, rows)
+        grid_s[b, :e] = scores[r:r + e]
+        quotas[b, :e] = [q for _, _, q in plan]
+        r += e
+    got, sc, entry = select_candidates(torch.from_numpy(grid_s), torch.from_numpy(grid_ids), torch.from_numpy(quotas), n)
+    got, sc, entry = got.tolist(), sc.tolist(), entry.tolist()
+    return [[Candidate(i, s, plan[e][0]) for i, s, e in zip(got[b], sc[b], entry[b]) if i >= 0]
+            for b, plan in enumerate(plans)]

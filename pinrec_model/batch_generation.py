@@ -140,14 +140,18 @@ def device_history(m: LoadedModel, h: HistoryArrays, index, features):
     return emb, t("types"), t("actions"), t("surfaces"), t("ts_s"), t("valid")
 
 
-def select_candidates(scores: torch.Tensor, ids: torch.Tensor, quotas: list[int], n: int):
-    """Vectorised api.generate_candidates walk. scores/ids [B, E, K]: each plan entry's ranked
-    results (history already excluded, -1 = none); quotas [E]: items each entry contributes.
+def select_candidates(scores: torch.Tensor, ids: torch.Tensor, quotas, n: int):
+    """The one selection of candidates from search results, vectorised over users.
+
+    scores [B, E, K] float, ids [B, E, K] int64: each plan entry's ranked results, items to
+    exclude (the history) already -1; quotas: [E] ints (one plan for every user) or [B, E]
+    int64 (per-user plans, padded with quota-0 entries whose ids are all -1).
 
     Entry by entry, take its best `quota` results not already chosen; then fill what
     de-duplication took away from the over-fetched tails (results after each walk's stop), best
-    score first, each item once; finally order by score. -> (ids [B, n], scores [B, n],
-    plan entry [B, n]); unfilled slots have id -1."""
+    score first, each item once; finally order by score (stable). -> (ids [B, n] int64, scores
+    [B, n] float, plan entry [B, n] int64); unfilled slots have id -1. The per-user walk this
+    replaced is kept as the test oracle (tests/unit/model/walk_oracle.py)."""
     B, E, K = ids.shape
     dev = ids.device
     chosen = torch.full((B, n + 1), -1, dtype=torch.long, device=dev)  # column n: discard
@@ -163,11 +167,12 @@ def select_candidates(scores: torch.Tensor, ids: torch.Tensor, quotas: list[int]
         c_score.scatter_(1, dest, torch.where(take, row_scores, float("-inf")))
         c_entry.scatter_(1, dest, torch.where(take, row_entry, -1))
 
-    for j, q in enumerate(quotas):
-        row = ids[:, j]
+    q_all = torch.as_tensor(quotas, dtype=torch.long, device=dev).expand(B, E)  # [B, E]
+    for j in range(E):
+        row, q = ids[:, j], q_all[:, j]
         ok = (row >= 0) & ~(row[:, :, None] == chosen[:, None, :n]).any(-1)
         rank = ok.cumsum(1)
-        take = ok & (rank <= q)
+        take = ok & (rank <= q[:, None])
         got = take.sum(1)
         last = torch.where(take, ar, -1).max(1).values
         stop[:, j] = torch.where(got >= q, last + 1, K)
