@@ -1,8 +1,14 @@
-"""The model API: the ONLY surface the batch layer and serving call (see the working agreement).
+"""The model API for the batch layer and serving: load a model version, embed items, generate
+candidates. (Jobs that train or evaluate use training, offline and data directly: the package
+docstring lists the public modules.)
 
     load_model(version_dir, device) -> LoadedModel
     embed_items(m, item_ids, item_types, features) -> float32 [N, D]   (the item tower)
-    generate_candidates(m, histories, features, budget, n, retriever, ...) -> [[Candidate]]
+    generate_candidates(m, histories, features, budget, n, retriever, ...) -> [[Candidate]] per user
+
+Generation is `PinRec.generate`; selection from search results is
+`batch_generation.select_candidates`, the one implementation for both entry points here and
+`batch_generation.generate_arrays` (the job's exact-search path).
 
 Model versions are folders `<lake>/models/<version>/{model.safetensors, config.json,
 metrics.json}`, written once by `save_model` and never modified.
@@ -21,7 +27,7 @@ import torch
 
 from pinrec.contracts import ITEM_TYPES, SURFACES, ActionVocab, validate_budget
 from pinrec.features import FEATURE_DIM, query_features
-from pinrec_model.generation import compress, generate, largest_remainder, prefill
+from pinrec_model.generation import compress, largest_remainder
 from pinrec_model.losses import CountMinSketch
 from pinrec_model.model import PinRec, PinRecConfig
 from pinrec_model.retrieval import Retriever
@@ -173,9 +179,10 @@ def _type_ids(item_types: Sequence[str]) -> np.ndarray:
 
 
 @torch.no_grad()
-def _embed_items_on_device(m: LoadedModel, ids: np.ndarray, type_ids: np.ndarray, features: np.ndarray,
-                           batch_size: int = 65536) -> torch.Tensor:
-    """The item tower on int64 ids / type ids: float32 [N, D] on the model's device."""
+def embed_item_ids(m: LoadedModel, ids: np.ndarray, type_ids: np.ndarray, features: np.ndarray,
+                   batch_size: int = 65536) -> torch.Tensor:
+    """The item tower on ids int64 [N], type ids int64 [N] (1 pin, 2 query) and features
+    float [N, F] -> float32 [N, D] on the model's device."""
     ids_t = torch.from_numpy(np.array(ids, dtype=np.int64))  # a copy: Arrow buffers are read-only
     types_t = torch.as_tensor(np.asarray(type_ids, dtype=np.int64))
     feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
@@ -188,8 +195,9 @@ def _embed_items_on_device(m: LoadedModel, ids: np.ndarray, type_ids: np.ndarray
 @torch.no_grad()
 def embed_items(m: LoadedModel, item_ids, item_types: Sequence[str], features: np.ndarray,
                 batch_size: int = 65536) -> np.ndarray:
-    """The item tower: float32 [N, D], L2-normalised."""
-    return _embed_items_on_device(m, item_ids, _type_ids(item_types), features, batch_size).cpu().numpy()
+    """The item tower: item_ids [N] int64, item_types [N] names, features [N, F] float ->
+    float32 [N, D] numpy (L2-normalised for cosine models)."""
+    return embed_item_ids(m, item_ids, _type_ids(item_types), features, batch_size).cpu().numpy()
 
 
 def history_tensors(m: LoadedModel, histories: Sequence[History], features: ItemFeatures, max_len: int):
@@ -233,7 +241,7 @@ def history_tensors(m: LoadedModel, histories: Sequence[History], features: Item
         rows = None if len(present) == 1 else np.flatnonzero(flat_types == t)
         uniq, inv = np.unique(flat_ids if rows is None else flat_ids[rows], return_inverse=True)
         texts = [query_text.get(int(i)) for i in uniq] if t == QUERY_TYPE and query_text else None
-        e = _embed_items_on_device(m, uniq, np.full(len(uniq), t, np.int64), features.lookup(uniq, texts))
+        e = embed_item_ids(m, uniq, np.full(len(uniq), t, np.int64), features.lookup(uniq, texts))
         inv_t = torch.as_tensor(inv.reshape(-1)).to(m.device)
         if rows is None:
             emb = e[inv_t]
@@ -299,10 +307,10 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
     k = tokens_per_step or (cfg.tokens_per_step if cfg.offset_conditioned else 1)
     hist_len = min(cfg.max_len, cfg.max_positions - n_emb - 1)
     emb, types, acts, surf, ts, valid = history_tensors(m, histories, features, hist_len)
-    st = prefill(m.model, emb, types, acts, surf, ts, valid)
+    st = m.model.prefill(emb, types, acts, surf, ts, valid)
     order, groups = generation_plan(m, budget, n, n_emb)
     cond = torch.tensor(order, device=m.device)[None, :].expand(len(histories), -1)
-    gen = generate(m.model, st, cond, k).float().cpu().numpy()  # [B, n_emb, D]
+    gen = m.model.generate(st, cond, k).float().cpu().numpy()  # [B, n_emb, D]
     B = len(histories)
     if compression_threshold is None:
         # Nothing is compressed, so the plan [(action, column, quota)] is the same for every user.

@@ -9,13 +9,14 @@ Candidate); the daily job scores every user, so this path keeps everything in ar
                            embedding from the ExactIndex instead of re-running the item tower
     generate_arrays        prefill once, then per arm: multi-token decode into a preallocated
                            KV cache, exact search with the history masked, vectorised selection
-    select_candidates      the walk of api.generate_candidates (per-embedding quotas, de-dup,
-                           fill from the over-fetched tail, order by score) as tensor ops
+    select_candidates      the one selection (per-embedding quotas, de-dup, fill from the
+                           over-fetched tail, order by score) as tensor ops; api's per-user
+                           Faiss path selects through it too
 
-Selection gives exactly what `api.select_walk` gives on the same search results (tested); the
+Selection gives exactly what the old per-user walk gave (tests/unit/model/walk_oracle.py); the
 search differs from the Faiss path in two ways: it is exact, and history items are masked before
 the top-k, which is fetched at least N deep, so de-duplication can always fill N. Compression
-(per-user plans) is not vectorised: the job uses the per-user path when it is asked for.
+(per-user plans) is the api path: its plans are padded into the same selection.
 """
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ import pyarrow.compute as pc
 import torch
 
 from pinrec.contracts import ITEM_TYPES, SURFACES, validate_budget
-from pinrec_model.api import LoadedModel, generation_plan, uniform_plan, _embed_items_on_device
-from pinrec_model.generation import generate, prefill
+from pinrec_model.api import LoadedModel, embed_item_ids, generation_plan, uniform_plan
 
 HISTORY_COLUMNS = ("user_id", "item_ids", "item_types", "actions", "surfaces", "ts")
 
@@ -135,7 +135,7 @@ def device_history(m: LoadedModel, h: HistoryArrays, index, features):
     if rest.any():
         r_ids, r_types = h.item_ids[rest], h.types[rest]
         keys, inv = np.unique(np.stack([r_ids, r_types], 1), axis=0, return_inverse=True)
-        e = _embed_items_on_device(m, keys[:, 0], keys[:, 1], features.lookup(keys[:, 0]))
+        e = embed_item_ids(m, keys[:, 0], keys[:, 1], features.lookup(keys[:, 0]))
         emb[torch.as_tensor(rest, device=dev)] = e[torch.as_tensor(inv.reshape(-1), device=dev)].to(emb.dtype)
     return emb, t("types"), t("actions"), t("surfaces"), t("ts_s"), t("valid")
 
@@ -245,7 +245,7 @@ def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: dic
     n_emb = num_embeddings or cfg.num_embeddings
     k = tokens_per_step or (cfg.tokens_per_step if cfg.offset_conditioned else 1)
     emb, types, acts, surf, ts, valid = device_history(m, h, index, features)
-    st = prefill(m.model, emb, types, acts, surf, ts, valid, capacity=valid.shape[1] + n_emb)
+    st = m.model.prefill(emb, types, acts, surf, ts, valid, capacity=valid.shape[1] + n_emb)
     exclude = torch.as_tensor(h.grid("seen")).to(m.device, non_blocking=True)
     B = len(h.user_ids)
     asynchronous = asynchronous and str(m.device).startswith("cuda")
@@ -254,7 +254,7 @@ def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: dic
         order, groups = generation_plan(m, validate_budget(budget, m.vocab), n, n_emb)
         plan = uniform_plan(groups)
         cond = torch.tensor(order, device=m.device)[None, :].expand(B, -1)
-        gen = generate(m.model, st, cond, k)  # [B, n_emb, D]
+        gen = m.model.generate(st, cond, k)  # [B, n_emb, D]
         quotas = [q for _, _, q in plan]
         q = gen[:, [c for _, c, _ in plan]]
         scores, ids = index.search(q, search_depth(quotas, n, overfetch), exclude)
