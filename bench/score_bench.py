@@ -100,7 +100,6 @@ def profile_phases(m, tables_batches, features, retriever, budget, cfg, hist_len
 
     from jobs.score import histories_from_batch
     from pinrec_model.api import generate_candidates, history_tensors
-    from pinrec_model.generation import generate, prefill
 
     dev = str(m.device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.startswith("cuda") else contextlib.nullcontext()
@@ -115,12 +114,12 @@ def profile_phases(m, tables_batches, features, retriever, budget, cfg, hist_len
             emb, types, acts, surf, ts, valid = history_tensors(m, hs, features, hist_len)
             _sync(dev)
             t2 = time.perf_counter()
-            st = prefill(m.model, emb, types, acts, surf, ts, valid)
+            st = m.model.prefill(emb, types, acts, surf, ts, valid)
             _sync(dev)
             t3 = time.perf_counter()
             n_emb = m.config.num_embeddings
             cond = torch.ones(len(hs), n_emb, dtype=torch.long, device=dev)
-            gen = generate(m.model, st, cond, cfg.tokens_per_step or m.config.tokens_per_step)
+            gen = m.model.generate(st, cond, cfg.tokens_per_step or m.config.tokens_per_step)
             _sync(dev)
             t4 = time.perf_counter()
             generate_candidates(m, hs, features, budget, cfg.n, retriever,
@@ -146,7 +145,6 @@ def profile_exact(m, tables_batches, features, index, arms, cfg, hist_len: int) 
     from pinrec_model.api import generation_plan, uniform_plan
     from pinrec_model.batch_generation import ArmResult, arrow_history_arrays, device_history, search_depth, \
         select_candidates
-    from pinrec_model.generation import generate, prefill
 
     dev = str(m.device)
     bf16_weights = next(m.model.parameters()).dtype == torch.bfloat16
@@ -166,13 +164,13 @@ def profile_exact(m, tables_batches, features, index, arms, cfg, hist_len: int) 
             emb, types, acts, surf, ts, valid = device_history(m, h, index, features)
             exclude = torch.as_tensor(h.seen).to(dev)
             lap()
-            st = prefill(m.model, emb, types, acts, surf, ts, valid, capacity=valid.shape[1] + n_emb)
+            st = m.model.prefill(emb, types, acts, surf, ts, valid, capacity=valid.shape[1] + n_emb)
             lap()
             for arm, budget in arms.items():
                 order, groups = generation_plan(m, budget, cfg.n, n_emb)
                 plan = uniform_plan(groups)
                 quotas = [q for _, _, q in plan]
-                gen = generate(m.model, st, torch.tensor(order, device=dev)[None].expand(len(h.user_ids), -1), k)
+                gen = m.model.generate(st, torch.tensor(order, device=dev)[None].expand(len(h.user_ids), -1), k)
                 lap()
                 s, i = index.search(gen[:, [c for _, c, _ in plan]], search_depth(quotas, cfg.n, 2.0), exclude)
                 lap()

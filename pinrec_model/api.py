@@ -1,8 +1,14 @@
-"""The model API: the ONLY surface the batch layer and serving call (see the working agreement).
+"""The model API for the batch layer and serving: load a model version, embed items, generate
+candidates. (Jobs that train or evaluate use training, offline and data directly: the package
+docstring lists the public modules.)
 
     load_model(version_dir, device) -> LoadedModel
     embed_items(m, item_ids, item_types, features) -> float32 [N, D]   (the item tower)
-    generate_candidates(m, histories, features, budget, n, retriever, ...) -> [[Candidate]]
+    generate_candidates(m, histories, features, budget, n, retriever, ...) -> [[Candidate]] per user
+
+Generation is `PinRec.generate`; selection from search results is
+`batch_generation.select_candidates`, the one implementation for both entry points here and
+`batch_generation.generate_arrays` (the job's exact-search path).
 
 Model versions are folders `<lake>/models/<version>/{model.safetensors, config.json,
 metrics.json}`, written once by `save_model` and never modified.
@@ -21,7 +27,7 @@ import torch
 
 from pinrec.contracts import ITEM_TYPES, SURFACES, ActionVocab, validate_budget
 from pinrec.features import FEATURE_DIM, query_features
-from pinrec_model.generation import compress, generate, largest_remainder, prefill
+from pinrec_model.generation import compress, largest_remainder
 from pinrec_model.losses import CountMinSketch
 from pinrec_model.model import PinRec, PinRecConfig
 from pinrec_model.retrieval import Retriever
@@ -173,9 +179,10 @@ def _type_ids(item_types: Sequence[str]) -> np.ndarray:
 
 
 @torch.no_grad()
-def _embed_items_on_device(m: LoadedModel, ids: np.ndarray, type_ids: np.ndarray, features: np.ndarray,
-                           batch_size: int = 65536) -> torch.Tensor:
-    """The item tower on int64 ids / type ids: float32 [N, D] on the model's device."""
+def embed_item_ids(m: LoadedModel, ids: np.ndarray, type_ids: np.ndarray, features: np.ndarray,
+                   batch_size: int = 65536) -> torch.Tensor:
+    """The item tower on ids int64 [N], type ids int64 [N] (1 pin, 2 query) and features
+    float [N, F] -> float32 [N, D] on the model's device."""
     ids_t = torch.from_numpy(np.array(ids, dtype=np.int64))  # a copy: Arrow buffers are read-only
     types_t = torch.as_tensor(np.asarray(type_ids, dtype=np.int64))
     feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
@@ -188,8 +195,9 @@ def _embed_items_on_device(m: LoadedModel, ids: np.ndarray, type_ids: np.ndarray
 @torch.no_grad()
 def embed_items(m: LoadedModel, item_ids, item_types: Sequence[str], features: np.ndarray,
                 batch_size: int = 65536) -> np.ndarray:
-    """The item tower: float32 [N, D], L2-normalised."""
-    return _embed_items_on_device(m, item_ids, _type_ids(item_types), features, batch_size).cpu().numpy()
+    """The item tower: item_ids [N] int64, item_types [N] names, features [N, F] float ->
+    float32 [N, D] numpy (L2-normalised for cosine models)."""
+    return embed_item_ids(m, item_ids, _type_ids(item_types), features, batch_size).cpu().numpy()
 
 
 def history_tensors(m: LoadedModel, histories: Sequence[History], features: ItemFeatures, max_len: int):
@@ -233,7 +241,7 @@ def history_tensors(m: LoadedModel, histories: Sequence[History], features: Item
         rows = None if len(present) == 1 else np.flatnonzero(flat_types == t)
         uniq, inv = np.unique(flat_ids if rows is None else flat_ids[rows], return_inverse=True)
         texts = [query_text.get(int(i)) for i in uniq] if t == QUERY_TYPE and query_text else None
-        e = _embed_items_on_device(m, uniq, np.full(len(uniq), t, np.int64), features.lookup(uniq, texts))
+        e = embed_item_ids(m, uniq, np.full(len(uniq), t, np.int64), features.lookup(uniq, texts))
         inv_t = torch.as_tensor(inv.reshape(-1)).to(m.device)
         if rows is None:
             emb = e[inv_t]
@@ -299,10 +307,10 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
     k = tokens_per_step or (cfg.tokens_per_step if cfg.offset_conditioned else 1)
     hist_len = min(cfg.max_len, cfg.max_positions - n_emb - 1)
     emb, types, acts, surf, ts, valid = history_tensors(m, histories, features, hist_len)
-    st = prefill(m.model, emb, types, acts, surf, ts, valid)
+    st = m.model.prefill(emb, types, acts, surf, ts, valid)
     order, groups = generation_plan(m, budget, n, n_emb)
     cond = torch.tensor(order, device=m.device)[None, :].expand(len(histories), -1)
-    gen = generate(m.model, st, cond, k).float().cpu().numpy()  # [B, n_emb, D]
+    gen = m.model.generate(st, cond, k).float().cpu().numpy()  # [B, n_emb, D]
     B = len(histories)
     if compression_threshold is None:
         # Nothing is compressed, so the plan [(action, column, quota)] is the same for every user.
@@ -325,51 +333,33 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
     excl = max(lens, default=0) if exclude_history else 0
     max_q = max((q for p in plans for _, _, q in p), default=0)
     k_search = int(math.ceil(max_q * overfetch)) + excl
-    scores, ids = retriever.search(queries, k_search) if max_q and len(queries) else (None, None)
-    seen = [set(np.asarray(h.item_ids, dtype=np.int64).tolist()) if exclude_history else set()
-            for h in histories]
-    return select_walk(plans, scores, ids, seen, n)
+    if not max_q or not len(queries):
+        return [[] for _ in histories]
+    scores, ids = retriever.search(queries, k_search)  # [sum of plan entries, K]: users' entries in order
+    seen = [np.asarray(h.item_ids, dtype=np.int64) if exclude_history else None for h in histories]
+    return select_per_user(plans, scores, ids, seen, n)
 
 
-def select_walk(plans, scores: np.ndarray, ids: np.ndarray, seen: list[set], n: int) -> list[list[Candidate]]:
-    """Per user, plan entry by plan entry, take the entry's best `quota` results not yet seen
-    (history or chosen); fill what de-duplication took away from the over-fetched tails, best
-    score first; order by score. scores/ids: one row per plan entry of every user, in order."""
-    by_score = lambda c: -c[1]
-    out, qi = [], 0
+def select_per_user(plans, scores: np.ndarray, ids: np.ndarray, seen: list, n: int) -> list[list[Candidate]]:
+    """Per-user plans and their flat search results -> candidates, through the one selection
+    (batch_generation.select_candidates). scores/ids [R, K]: one row per plan entry of every
+    user, in order; seen: per user the item ids to exclude (int64 [T]) or None."""
+    from pinrec_model.batch_generation import select_candidates
+
+    B, K = len(plans), ids.shape[1]
+    E = max(len(p) for p in plans)
+    grid_ids = np.full((B, E, K), -1, np.int64)  # padding entries: no results, quota 0
+    grid_s = np.full((B, E, K), -np.inf, np.float32)
+    quotas = np.zeros((B, E), np.int64)
+    r = 0
     for b, plan in enumerate(plans):
-        seen_b = seen[b]
-        chosen, rest = [], []  # (item id, score, outcome) tuples
-        for name, _, quota in plan:
-            got, pos = 0, 0
-            row_i = ids[qi]
-            # Stop at the quota: the over-fetched tail is only read when a fill is needed. Rows
-            # are read as Python lists a window at a time (most walks end within the quota).
-            w = min(len(row_i), 2 * quota + 8)
-            lst = row_i[:w].tolist()
-            while got < quota:
-                if pos == len(lst):
-                    if len(lst) == len(row_i):
-                        break
-                    lst = row_i.tolist()
-                i = lst[pos]
-                if i >= 0 and i not in seen_b:
-                    chosen.append((i, float(scores[qi, pos]), name))
-                    seen_b.add(i)
-                    got += 1
-                pos += 1
-            rest.append((qi, pos, name))
-            qi += 1
-        # Over-fetched results fill what de-duplication took away, best score first.
-        if len(chosen) < n:
-            spare = [(i, s, name) for q, start, name in rest
-                     for s, i in zip(scores[q, start:].tolist(), ids[q, start:].tolist()) if i >= 0]
-            for c in sorted(spare, key=by_score):
-                if len(chosen) >= n:
-                    break
-                if c[0] not in seen_b:
-                    chosen.append(c)
-                    seen_b.add(c[0])
-        chosen.sort(key=by_score)
-        out.append(list(map(Candidate._make, chosen[:n])))
-    return out
+        e = len(plan)
+        rows = ids[r:r + e]
+        grid_ids[b, :e] = rows if seen[b] is None else np.where(np.isin(rows, seen[b]), -1, rows)
+        grid_s[b, :e] = scores[r:r + e]
+        quotas[b, :e] = [q for _, _, q in plan]
+        r += e
+    got, sc, entry = select_candidates(torch.from_numpy(grid_s), torch.from_numpy(grid_ids), torch.from_numpy(quotas), n)
+    got, sc, entry = got.tolist(), sc.tolist(), entry.tolist()
+    return [[Candidate(i, s, plan[e][0]) for i, s, e in zip(got[b], sc[b], entry[b]) if i >= 0]
+            for b, plan in enumerate(plans)]

@@ -9,13 +9,14 @@ Candidate); the daily job scores every user, so this path keeps everything in ar
                            embedding from the ExactIndex instead of re-running the item tower
     generate_arrays        prefill once, then per arm: multi-token decode into a preallocated
                            KV cache, exact search with the history masked, vectorised selection
-    select_candidates      the walk of api.generate_candidates (per-embedding quotas, de-dup,
-                           fill from the over-fetched tail, order by score) as tensor ops
+    select_candidates      the one selection (per-embedding quotas, de-dup, fill from the
+                           over-fetched tail, order by score) as tensor ops; api's per-user
+                           Faiss path selects through it too
 
-Selection gives exactly what `api.select_walk` gives on the same search results (tested); the
+Selection gives exactly what the old per-user walk gave (tests/unit/model/walk_oracle.py); the
 search differs from the Faiss path in two ways: it is exact, and history items are masked before
 the top-k, which is fetched at least N deep, so de-duplication can always fill N. Compression
-(per-user plans) is not vectorised: the job uses the per-user path when it is asked for.
+(per-user plans) is the api path: its plans are padded into the same selection.
 """
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ import pyarrow.compute as pc
 import torch
 
 from pinrec.contracts import ITEM_TYPES, SURFACES, validate_budget
-from pinrec_model.api import LoadedModel, generation_plan, uniform_plan, _embed_items_on_device
-from pinrec_model.generation import generate, prefill
+from pinrec_model.api import LoadedModel, embed_item_ids, generation_plan, uniform_plan
 
 HISTORY_COLUMNS = ("user_id", "item_ids", "item_types", "actions", "surfaces", "ts")
 
@@ -135,19 +135,23 @@ def device_history(m: LoadedModel, h: HistoryArrays, index, features):
     if rest.any():
         r_ids, r_types = h.item_ids[rest], h.types[rest]
         keys, inv = np.unique(np.stack([r_ids, r_types], 1), axis=0, return_inverse=True)
-        e = _embed_items_on_device(m, keys[:, 0], keys[:, 1], features.lookup(keys[:, 0]))
+        e = embed_item_ids(m, keys[:, 0], keys[:, 1], features.lookup(keys[:, 0]))
         emb[torch.as_tensor(rest, device=dev)] = e[torch.as_tensor(inv.reshape(-1), device=dev)].to(emb.dtype)
     return emb, t("types"), t("actions"), t("surfaces"), t("ts_s"), t("valid")
 
 
-def select_candidates(scores: torch.Tensor, ids: torch.Tensor, quotas: list[int], n: int):
-    """Vectorised api.generate_candidates walk. scores/ids [B, E, K]: each plan entry's ranked
-    results (history already excluded, -1 = none); quotas [E]: items each entry contributes.
+def select_candidates(scores: torch.Tensor, ids: torch.Tensor, quotas, n: int):
+    """The one selection of candidates from search results, vectorised over users.
+
+    scores [B, E, K] float, ids [B, E, K] int64: each plan entry's ranked results, items to
+    exclude (the history) already -1; quotas: [E] ints (one plan for every user) or [B, E]
+    int64 (per-user plans, padded with quota-0 entries whose ids are all -1).
 
     Entry by entry, take its best `quota` results not already chosen; then fill what
     de-duplication took away from the over-fetched tails (results after each walk's stop), best
-    score first, each item once; finally order by score. -> (ids [B, n], scores [B, n],
-    plan entry [B, n]); unfilled slots have id -1."""
+    score first, each item once; finally order by score (stable). -> (ids [B, n] int64, scores
+    [B, n] float, plan entry [B, n] int64); unfilled slots have id -1. The per-user walk this
+    replaced is kept as the test oracle (tests/unit/model/walk_oracle.py)."""
     B, E, K = ids.shape
     dev = ids.device
     chosen = torch.full((B, n + 1), -1, dtype=torch.long, device=dev)  # column n: discard
@@ -163,11 +167,12 @@ def select_candidates(scores: torch.Tensor, ids: torch.Tensor, quotas: list[int]
         c_score.scatter_(1, dest, torch.where(take, row_scores, float("-inf")))
         c_entry.scatter_(1, dest, torch.where(take, row_entry, -1))
 
-    for j, q in enumerate(quotas):
-        row = ids[:, j]
+    q_all = torch.as_tensor(quotas, dtype=torch.long, device=dev).expand(B, E)  # [B, E]
+    for j in range(E):
+        row, q = ids[:, j], q_all[:, j]
         ok = (row >= 0) & ~(row[:, :, None] == chosen[:, None, :n]).any(-1)
         rank = ok.cumsum(1)
-        take = ok & (rank <= q)
+        take = ok & (rank <= q[:, None])
         got = take.sum(1)
         last = torch.where(take, ar, -1).max(1).values
         stop[:, j] = torch.where(got >= q, last + 1, K)
@@ -240,7 +245,7 @@ def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: dic
     n_emb = num_embeddings or cfg.num_embeddings
     k = tokens_per_step or (cfg.tokens_per_step if cfg.offset_conditioned else 1)
     emb, types, acts, surf, ts, valid = device_history(m, h, index, features)
-    st = prefill(m.model, emb, types, acts, surf, ts, valid, capacity=valid.shape[1] + n_emb)
+    st = m.model.prefill(emb, types, acts, surf, ts, valid, capacity=valid.shape[1] + n_emb)
     exclude = torch.as_tensor(h.grid("seen")).to(m.device, non_blocking=True)
     B = len(h.user_ids)
     asynchronous = asynchronous and str(m.device).startswith("cuda")
@@ -249,7 +254,7 @@ def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: dic
         order, groups = generation_plan(m, validate_budget(budget, m.vocab), n, n_emb)
         plan = uniform_plan(groups)
         cond = torch.tensor(order, device=m.device)[None, :].expand(B, -1)
-        gen = generate(m.model, st, cond, k)  # [B, n_emb, D]
+        gen = m.model.generate(st, cond, k)  # [B, n_emb, D]
         quotas = [q for _, _, q in plan]
         q = gen[:, [c for _, c, _ in plan]]
         scores, ids = index.search(q, search_depth(quotas, n, overfetch), exclude)

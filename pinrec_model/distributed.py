@@ -93,6 +93,14 @@ def shard_bounds(global_rows: int, world: int, rank: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
+def host_to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Host tensor -> device without a stream sync: pinned memory and an async copy (a plain
+    .to() from pageable memory waits for everything queued on the GPU first)."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def rows_rand(gen: torch.Generator, B: int, cols: int, part: BatchPart | None) -> torch.Tensor:
     """uniform [B, cols] for this rank's rows: drawn for the whole global batch and sliced, so a
     row gets the same number whichever rank trains it (and the generator stays in step)."""

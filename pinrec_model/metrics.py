@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from pinrec_model.data import UserSeqs, left_pad
-from pinrec_model.generation import prefill
 from pinrec_model.model import PinRec
 
 
@@ -36,7 +35,7 @@ def history_state(model: PinRec, ct, arrays: dict, dev, item_table: torch.Tensor
         uniq, inv = torch.unique(r, return_inverse=True)
         emb = ct.embed(model, uniq)[inv]
     t = lambda k: torch.as_tensor(arrays[k], device=dev)
-    return prefill(model, emb, ct.type_ids[r], t("actions"), t("surfaces"), t("ts_s"), valid)
+    return model.prefill(emb, ct.type_ids[r], t("actions"), t("surfaces"), t("ts_s"), valid)
 
 
 @torch.no_grad()

@@ -447,6 +447,23 @@ class PinRec(nn.Module):
             cache.append(kv)
         return self.ln_f(x), cache
 
+    def prefill(self, emb, type_ids, actions, surfaces, ts_s, valid, capacity: int | None = None):
+        """Left-padded histories -> the decode state (generation.DecodeState): emb [B, T, D]
+        float, the rest [B, T] (int64 ids, int64 seconds, bool valid). `capacity` preallocates
+        the KV cache so that `generate` can run once per arm from one prefill."""
+        from pinrec_model.generation import prefill  # generation builds on this module
+
+        return prefill(self, emb, type_ids, actions, surfaces, ts_s, valid, capacity)
+
+    def generate(self, state, cond_actions: torch.Tensor, tokens_per_step: int) -> torch.Tensor:
+        """The one generation: state from `prefill`, cond_actions [B, n] int64 (the action each
+        embedding is conditioned on, in generation order; 0 = none) -> [B, n, D] float output
+        embeddings, `tokens_per_step` per decode step (multi-token, offset-conditioned models;
+        1 otherwise). The batch job, request-time regeneration and offline evaluation all call it."""
+        from pinrec_model.generation import generate
+
+        return generate(self, state, cond_actions, tokens_per_step)
+
     def output(self, h: torch.Tensor, action_ids: torch.Tensor | None = None,
                offsets: torch.Tensor | None = None) -> torch.Tensor:
         """O(h, Phi): h [..., d], action_ids / offsets [...] -> [..., D], L2-normalised for

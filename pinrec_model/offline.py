@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from pinrec_model.data import left_pad
-from pinrec_model.generation import generate
 from pinrec_model.metrics import distinct_recall, diversity, hit_rate, history_state, ndcg, next_item_ranks, unordered_recall
 
 KS = (5, 10, 20)
@@ -137,7 +136,7 @@ def generate_for_users(model, ct, hist, cond: np.ndarray, tokens_per_step: int, 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()
-        e = generate(model, st, torch.as_tensor(cond[idx], device=dev), tokens_per_step)
+        e = model.generate(st, torch.as_tensor(cond[idx], device=dev), tokens_per_step)  # [U, n_emb, D]
         if dev.type == "cuda":
             torch.cuda.synchronize()
         secs += time.perf_counter() - t0

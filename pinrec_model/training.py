@@ -15,7 +15,8 @@ import torch
 
 from pinrec_model import distributed as D
 from pinrec_model.data import Catalog, Examples
-from pinrec_model.losses import CountMinSketch, full_softmax_loss, in_batch_negatives, sampled_softmax_loss
+from pinrec_model.losses import CountMinSketch, full_softmax_loss, sampled_softmax_loss
+from pinrec_model.negatives import SampledSoftmaxLoss, Targets, logq_correction, negatives_sampler
 from pinrec_model.model import PinRec, PinRecConfig, time_features
 
 
@@ -134,14 +135,6 @@ def right_align(rows, actions, surfaces, ts_s, L: int):
     return take(rows, -1), take(actions, 0), take(surfaces, 0), take(ts_s, 0), L - lead
 
 
-def _to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """Host tensor -> device without a stream sync: pinned memory and an async copy (a plain
-    .to() from pageable memory waits for everything queued on the GPU first)."""
-    if torch.device(device).type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 def time_offsets(ts_s, tok_valid, L: int, u, t_lim_s: int, n_buckets: int, reach: int):
     """t' in time for input positions i < L of windows [B, width]: t' is the first valid token
     j in (i, i + reach] with ts(j) >= ts(i) + u * t_lim_s (u [B, L] in [0, 1)); when the goal
@@ -181,10 +174,10 @@ def sample_targets(cfg: PinRecConfig, rows, actions, ts_s, is_pin, L: int, gen: 
     last = torch.where(tok_valid, torch.arange(width, device=dev)[None, :], -1).max(dim=1).values  # [B]
     left = (last[:, None] - i).clamp(min=0)  # tokens after i
     if cfg.multi_token and cfg.t_lim_unit == "seconds":
-        u = _to_device(D.rows_rand(gen, B, L, part), dev)
+        u = D.host_to_device(D.rows_rand(gen, B, L, part), dev)
         step, offset = time_offsets(ts_s, tok_valid, L, u, cfg.t_lim_s, cfg.t_lim, cfg.lookahead_tokens)
     elif cfg.multi_token:
-        u = _to_device(D.rows_rand(gen, B, L, part), dev)
+        u = D.host_to_device(D.rows_rand(gen, B, L, part), dev)
         span = left.clamp(max=cfg.t_lim).clamp(min=1)
         offset = 1 + (u * span).long().clamp(max=cfg.t_lim - 1)
         offset = step = torch.minimum(offset, span)
@@ -239,15 +232,16 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
     else:
         # Sampled softmax: every random draw and the step's one item-tower pass come before the
         # transformer, so nothing after it waits on the host (the GPU would idle meanwhile).
-        # Targets and in-batch negatives are window tokens; random negatives are drawn here.
+        # Targets and in-batch negatives are window tokens; the sampler's own rows (random
+        # negatives) are embedded in the same pass.
         B, width = rows.shape
-        rnd = ct.pin_rows[_to_device(torch.randint(0, len(ct.pin_rows), (cfg.n_random_negatives,), generator=gen),
-                                     rows.device)]
-        keys = _to_device(D.rows_rand(gen, B, L, part), rows.device)  # in-batch negative subsample
-        uniq, inv = torch.unique(torch.cat([rows.clamp(min=0).reshape(-1), rnd]), return_inverse=True)
+        sampler = negatives_sampler(cfg, cms, ct.ids, ct.pin_rows)
+        sampler.draw(gen, B, L, part, rows.device)
+        extra = sampler.extra_rows
+        uniq, inv = torch.unique(torch.cat([rows.clamp(min=0).reshape(-1), extra]), return_inverse=True)
         emb = ct.embed(model, uniq)
         tok_emb = emb[inv[: rows.numel()]].reshape(B, width, -1)  # [B, L + E, D]
-        rnd_emb = emb[inv[rows.numel():]]
+        extra_emb = emb[inv[rows.numel():]]  # [R, D]
         x, valid = embed_tokens(model, ct, rows[:, :L], actions[:, :L], surfaces[:, :L], ts[:, :L],
                                 now=now, compiled=compiled, token_emb=tok_emb[:, :L])
     h = hidden_states(model, x, compiled)  # right-aligned: causal attention needs no padding mask
@@ -268,30 +262,11 @@ def training_loss(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, batch:
         loss = loss_fn(query, all_emb, pin_pos[trow.clamp(min=0)], tvalid, cfg.loss_scale, cfg.window_loss,
                        reduction)
         return loss if part is None else loss * norm
-    prim = trow[:, 0]
     pos = tok_emb[sel[0][:, None], wpos[sel]]  # [M, W, D]: the targets' window tokens
-    # The sketch counts the primary targets of the whole global batch, on every rank: the sum
-    # of the ranks' sketches (a sketch is linear in its counts), without sending the tables.
-    cms.update(ct.ids[prim if part is None else D.gather_rows(prim, counts)])
-    # In-batch negatives: the rows' primary targets (subsampled); random: uniform over pins.
-    inb, inb_emb = in_batch_negatives(prim, pos[:, 0], keys[sel], cfg.max_in_batch_negatives, counts, part)
-    neg = torch.cat([inb_emb, rnd_emb])
-    neg_rows = torch.cat([inb, rnd])
-    if cfg.logq_correction:
-        m = float(len(inb))
-        inb_q = math.log(m) + cms.log_prob(ct.ids[inb])
-        if cfg.logq_on_positive:  # the paper's literal form (see losses.py for why it is opt-in)
-            pos_q = (math.log(m) + cms.log_prob(ct.ids[trow.clamp(min=0)].reshape(-1))).reshape(trow.shape)
-        else:  # masked hits: the positive enters the partition once, uncorrected
-            pos_q = torch.zeros(trow.shape, device=rows.device)
-        rnd_q = torch.full((len(rnd),), math.log(len(rnd) / len(ct.pin_rows)), device=rows.device)
-        neg_q = torch.cat([inb_q, rnd_q])
-    else:
-        pos_q = torch.zeros(trow.shape, device=rows.device)
-        neg_q = torch.zeros(len(neg_rows), device=rows.device)
-    loss_fn = _maybe_compiled(sampled_softmax_loss, compiled)
-    loss = loss_fn(query, pos, ct.ids[trow.clamp(min=0)], tvalid, pos_q.to(rows.device),
-                   neg, ct.ids[neg_rows], neg_q.to(rows.device), cfg.loss_scale, cfg.window_loss, reduction)
+    loss_fn = SampledSoftmaxLoss(sampler, logq_correction(cfg), ct.ids, cfg.loss_scale, cfg.window_loss,
+                                 _maybe_compiled(sampled_softmax_loss, compiled))
+    loss = loss_fn(query, pos, trow, tvalid, Targets(trow[:, 0], pos[:, 0], sel, counts, part), extra_emb,
+                   reduction)
     return loss if part is None else loss * norm
 
 
@@ -435,7 +410,7 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
             idx, part = D.rank_rows(perm[b * G:(b + 1) * G], ctx)
             if idx is None:
                 break
-            batch = {k: _to_device(v[idx], dev) for k, v in arrays.items()}
+            batch = {k: D.host_to_device(v[idx], dev) for k, v in arrays.items()}
             loss = train_step(model, cms, ct, opt, batch, gen, ex.n_inputs, lr_at(step, total, tc), tc, ddp, part)
             step += 1
             losses.append(loss)  # kept on the device: a float() here would wait for the GPU every step
