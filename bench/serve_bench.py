@@ -16,6 +16,8 @@ Phase 2 — CPU regeneration: server with regeneration on; a --regen-fraction of
 are for users with fresh events (they regenerate on CPU), the rest for users without.
 Logging (--phases logging) — the precomputed phase with the served log off vs on, alternating
 over --logging-rounds rounds (bench/serve_logging.py).
+Servers (--phases servers) — the precomputed and regenerate loads against the stdlib server and
+FastAPI/uvicorn, alternating over --server-rounds rounds (bench/serve_servers.py).
 """
 from __future__ import annotations
 
@@ -54,7 +56,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="an attempt counts as undisturbed when other processes on the host "
                         "used at most this many cores during it")
     p.add_argument("--phases", default="precomputed,floor,regenerate",
-                   help="comma-separated subset of precomputed,floor,regenerate,logging")
+                   help="comma-separated subset of precomputed,floor,regenerate,logging,servers")
+    p.add_argument("--server-rounds", type=int, default=2,
+                   help="with the servers phase: legacy/fastapi pairs, alternating order")
     p.add_argument("--logging-rounds", type=int, default=3,
                    help="with the logging phase: off/on pairs, alternating order")
 
@@ -82,8 +86,8 @@ def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
 
 
 def trivial_server(port: int, token: str, body_file: str) -> None:
-    """The HTTP layer of `pinrec serve` (stdlib, HTTP/1.1 keep-alive, no Nagle, thread per
-    connection, bearer check) answering every request with one fixed body: the floor."""
+    """The HTTP layer of `pinrec serve --server legacy` (stdlib, HTTP/1.1 keep-alive, no Nagle,
+    thread per connection, bearer check) answering every request with one fixed body: the floor."""
     import hmac
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -208,20 +212,23 @@ def offer_load(port: int, token: str, users: list[int], rate: float, seconds: fl
 
 
 def server_regen_metrics(port: int) -> dict:
-    """Generation time inside the server, split into compute and the wait for a free slot."""
+    """The handler's p99 and the generation time inside the server, split into compute and the
+    wait for a free slot, from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     c.request("GET", "/metrics")
     text = c.getresponse().read().decode()
     c.close()
     out = {}
-    for line in text.splitlines():
-        if line.startswith('pinrec_serve_latency_ms{route="/v1/recommendations/{user_id}",quantile="0.99"}'):
-            out["handler_p99_ms_all_requests"] = float(line.rsplit(" ", 1)[1])
-        if line.startswith('pinrec_serve_regenerate_ms{'):
-            labels, value = line.split("} ")
-            part = labels.split('part="')[1].split('"')[0]
-            q = labels.split('quantile="')[1].split('"')[0]
-            out[f"regen_{part}_p{q[2:]}_ms"] = float(value)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            q = s.labels.get("quantile", "")
+            if (s.name == "pinrec_serve_latency_ms" and q == "0.99"
+                    and s.labels.get("route") == "/v1/recommendations/{user_id}"):
+                out["handler_p99_ms_all_requests"] = s.value
+            if s.name == "pinrec_serve_regenerate_ms" and q:
+                out[f"regen_{s.labels['part']}_p{q[2:]}_ms"] = s.value
     return out
 
 
@@ -295,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
                      "attempts": [{**summarize(r, of_interest), **c} for r, c in tries]}
 
     body = work / "response.json"
-    if "precomputed" in phases or not body.exists():
+    if "precomputed" in phases or ("floor" in phases and not body.exists()):
         srv = Server(lake, db, token, regenerate=False, log=work / "serve-precomputed.log")
         try:
             res, cpu = load(srv, users)
@@ -336,8 +343,19 @@ def run(args: argparse.Namespace) -> int:
                                     lambda srv, who: load(srv, who), summarize)
         print_logging(logging_res)
 
+    servers_res = None
+    if "servers" in phases:
+        from bench.serve_servers import print_servers, servers_phase
+
+        servers_res = servers_phase(args, work, lake, db,
+                                    {"precomputed": (users, None), "regenerate": (mix, fresh)},
+                                    token, load, summarize, server_regen_metrics)
+        print_servers(servers_res)
+
     result = {"p99_ms": pre["p99_ms"], "p99_ms_regenerate": regen["p99_ms"],
-              "served_log": logging_res,
+              "served_log": logging_res, "servers": servers_res,
+              # the server of the precomputed/floor/regenerate/logging phases: pinrec serve's default
+              "server": "fastapi",
               "precomputed": pre, "trivial_server_floor": floor, "regenerate": regen,
               "regenerate_phase_others": others,
               "rate": args.rate, "seconds": args.seconds, "n": args.n,

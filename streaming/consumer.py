@@ -29,7 +29,7 @@ from streaming.isolate import isolate
 from streaming.limits import (BROKER_MESSAGE_MAX_BYTES, FETCH_MAX_BYTES, MAX_PARTITION_FETCH_BYTES,
                               PRODUCER_MAX_REQUEST_SIZE)
 from streaming.produce import send_confirmed
-from streaming.metrics import ConsumerMetrics, prometheus_text, serve_metrics
+from streaming.metrics import ConsumerCollector, ConsumerMetrics, serve_metrics
 from streaming.store import RealtimeStore
 
 log = logging.getLogger("pinrec.stream")
@@ -308,8 +308,7 @@ def run(cfg: ConsumerConfig, stop: threading.Event | None = None,
             signal.signal(sig, lambda *_: stop.set())
     srv = None
     if cfg.metrics_port is not None:
-        srv = serve_metrics(cfg.metrics_port,
-                            lambda: prometheus_text(runner.metrics.snapshot(time.time())))
+        srv = serve_metrics(cfg.metrics_port, ConsumerCollector(runner.metrics, time.time))
     try:
         return runner.run(stop)
     finally:

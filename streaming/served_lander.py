@@ -251,14 +251,15 @@ def metrics_text(m: LanderMetrics) -> str:
 def run(cfg: LanderConfig, stop: threading.Event | None = None,
         metrics: LanderMetrics | None = None) -> LanderMetrics:
     """Land until `stop` is set or SIGTERM/SIGINT arrives (when on the main thread)."""
-    from streaming.metrics import serve_metrics
+    from streaming.metrics import TextCollector, serve_metrics
 
     stop = stop or threading.Event()
     metrics = metrics or LanderMetrics()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    srv = serve_metrics(cfg.metrics_port, lambda: metrics_text(metrics)) if cfg.metrics_port else None
+    srv = (serve_metrics(cfg.metrics_port, TextCollector(lambda: metrics_text(metrics)))
+           if cfg.metrics_port else None)
     try:
         return Lander(cfg, metrics).run(stop)
     finally:

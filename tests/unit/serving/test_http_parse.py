@@ -1,9 +1,10 @@
-"""URL validation of GET /v1/recommendations/{user_id}: clear 400 messages."""
+"""URL validation of GET /v1/recommendations/{user_id} in the legacy stdlib server: clear 400
+messages (the FastAPI server's, in the same words: test_http_api.py)."""
 from __future__ import annotations
 
 import pytest
 
-from serving.http_api import parse_request
+from serving.http_api_legacy import parse_request
 from serving.service import BadRequest
 
 

@@ -54,5 +54,6 @@ def test_prometheus_text_has_counters_and_committed_offsets():
     text = prometheus_text(m.snapshot(now_s=3.0))
     assert "pinrec_stream_events_stored_total 12" in text
     assert "pinrec_stream_dlq_total 3" in text
-    assert 'pinrec_stream_committed_offset{topic="engagements",partition="2"} 77' in text
+    # the exposition format writes labels in sorted order
+    assert 'pinrec_stream_committed_offset{partition="2",topic="engagements"} 77' in text
     assert "pinrec_stream_events_per_s 6" in text
