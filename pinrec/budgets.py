@@ -74,6 +74,12 @@ class Budget:
             raise ValueError(f"{what}: weights must sum to 1, got {total:.6f}: {dict(out)}")
         return Budget(tuple(out))
 
+    @staticmethod
+    def from_json(text: str | None) -> "Budget":
+        """A budget as `pinrec score` stored it on a candidates row (checked when it was
+        parsed there): serving reads it back once per partition, not per request."""
+        return Budget(tuple((a, float(w)) for a, w in json.loads(text or "{}").items()))
+
     def as_dict(self) -> dict[str, float]:
         return dict(self.weights)
 
