@@ -33,7 +33,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrieval", choices=("auto", "faiss", "exact"), default="auto",
                    help="as `pinrec score --retrieval`: auto = exact on CUDA, Faiss on CPU")
     p.add_argument("--n", type=int, default=50, help="candidates per user and arm")
-    p.add_argument("--arms", type=int, default=1, help="arms scored per user (from the default file)")
+    p.add_argument("--arms", type=int, default=1, help="arms scored per user (the first of the default arms)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--device", default="auto")
     p.add_argument("--tokens-per-step", type=int)
@@ -201,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from jobs.score import DEFAULT_ARMS, ScoreConfig, SpoolWriter, Timings, compile_prefill, inference_dtype, \
-        load_arms, score_batches
+    from jobs.score import ScoreConfig, SpoolWriter, Timings, compile_prefill, inference_dtype, score_batches
+    from pinrec.budgets import DEFAULT_ARMS, Arms
     from pinrec.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import ItemFeatures, embed_items, load_model, save_model
     from pinrec_model.model import PinRec, preset
@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     _say(f"index built in {index_s:.1f} s")
     pq.write_table(synthetic_sequences(args.users, args.hist_len, args.items, args.seed),
                    work / "sequences.parquet")
-    arms = dict(list(load_arms(DEFAULT_ARMS, m.vocab).items())[: args.arms])
+    arms = Arms.parse(DEFAULT_ARMS, m.vocab.engagement_actions).head(args.arms)
     cfg = ScoreConfig(ds="2026-01-01", lake=str(work), n=args.n, batch_size=args.batch_size,
                       device=dev, tokens_per_step=args.tokens_per_step)
     dataset = pads.dataset(work / "sequences.parquet")
@@ -263,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
                                args.hist_len)
     else:
         phases = profile_phases(m, batches(args.profile_batches), features, retriever,
-                                next(iter(arms.values())), cfg, args.hist_len)
+                                arms[next(iter(arms))], cfg, args.hist_len)
     flops = prefill_flops(mcfg, args.hist_len)
     prefill_tflops = flops / phases["prefill"] / 1e12
     out = {

@@ -2,8 +2,9 @@
 
     landing   exit 0 when the day's `events` partition has landed, 99 while it has not (the
               Airflow sensor pokes again on 99 and fails on anything else)
-    params    validate a run's parameters (arms budgets, lookback, variant, preset) and write
-              the arms file `score` reads; a bad value fails here with a message naming it
+    params    validate a run's parameters (arms budgets, window, variant, preset) and write
+              the arms file `score` reads (pinrec.layout: Lake.arms_file); a bad value fails
+              here with a message naming it
     check     the quality gate: evaluate the candidate model and the serving one on the same
               held-out users (never trained on) of the same ds, each with its own config, and
               fail (exit 1) on a hard check or when the candidate's unordered recall@10 is more
@@ -22,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pinrec.budgets import Arms
 from pinrec.cli import UserError, add_ds_arg, add_lake_arg
 from pinrec.contracts import HOLDOUT_MIN_USERS
+from pinrec import pipeline
+from pinrec.pipeline import DEFAULT_PARAMS, PRESETS, VARIANTS, set_pairs
 
 EXIT_GATE_FAILED = 1
 EXIT_NOT_LANDED = 99
-VARIANTS = ("uc", "oc", "mt_oc")
-PRESETS = ("small", "paper")
 RECALL_KEY = "recall@10"
 
 
@@ -40,12 +42,16 @@ RECALL_KEY = "recall@10"
 class RunParams:
     """What ops may change per run from the Airflow form, validated before any job runs."""
 
-    arms: dict
-    lookback_days: int = 365
-    variant: str = "mt_oc"
-    preset: str = "small"
-    max_recall_drop: float = 0.05
+    arms: Arms
+    window_days: int = DEFAULT_PARAMS["window_days"]
+    variant: str = DEFAULT_PARAMS["variant"]
+    preset: str = DEFAULT_PARAMS["preset"]
+    max_recall_drop: float = DEFAULT_PARAMS["max_recall_drop"]
     model_set: tuple = ()  # ("KEY=VALUE", ...): the `--set` flags `pinrec train` gets
+
+    def to_json(self) -> str:
+        d = dict(asdict(self), arms=self.arms.as_dict())
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
 
 # Set by their own params (one width for the items table and the model) or by the DAG itself.
@@ -73,7 +79,7 @@ def validate_model_set(raw, variant: str, preset_name: str) -> tuple:
             raise UserError(f"param 'model_set': {k!r} is set by {MODEL_SET_RESERVED[k]}, not here")
         if not isinstance(v, (str, int, float, bool)):
             raise UserError(f"param 'model_set': {k!r} must be a number, string or boolean, got {v!r}")
-    pairs = tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(raw.items()))
+    pairs = set_pairs(raw)
     try:
         preset(preset_name, variant=variant, **parse_overrides(pairs))
     except (ValueError, TypeError) as e:
@@ -81,43 +87,35 @@ def validate_model_set(raw, variant: str, preset_name: str) -> tuple:
     return pairs
 
 
-def validate_params(raw: dict) -> RunParams:
-    """Check a run's parameters; the message names the parameter, the bad value and the fix."""
-    from pinrec.contracts import PINTEREST_ACTIONS, validate_budget
+def validate_params(raw: dict, notes: list | None = None) -> RunParams:
+    """Check a run's parameters; the message names the parameter, the bad value and the fix.
+    Defaults and renamed params as pinrec.pipeline.run_params gives them; what was renamed
+    is appended to `notes`."""
+    from pinrec.contracts import PINTEREST_ACTIONS
 
-    arms = raw.get("arms")
-    if isinstance(arms, str):
-        try:
-            arms = json.loads(arms)
-        except json.JSONDecodeError as e:
-            raise UserError(f"param 'arms' is not valid JSON ({e}); give e.g. "
-                            '{"default": {"repin": 1.0}}') from None
-    if not isinstance(arms, dict) or not arms:
-        raise UserError("param 'arms' must be a non-empty JSON object: arm name -> budget, "
-                        'e.g. {"default": {"repin": 0.5, "grid_click": 0.5}}')
-    checked = {}
-    for name, budget in arms.items():
-        if not isinstance(budget, dict):
-            raise UserError(f"param 'arms': arm {name!r} must map actions to weights, got {budget!r}")
-        try:
-            checked[name] = validate_budget(budget, PINTEREST_ACTIONS)
-        except ValueError as e:
-            raise UserError(f"param 'arms': arm {name!r}: {e}") from None
-    lookback = raw.get("lookback_days", 365)
-    if not isinstance(lookback, int) or isinstance(lookback, bool) or not 1 <= lookback <= 365:
-        raise UserError(f"param 'lookback_days' must be an integer in 1..365, got {lookback!r}")
-    variant = raw.get("variant", "mt_oc")
+    model_set = raw.get("model_set", {})  # checked below, as given (it may be JSON text)
+    try:
+        raw, renamed = pipeline.run_params({k: v for k, v in raw.items() if k != "model_set"})
+        arms = Arms.parse(raw.get("arms"), PINTEREST_ACTIONS.engagement_actions, "param 'arms'")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if notes is not None:
+        notes.extend(renamed)
+    window = raw["window_days"]
+    if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 365:
+        raise UserError(f"param 'window_days' must be an integer in 1..365, got {window!r}")
+    variant = raw["variant"]
     if variant not in VARIANTS:
         raise UserError(f"param 'variant' must be one of {list(VARIANTS)}, got {variant!r}")
-    preset = raw.get("preset", "small")
+    preset = raw["preset"]
     if preset not in PRESETS:
         raise UserError(f"param 'preset' must be one of {list(PRESETS)}, got {preset!r}")
-    drop = raw.get("max_recall_drop", 0.05)
+    drop = raw["max_recall_drop"]
     if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0 <= drop <= 1:
         raise UserError(f"param 'max_recall_drop' must be a fraction in [0, 1] (1 turns the recall "
                         f"rule off), got {drop!r}")
-    model_set = validate_model_set(raw.get("model_set", {}), variant, preset)
-    return RunParams(checked, lookback, variant, preset, float(drop), model_set)
+    model_set = validate_model_set(model_set, variant, preset)
+    return RunParams(arms, window, variant, preset, float(drop), model_set)
 
 
 @dataclass(frozen=True)
@@ -196,7 +194,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_ds_arg(params)
     add_lake_arg(params)
     params.add_argument("--params-json", required=True,
-                        help="the run's params as one JSON object (arms, lookback_days, ...)")
+                        help="the run's params as one JSON object (arms, window_days, ...)")
 
     check = sub.add_parser("check", help="quality gate: candidate vs serving unordered recall@10 "
                                          "on the lake's held-out users, plus hard checks")
@@ -233,11 +231,6 @@ def run(args: argparse.Namespace) -> int:
             "check": run_check, "publish": run_publish}[args.gate_cmd](args)
 
 
-def arms_path(lake_root: str | Path, ds: str) -> Path:
-    """Where `params` writes the run's validated arms, for `pinrec score --arms`."""
-    return Path(lake_root).resolve() / "runs" / "params" / ds / "arms.json"
-
-
 def run_landing(args) -> int:
     from jobs.lake import LakeTables
     from pinrec.contracts import parse_ds
@@ -262,19 +255,24 @@ def run_landing(args) -> int:
 
 def run_params(args) -> int:
     from pinrec.contracts import parse_ds
+    from pinrec.layout import Lake
 
     parse_ds(args.ds)
     try:
         raw = json.loads(args.params_json)
     except json.JSONDecodeError as e:
         raise UserError(f"--params-json is not valid JSON: {e}") from None
-    params = validate_params(raw)
-    out = arms_path(args.lake, args.ds)
+    notes: list[str] = []
+    params = validate_params(raw, notes)
+    for note in notes:
+        print(f"note: {note}")
+    lake = Lake.at(args.lake)
+    out = lake.arms_file(args.ds)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(params.arms, indent=2, sort_keys=True) + "\n")
-    (out.parent / "params.json").write_text(json.dumps(asdict(params), indent=2, sort_keys=True) + "\n")
-    print(f"params ok: {len(params.arms)} arm(s) {sorted(params.arms)}, lookback "
-          f"{params.lookback_days} days, {params.variant}/{params.preset}"
+    out.write_text(params.arms.to_json())
+    (lake.params_dir(args.ds) / "params.json").write_text(params.to_json())
+    print(f"params ok: {len(params.arms)} arm(s) {list(params.arms)}, window "
+          f"{params.window_days} days, {params.variant}/{params.preset}"
           f"{' with ' + ' '.join(params.model_set) if params.model_set else ''}; arms file {out}")
     return 0
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pinrec.contracts import parse_ds
-from pinrec.layout import Lake, current, publish, read_pointer
+from pinrec.layout import Lake, current, index_version_name, publish, read_pointer
 
 
 class IndexRejected(Exception):
@@ -81,8 +81,7 @@ def sample_queries(emb: np.ndarray, n: int, seed: int) -> np.ndarray:
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def index_version(ds: str, model_version: str) -> str:
-    return f"{ds}.{model_version}"
+index_version = index_version_name  # the name lives in the layout, beside the model's
 
 
 def run_job(cfg: IndexConfig) -> dict:

@@ -1,8 +1,10 @@
-"""`pinrec score --ds D --arms ARMS.json`: outcome-conditioned candidates for every user and arm.
+"""`pinrec score --ds D [--arms ARMS.json]`: outcome-conditioned candidates for every user and arm.
 
 read (sequences@ds, items@ds, model version, its index) -> generate -> write candidates@ds.
 
-An arm is a named budget over engagement actions (an experiment group). For each batch of
+An arm is a named budget over engagement actions (an experiment group). The arms are the run's
+(`pinrec gate params` wrote them to the lake's params file of ds), else `--arms`, else
+pinrec.budgets.DEFAULT_ARMS; they are parsed once, here, into `Arms`. For each batch of
 users the model prefills their histories once per arm, generates conditioned embeddings with
 multi-token steps, compresses near-duplicates, allocates the budget and retrieves from Faiss,
 excluding items already in the history (`pinrec_model.api.generate_candidates`). Users stream
@@ -25,10 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrec.contracts import CANDIDATES_SCHEMA, TS_TYPE, ActionVocab, cutoff_us, parse_ds, validate_budget
+from pinrec.budgets import DEFAULT_ARMS, Arms
+from pinrec.contracts import CANDIDATES_SCHEMA, TS_TYPE, ActionVocab, cutoff_us, parse_ds
 from pinrec.layout import Lake
 
-DEFAULT_ARMS = Path(__file__).resolve().parent / "arms" / "default.json"
 ROWS_PER_FILE = 2_000_000
 EXACT_MAX_ITEMS = 5_000_000  # 5M x 256 bf16 = 2.6 GB of GPU memory; beyond, a Faiss index
 FILE_SCHEMA = pa.schema([f for f in CANDIDATES_SCHEMA if f.name != "ds"])
@@ -38,7 +40,7 @@ FILE_SCHEMA = pa.schema([f for f in CANDIDATES_SCHEMA if f.name != "ds"])
 class ScoreConfig:
     ds: str
     lake: str
-    arms: str = str(DEFAULT_ARMS)
+    arms: str | None = None  # ARMS.json; default: the run's params file of ds, else DEFAULT_ARMS
     model_version: str | None = None  # default: models/CURRENT
     index_version: str | None = None  # default: the index built for (ds, model), else CURRENT
     n: int = 50  # candidates per user and arm
@@ -82,28 +84,14 @@ def compile_prefill(m, cfg: ScoreConfig) -> None:
         m.model.compiled_encode = torch.compile(m.model.encode, dynamic=False)
 
 
-def load_arms(path: str | Path, vocab: ActionVocab) -> dict[str, dict[str, float]]:
-    """ARMS.json: {"arm name": {"action": weight, ...}, ...}, each budget validated. The keys
-    "traffic" and "salt" are serving's traffic split (`pinrec serve --traffic`), not arms."""
-    p = Path(path)
-    try:
-        raw = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--arms {p} does not exist; see {DEFAULT_ARMS} for the format") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--arms {p} is not valid JSON: {e}") from None
-    if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"--arms {p} must be a JSON object of arm name -> budget, e.g. "
-                         f'{{"balanced": {{"repin": 0.5, "grid_click": 0.5}}}}')
-    arms = {}
-    for name in sorted(k for k in raw if k not in ("traffic", "salt")):
-        if not isinstance(raw[name], dict):
-            raise ValueError(f"--arms {p}: arm {name!r} must map actions to weights")
-        try:
-            arms[name] = validate_budget(raw[name], vocab)
-        except ValueError as e:
-            raise ValueError(f"--arms {p}: arm {name!r}: {e}") from None
-    return arms
+def resolve_arms(cfg: ScoreConfig, lake: Lake, vocab: ActionVocab) -> Arms:
+    """The arms to score, parsed once: `--arms`, else the run's params file of ds (written by
+    `pinrec gate params`), else DEFAULT_ARMS."""
+    if cfg.arms is not None:
+        return Arms.load(cfg.arms, vocab.engagement_actions)
+    if lake.arms_file(cfg.ds).exists():
+        return Arms.load(lake.arms_file(cfg.ds), vocab.engagement_actions)
+    return Arms.parse(DEFAULT_ARMS, vocab.engagement_actions, "DEFAULT_ARMS")
 
 
 def histories_from_batch(batch: pa.RecordBatch) -> list:
@@ -196,7 +184,7 @@ class Timings:
     users: int = 0
 
 
-def score_batches(m, batches: Iterable[pa.RecordBatch], features, retriever, arms: dict,
+def score_batches(m, batches: Iterable[pa.RecordBatch], features, retriever, arms: Arms,
                   cfg: ScoreConfig, model_version: str, spool: SpoolWriter,
                   timings: Timings, progress=None) -> Iterator[int]:
     """The scoring loop shared by the job and the bench: yields users done per batch."""
@@ -211,7 +199,7 @@ def score_batches(m, batches: Iterable[pa.RecordBatch], features, retriever, arm
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda and cfg.bf16 and fp32_weights \
         else contextlib.nullcontext
     generated_at = cutoff_us(cfg.ds)
-    budgets = {a: json.dumps(b, sort_keys=True) for a, b in arms.items()}
+    budgets = {a: b.to_json() for a, b in arms.items()}
     if getattr(retriever, "kind", None) == "exact":
         yield from _score_exact(m, batches, features, retriever, arms, cfg, model_version, spool,
                                 timings, amp, budgets, generated_at)
@@ -378,7 +366,7 @@ def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
     t_load = time.perf_counter()
     m = load_model(mdir, device=cfg.device, dtype=inference_dtype(cfg))
     compile_prefill(m, cfg)
-    arms = load_arms(cfg.arms, m.vocab)
+    arms = resolve_arms(cfg, lake, m.vocab)
     items = tables.read("items", [cfg.ds], columns=["item_id", "item_type", "features"])
     features = ItemFeatures.from_table(items, m.config.feature_dim)
     retriever = build_retriever(cfg, m, resolve_index(lake, cfg.ds, model_version, cfg.index_version),
@@ -441,7 +429,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_lake_arg(p)
     add_ds_arg(p)
     p.add_argument("--arms", default=d.arms,
-                   help=f'JSON file: arm name -> budget over actions (default {DEFAULT_ARMS.name})')
+                   help="JSON file: arm name -> budget over actions (default: the run's arms, "
+                        "written by `pinrec gate params`, else the default arms "
+                        f"{sorted(DEFAULT_ARMS)})")
     p.add_argument("--model-version", help="model version (default: models/CURRENT)")
     p.add_argument("--index-version", help="Faiss index version (default: the one built for ds "
                                            "and the model, else index/CURRENT)")

@@ -384,7 +384,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from jobs.spark import SparkConfig, get_session
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = SequencesConfig(ds=args.ds, lake=args.lake, mode=args.mode, max_len=args.max_len,
                           window_days=args.window_days, checkpoint_every=args.checkpoint_every,
                           engine=args.engine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 
@@ -35,6 +36,11 @@ GROUPS: dict[str, tuple[str, str]] = {
     "rehearse": ("pinrec.rehearsal.runner", "rehearse production days with faults through the real scheduler"),
 }
 
+# Our packages log at INFO; every library (kafka-python's connection chatter, py4j, urllib3,
+# botocore, ...) at WARNING unless `pinrec --verbose`.
+OUR_LOGGERS = ("pinrec", "pinrec_model", "jobs", "streaming", "serving", "bench")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 EXIT_USER_ERROR = 2
 EXIT_NOT_IMPLEMENTED = 3
 
@@ -58,6 +64,24 @@ def add_ds_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="the day to process: events with ts < ds+1 00:00 UTC are visible")
 
 
+def configure_logging(verbose: bool = False) -> None:
+    """The one place logging is set up (every sub-command runs through `main`)."""
+    root = logging.getLogger()
+    if not root.handlers:  # leave a host's (pytest's, Airflow's) handlers alone
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def add_verbose_arg(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a sub-command's parser must not reset a `--verbose` given before it
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log libraries too (kafka, py4j, ...) and our debug messages")
+
+
 def _not_implemented(name: str):
     def run(args: argparse.Namespace) -> int:
         print(f"{name}: not implemented yet", file=sys.stderr)
@@ -71,6 +95,7 @@ def add_module_commands(sub, table: dict[str, tuple[str, str]], prog: str, run_k
     and `run`. Shared by `pinrec` and `pinrec bench`."""
     for name, (module, help_) in table.items():
         p = sub.add_parser(name, help=help_, description=help_)
+        add_verbose_arg(p)
         if importlib.util.find_spec(module) is None:
             p.set_defaults(**{run_key: _not_implemented(f"{prog} {name}")}, _stub=True)
             continue
@@ -84,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pinrec",
         description="PinRec: outcome-conditioned, multi-token generative retrieval pipeline.",
     )
+    add_verbose_arg(parser)
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     add_module_commands(sub, GROUPS, "pinrec", "_run")
     return parser
@@ -96,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "_stub", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    configure_logging(getattr(args, "verbose", False))
     try:
         return int(args._run(args) or 0)
     except (UserError, ValueError, FileNotFoundError) as e:

@@ -360,25 +360,6 @@ def ds_of_us(ts_us: int) -> str:
     return datetime.fromtimestamp(ts_us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
-def validate_budget(budget: Mapping[str, float], vocab_: ActionVocab) -> dict[str, float]:
-    """An arm's budget: non-negative weights over engagement actions that sum to 1."""
-    if not budget:
-        raise ValueError("budget is empty; give weights over actions, e.g. {\"repin\": 1.0}")
-    out = {}
-    for a, w in budget.items():
-        if a not in vocab_.engagement_actions:
-            raise ValueError(
-                f"budget names unknown action {a!r}; expected some of {list(vocab_.engagement_actions)}"
-            )
-        if not isinstance(w, (int, float)) or w < 0:
-            raise ValueError(f"budget weight for {a!r} must be a non-negative number, got {w!r}")
-        out[a] = float(w)
-    total = sum(out.values())
-    if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"budget weights must sum to 1, got {total:.6f}: {out}")
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Held-out users: never trained on by any model version, evaluated by the quality gate
 # (docs/adr/0004-held-out-quality-gate.md). `pinrec train` drops them, `pinrec eval --model`

@@ -1,9 +1,9 @@
 """`pinrec demo` (`make demo`): the whole pipeline end to end on the embedded default.
 
 1. synthesise a lake of events (or import a real dataset with --import SOURCE PATH)
-2. the batch day, exactly the chain `pinrec_daily` runs (dags/pinrec_daily.py), as `pinrec`
-   sub-commands: landing check, params, sequences, items, train, index, score, quality gate,
-   publish
+2. the batch day, exactly the chain `pinrec_daily` runs (pinrec/pipeline.py: DAILY), as
+   `pinrec` sub-commands: landing check, params, sequences, items, train, index, score, quality
+   gate, publish
 3. the speed layer: a Tansu broker, `pinrec stream consume`, and a replay of the next day's
    events (fresh signals newer than the batch cutoff)
 4. serving: `pinrec serve`, then merged recommendations for a few users printed next to their
@@ -28,9 +28,8 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-ARMS = {"balanced": {"repin": 0.4, "grid_click": 0.4, "outbound_click": 0.1,
-                     "long_grid_click": 0.05, "other": 0.05},
-        "repin": {"repin": 1.0}}
+from pinrec import pipeline
+from pinrec.budgets import DEFAULT_ARMS as ARMS  # the closed loop compares its balanced and repin arms
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class DemoConfig:
 
     @property
     def model_version(self) -> str:
-        return f"d{self.ds.replace('-', '')}-{self.variant}-small"
+        return demo_run(self).model_version
 
 
 @dataclass
@@ -146,29 +145,26 @@ def step(timings: Timings, name: str, argv: list[str], log_dir: Path) -> None:
 
 
 def batch_day(cfg: DemoConfig, timings: Timings) -> None:
-    lake, ds, v, logs = str(cfg.lake), cfg.ds, cfg.model_version, cfg.out / "logs"
-    common = ["--ds", ds, "--lake", lake]
-    params = {"arms": ARMS, "variant": cfg.variant, "preset": "small"}
-    step(timings, "gate landing", ["gate", "landing", *common], logs)
-    step(timings, "gate params", ["gate", "params", *common, "--params-json", json.dumps(params)], logs)
-    step(timings, "sequences", ["sequences", *common], logs)
-    step(timings, "items", ["items", *common], logs)
-    if not (cfg.lake / "models" / v / "config.json").exists():
-        step(timings, "train", ["train", *common, "--variant", cfg.variant, "--preset", "small",
-                                "--version", v, "--epochs", str(cfg.train_epochs),
-                                "--batch-size", str(cfg.train_batch_size), "--warmup", str(cfg.train_warmup),
-                                "--max-seconds", str(cfg.train_seconds), "--quiet",
-                                # 1,000 users: the 500-user floor would hold out half of them;
-                                # the demo holds out 5 % (50 users) for its gate instead
-                                "--holdout-fraction", "0.05", "--holdout-min-users", "0"], logs)
-    step(timings, "index", ["index", *common, "--model-version", v, "--no-publish"], logs)
-    arms_file = cfg.lake / "runs" / "params" / ds / "arms.json"
-    step(timings, "score", ["score", *common, "--model-version", v, "--index-version", f"{ds}.{v}",
-                            "--arms", str(arms_file)], logs)
-    step(timings, "quality gate", ["gate", "check", *common, "--candidate-model", v,
-                                   "--variant", cfg.variant], logs)
-    step(timings, "publish", ["gate", "publish", *common, "--model-version", v,
-                              "--index-version", f"{ds}.{v}"], logs)
+    """The daily chain (pinrec.pipeline.DAILY, what pinrec_daily runs), one step after another."""
+    ctx = demo_run(cfg)
+    for s in pipeline.DAILY:
+        if s.reuse_if is not None and Path(s.reuse_if(ctx)).exists():
+            print(f"demo: {s.name}: {s.reuse_if(ctx)} exists (versions are immutable): reusing it")
+            continue
+        step(timings, s.name.replace("_", " "), s.argv(ctx), cfg.out / "logs")
+
+
+def demo_run(cfg: DemoConfig) -> pipeline.RunContext:
+    """The DAG's run for the demo's batch day: its arms and variant, training fitted to its size,
+    and no warm start (a full retrain every day: the demo trains one model)."""
+    given = {"arms": ARMS, "variant": cfg.variant, "train_max_seconds": cfg.train_seconds,
+             "full_retrain_every_days": 1}
+    train = ("--epochs", str(cfg.train_epochs), "--batch-size", str(cfg.train_batch_size),
+             "--warmup", str(cfg.train_warmup),
+             # 1,000 users: the 500-user floor would hold out half of them; the demo holds out
+             # 5 % (50 users) for its gate instead
+             "--holdout-fraction", "0.05", "--holdout-min-users", "0")
+    return pipeline.RunContext(cfg.ds, str(cfg.lake), given, train_args=train)
 
 
 def load_data(cfg: DemoConfig, timings: Timings) -> DemoConfig:

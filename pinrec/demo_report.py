@@ -8,8 +8,30 @@ import urllib.request
 from pathlib import Path
 
 
+def token_label(item_id: int, item_type: str, query_text: str | None) -> str:
+    """How a person reads a history token: a query by its text (its id is a 63-bit hash of it)."""
+    if item_type == "query":
+        return f"query {json.dumps(query_text, ensure_ascii=False)}" if query_text else f"query #{item_id}"
+    return f"item {item_id}"
+
+
+def query_texts(tables, query_ids) -> dict[int, str]:
+    """Query id -> its text. Sequences keep only the id (the hash of the normalised text); the
+    text lives on the query's events in `events`, so it is read back from there."""
+    import pyarrow.compute as pc
+
+    ids = sorted({int(i) for i in query_ids})
+    if not ids:
+        return {}
+    t = tables.read("events", columns=["item_id", "query_text"],
+                    filter=(pc.field("item_type") == "query") & pc.field("item_id").isin(ids)
+                    & pc.field("query_text").is_valid())
+    return dict(zip(t.column("item_id").to_pylist(), t.column("query_text").to_pylist()))
+
+
 def recent_history(lake: Path, ds: str, fresh_ds: str, user_id: int, k: int = 5) -> list[str]:
-    """The user's last k batch events (sequences@ds) and every fresh event of fresh_ds."""
+    """The user's last k batch events (sequences@ds) and every fresh event of fresh_ds, queries
+    shown as their text."""
     import pyarrow.compute as pc
 
     from jobs.lake import LakeTables
@@ -24,11 +46,15 @@ def recent_history(lake: Path, ds: str, fresh_ds: str, user_id: int, k: int = 5)
     if seq:
         row = seq[0]
         items = row.get("item_ids") or []
+        types = row.get("item_types") or ["pin"] * len(items)
         actions = row.get("actions") or [""] * len(items)
-        lines += [f"batch  {a:<16} item {i}" for i, a in list(zip(items, actions))[-k:]]
+        last = list(zip(items, types, actions))[-k:]
+        texts = query_texts(t, [i for i, ty, _ in last if ty == "query"])
+        lines += [f"batch  {a:<16} {token_label(i, ty, texts.get(i))}" for i, ty, a in last]
     fresh = t.read("events", ds=[fresh_ds], filter=pc.field("user_id") == user_id,
-                   columns=["item_id", "action", "ts"]).sort_by("ts").to_pylist()
-    lines += [f"fresh  {e['action']:<16} item {e['item_id']}" for e in fresh[-k:]]
+                   columns=["item_id", "item_type", "query_text", "action", "ts"]).sort_by("ts").to_pylist()
+    lines += [f"fresh  {e['action']:<16} {token_label(e['item_id'], e['item_type'], e['query_text'])}"
+              for e in fresh[-k:]]
     return lines
 
 

@@ -8,6 +8,7 @@
     <lake>/index/CURRENT           the serving index version
     <lake>/candidates/CURRENT      the `ds` of the candidates partition serving reads
     <lake>/runs/                   reports, plots, bench output
+    <lake>/runs/params/<ds>/       a run's validated params and arms (`pinrec gate params`)
 
 Versions are never modified after they are published; serving follows CURRENT, which is
 replaced atomically (write temp, fsync, rename), so a reader sees the old or the new version,
@@ -116,6 +117,26 @@ class Lake:
     @property
     def runs(self) -> Path:
         return self.root / "runs"
+
+    def params_dir(self, ds: str) -> Path:
+        """A run's validated parameters (`pinrec gate params`): params.json and arms.json."""
+        return self.runs / "params" / ds
+
+    def arms_file(self, ds: str) -> Path:
+        """The run's arms, written by `pinrec gate params`, read by `pinrec score`."""
+        return self.params_dir(ds) / "arms.json"
+
+
+# Version names: a function of ds and the model kind, so a re-run of a ds (or a backfill) names
+# the same immutable versions. Pure strings: the daily pipeline (pinrec/pipeline.py) builds them.
+def model_version_name(ds: str, variant: str, preset: str) -> str:
+    """The daily model version: d<YYYYMMDD>-<variant>-<preset>."""
+    return f"d{ds.replace('-', '')}-{variant}-{preset}"
+
+
+def index_version_name(ds: str, model_version: str) -> str:
+    """How `pinrec index` names the index it builds for (ds, model)."""
+    return f"{ds}.{model_version}"
 
 
 def write_pointer(path: Path, value: str) -> None:

@@ -4,7 +4,7 @@ docstring lists the public modules.)
 
     load_model(version_dir, device) -> LoadedModel
     embed_items(m, item_ids, item_types, features) -> float32 [N, D]   (the item tower)
-    generate_candidates(m, histories, features, budget, n, retriever, ...) -> [[Candidate]] per user
+    generate_candidates(m, histories, features, budget: Budget, n, retriever, ...) -> [[Candidate]] per user
 
 Generation is `PinRec.generate`; selection from search results is
 `batch_generation.select_candidates`, the one implementation for both entry points here and
@@ -25,9 +25,10 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from pinrec.contracts import ITEM_TYPES, SURFACES, ActionVocab, validate_budget
+from pinrec.budgets import Budget, largest_remainder
+from pinrec.contracts import ITEM_TYPES, SURFACES, ActionVocab
 from pinrec.features import FEATURE_DIM, query_features
-from pinrec_model.generation import compress, largest_remainder
+from pinrec_model.generation import compress
 from pinrec_model.losses import CountMinSketch
 from pinrec_model.model import PinRec, PinRecConfig
 from pinrec_model.retrieval import Retriever
@@ -264,14 +265,13 @@ def condition_order(counts: dict[int, int]) -> list[int]:
     return out
 
 
-def generation_plan(m: LoadedModel, budget: dict[str, float], n: int, n_emb: int):
+def generation_plan(m: LoadedModel, budget: Budget, n: int, n_emb: int):
     """What to generate and how to spend N: (condition action id of each of the n_emb
-    embeddings in generation order, [(outcome name, its embeddings' columns, items for it)])."""
+    embeddings in generation order, [(outcome name, its embeddings' columns, items for it)]).
+    Both the embeddings and the items follow the budget's one allocation rule (its quotas)."""
     if m.config.action_conditioned:
-        names = [a for a in budget if budget[a] > 0]
-        per = largest_remainder(np.array([budget[a] for a in names]), n_emb)
-        order = condition_order({m.vocab.action_id(a) + 1: int(c) for a, c in zip(names, per)})
-        items_per_action = {a: c for a, c in zip(names, largest_remainder(np.array([budget[a] for a in names]), n))}
+        order = condition_order({m.vocab.action_id(a) + 1: c for a, c in budget.quotas(n_emb).items()})
+        items_per_action = budget.quotas(n)
     else:
         order = [0] * n_emb
         items_per_action = {UNCONDITIONED: n}
@@ -288,21 +288,21 @@ def uniform_plan(groups) -> list[tuple[str, int, int]]:
     each outcome's items split evenly over its embeddings (largest remainder)."""
     plan = []
     for name, sel, items in groups:
-        quota = largest_remainder(np.ones(len(sel), dtype=np.int64), items)
-        plan += [(name, sel[i], int(q)) for i, q in enumerate(quota.tolist()) if q > 0]
+        quota = largest_remainder([1] * len(sel), items)
+        plan += [(name, sel[i], q) for i, q in enumerate(quota) if q > 0]
     return plan
 
 
 def generate_candidates(m: LoadedModel, histories: Sequence[History], features: ItemFeatures,
-                        budget: dict[str, float], n: int, retriever: Retriever, *,
+                        budget: Budget, n: int, retriever: Retriever, *,
                         exclude_history: bool = True, tokens_per_step: int | None = None,
                         compression_threshold: float | None = None, overfetch: float = 2.0,
                         num_embeddings: int | None = None) -> list[list[Candidate]]:
-    """N candidates per history, allocated over actions by `budget` (B(a) * N items each)."""
+    """N candidates per history, allocated over actions by `budget` (its quotas: B(a)·N items
+    each). -> per history, up to n Candidates ordered by score."""
     if not histories:
         return []
     cfg = m.config
-    budget = validate_budget(budget, m.vocab)
     n_emb = num_embeddings or cfg.num_embeddings
     k = tokens_per_step or (cfg.tokens_per_step if cfg.offset_conditioned else 1)
     hist_len = min(cfg.max_len, cfg.max_positions - n_emb - 1)
@@ -324,8 +324,8 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
             plan = []
             for name, sel, items in groups:
                 kept, counts = compress(gen[b, sel], compression_threshold)
-                quota = largest_remainder(counts, items)
-                plan += [(name, sel[i], int(q)) for i, q in zip(kept.tolist(), quota.tolist()) if q > 0]
+                quota = largest_remainder(counts.tolist(), items)
+                plan += [(name, sel[i], q) for i, q in zip(kept.tolist(), quota) if q > 0]
             plans.append(plan)
         rows = [b for b, p in enumerate(plans) for _ in p]
         queries = gen[rows, [c for p in plans for _, c, _ in p]] if rows else None

@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pinrec.contracts import ITEM_TYPES, SURFACES, validate_budget
+from pinrec.budgets import Arms
+from pinrec.contracts import ITEM_TYPES, SURFACES
 from pinrec_model.api import LoadedModel, embed_item_ids, generation_plan, uniform_plan
 
 HISTORY_COLUMNS = ("user_id", "item_ids", "item_types", "actions", "surfaces", "ts")
@@ -234,7 +235,7 @@ def _to_host(items, scores, entry, names, asynchronous: bool) -> ArmResult:
 
 
 @torch.no_grad()
-def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: dict[str, dict],
+def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: Arms,
                     n: int, *, tokens_per_step: int | None = None, overfetch: float = 2.0,
                     num_embeddings: int | None = None, asynchronous: bool = False) -> dict[str, ArmResult]:
     """Candidates for every arm of a batch: one prefill, then per arm the generation from that
@@ -251,7 +252,7 @@ def generate_arrays(m: LoadedModel, h: HistoryArrays, index, features, arms: dic
     asynchronous = asynchronous and str(m.device).startswith("cuda")
     out = {}
     for arm, budget in arms.items():
-        order, groups = generation_plan(m, validate_budget(budget, m.vocab), n, n_emb)
+        order, groups = generation_plan(m, budget, n, n_emb)
         plan = uniform_plan(groups)
         cond = torch.tensor(order, device=m.device)[None, :].expand(B, -1)
         gen = m.model.generate(st, cond, k)  # [B, n_emb, D]

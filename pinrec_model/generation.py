@@ -1,7 +1,7 @@
 """Autoregressive generation (paper 4.3.1, 4.4.3): prefill a batch of histories into a KV
 cache, then decode steps that emit k embeddings per step (one per (offset, action) condition)
-and feed them back as tokens. Plus the pure parts around it: budget allocation over actions,
-compression of near-duplicate embeddings, and proportional allocation of N over what is left.
+and feed them back as tokens. Plus compression of near-duplicate embeddings; the budget's
+allocation over actions (largest remainder) is pinrec.budgets, one rule for every layer.
 """
 from __future__ import annotations
 
@@ -58,19 +58,14 @@ def decode(model: PinRec, st: DecodeState, gen: torch.Tensor, gen_actions: torch
     return DecodeState(cache, key_valid, st.next_pos + k, st.last_ts, h[:, -1])
 
 
-def step_offsets(k: int, t_lim: int) -> list[int]:
-    """k target offsets spread over [1, t_lim] (distinct while k <= t_lim)."""
-    return [1 + (j * t_lim) // k for j in range(k)]
-
-
 def condition_offsets(acts: torch.Tensor, t_lim: int) -> torch.Tensor:
     """Offsets for one step's slots, acts [B, k] -> [B, k] in [1, t_lim].
 
-    Each action's slots spread over [1, t_lim] on their own (step_offsets per action), so a
+    Each action's slots spread over [1, t_lim] on their own (slot j of c: 1 + j*t_lim // c), so a
     step's (offset, action) conditions are distinct while no action has more than t_lim slots.
     Spreading by slot position alone repeated pairs: with t_lim 4 and 16 slots over two actions,
     only 8 of 16 embeddings differed, which is what cost 16-per-step its recall against 1-per-step.
-    With a single action this is exactly step_offsets(k, t_lim)."""
+    With a single action and k slots: [1 + j*t_lim // k for j in range(k)]."""
     same = acts[:, :, None] == acts[:, None, :]  # [B, k, k]
     rank = torch.tril(same, diagonal=-1).sum(-1)  # earlier slots of the same action
     count = same.sum(-1)
@@ -102,33 +97,8 @@ def generate(model: PinRec, st: DecodeState, cond_actions: torch.Tensor, tokens_
 
 
 # ------------------------------------------------------------------------------------------
-# Budgets, compression, allocation (pure numpy)
+# Compression (pure numpy); budget allocation is pinrec.budgets.Budget.quotas
 # ------------------------------------------------------------------------------------------
-
-def largest_remainder(weights: np.ndarray, n: int) -> np.ndarray:
-    """Integers proportional to `weights` summing to n (Hamilton's method; ties -> lower index)."""
-    w = np.asarray(weights, dtype=np.float64)
-    if n <= 0 or w.sum() <= 0:
-        return np.zeros(len(w), dtype=np.int64)
-    q = w / w.sum() * n
-    base = np.floor(q).astype(np.int64)
-    rest = n - base.sum()
-    order = np.lexsort((np.arange(len(w)), -(q - base)))
-    base[order[:rest]] += 1
-    return base
-
-
-def allocate_budget(budget: dict[str, float], n: int, stochastic: bool = False,
-                    rng: np.random.Generator | None = None) -> dict[str, int]:
-    """B(a) -> items per action: deterministic B(a)*N (largest remainder) or a multinomial draw."""
-    actions = list(budget)
-    w = np.array([budget[a] for a in actions], dtype=np.float64)
-    if stochastic:
-        counts = (rng or np.random.default_rng(0)).multinomial(n, w / w.sum())
-    else:
-        counts = largest_remainder(w, n)
-    return {a: int(c) for a, c in zip(actions, counts)}
-
 
 def compress(emb: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Fold each embedding, in generation order, into the first earlier kept embedding whose

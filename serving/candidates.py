@@ -7,11 +7,12 @@ key-value store; the lookup interface stays the same.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+
+from pinrec.budgets import Budget
 
 POPULARITY = "popularity"
 
@@ -26,7 +27,7 @@ class Rec(NamedTuple):  # a tuple, not a dataclass: thousands are built per seco
 @dataclass
 class CandidateStore:
     ds: str | None
-    arms: dict[str, dict[str, float]]          # arm -> budget
+    arms: dict[str, Budget]                    # arm -> budget
     model_version: str | None
     index: dict[tuple[int, str], dict[str, tuple[int, int]]]   # (user, arm) -> outcome -> rows
     item_ids: np.ndarray
@@ -49,7 +50,7 @@ class CandidateStore:
         arms = np.asarray(t.column("arm").to_pylist(), dtype=object)
         outs = np.asarray(t.column("outcome").fill_null("any").to_pylist(), dtype=object)
         budgets = t.column("budget").to_pylist()
-        arm_budget: dict[str, dict[str, float]] = {}
+        arm_budget: dict[str, Budget] = {}
         index: dict[tuple[int, str], dict[str, tuple[int, int]]] = {}
         start = 0
         for i in range(1, len(users) + 1):
@@ -58,7 +59,7 @@ class CandidateStore:
                 key = (int(users[start]), str(arms[start]))
                 index.setdefault(key, {})[str(outs[start])] = (start, i)
                 if arms[start] not in arm_budget:
-                    arm_budget[str(arms[start])] = json.loads(budgets[start] or "{}")
+                    arm_budget[str(arms[start])] = Budget.from_json(budgets[start])
                 start = i
         versions = t.column("model_version").unique().to_pylist()
         return CandidateStore(

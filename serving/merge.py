@@ -2,7 +2,8 @@
 
 Rule:
   * items the user engaged with since the batch cutoff are removed (they were just seen);
-  * each outcome `a` of the arm's budget gets its quota q(a) = B(a)·n (largest remainder);
+  * each outcome `a` of the arm's budget gets its quota q(a) = B(a)·n (Budget.quotas: the
+    largest-remainder rule generation uses too);
     when regenerated candidates exist (the user has fresh events or a query), up to
     round(regen_share·q(a)) of it comes from the regenerated list, the rest from the
     precomputed one (in rank order) — so the blend stays under the arm's budget;
@@ -12,31 +13,10 @@ Rule:
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Sequence
 
-import numpy as np
-
+from pinrec.budgets import Budget
 from serving.candidates import POPULARITY, Rec
-
-
-def quotas(budget: dict[str, float], n: int) -> dict[str, int]:
-    """Largest-remainder split of n slots over the budget's outcomes (weights sum to 1)."""
-    return dict(_quotas(tuple(budget.items()), n))  # a handful of budgets: computed once each
-
-
-@lru_cache(maxsize=4096)
-def _quotas(budget: tuple, n: int) -> tuple:
-    budget = dict(budget)
-    names = [a for a, w in budget.items() if w > 0]
-    if not names:
-        return ()
-    w = np.array([budget[a] for a in names], dtype=np.float64)
-    raw = w / w.sum() * n
-    base = np.floor(raw).astype(int)
-    for i in np.argsort(-(raw - base), kind="stable")[: n - base.sum()]:
-        base[i] += 1
-    return tuple(zip(names, base.tolist()))
 
 
 def needs_popularity(precomputed: Sequence[Rec], regenerated: Sequence[Rec], engaged: set[int],
@@ -49,7 +29,7 @@ def needs_popularity(precomputed: Sequence[Rec], regenerated: Sequence[Rec], eng
 
 
 def blend(precomputed: Sequence[Rec], regenerated: Sequence[Rec], popular: Sequence[Rec],
-          engaged: set[int], budget: dict[str, float], n: int, regen_share: float) -> list[Rec]:
+          engaged: set[int], budget: Budget, n: int, regen_share: float) -> list[Rec]:
     pre = [r for r in precomputed if r.item_id not in engaged]
     reg = [r for r in regenerated if r.item_id not in engaged]
     popular = [r for r in popular if r.item_id not in engaged]
@@ -66,7 +46,7 @@ def blend(precomputed: Sequence[Rec], regenerated: Sequence[Rec], popular: Seque
                 k -= 1
 
     # Every response follows the arm's budget, with or without regenerated candidates.
-    q = quotas(budget, n)
+    q = budget.quotas(n)
     if any(r.outcome in q for r in pre + reg):
         for a, qa in q.items():
             before = len(out)

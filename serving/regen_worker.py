@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from pinrec.budgets import Budget
 from pinrec.contracts import Event
 from serving.candidates import Rec
 from serving.regenerate import split_history
@@ -144,7 +145,7 @@ class RegenPool:
             pool._idle.put(w)
         return pool, ""
 
-    def regenerate(self, user_id: int, history: Sequence[Event], budget: dict[str, float],
+    def regenerate(self, user_id: int, history: Sequence[Event], budget: Budget,
                    n: int) -> list[Rec]:
         cols, seen_before = split_history(history, self.max_len)
         t0 = time.perf_counter()
@@ -155,7 +156,7 @@ class RegenPool:
                                      f"{self.wait_timeout_s:.1f} s") from None
         t1 = time.perf_counter()
         try:
-            w.conn.send((user_id, cols, seen_before, dict(budget), n))
+            w.conn.send((user_id, cols, seen_before, budget, n))  # a Budget pickles as a value
             if not w.conn.poll(self.reply_timeout_s):
                 raise TimeoutError(f"no answer in {self.reply_timeout_s:.0f} s")
             reply = w.conn.recv()

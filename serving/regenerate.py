@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pinrec.budgets import Budget
 from pinrec.contracts import Event
 from serving.candidates import Rec
 
@@ -40,7 +41,7 @@ class Regenerator:
     def max_len(self) -> int:
         return self.model.config.max_len
 
-    def regenerate(self, user_id: int, history: Sequence[Event], budget: dict[str, float],
+    def regenerate(self, user_id: int, history: Sequence[Event], budget: Budget,
                    n: int) -> list[Rec]:
         cols, seen_before = split_history(history, self.max_len)
         t0 = time.perf_counter()
@@ -55,7 +56,7 @@ class Regenerator:
         return recs
 
     def generate(self, user_id: int, cols: tuple, seen_before: frozenset,
-                 budget: dict[str, float], n: int) -> list[Rec]:
+                 budget: Budget, n: int) -> list[Rec]:
         """The model call alone, on `split_history` output (what a worker process runs)."""
         import torch
 

@@ -5,7 +5,6 @@ its latency, not quality.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,13 +69,14 @@ def items_table(cfg: SampleLakeConfig, rng) -> pa.Table:
 
 
 def candidates_table(cfg: SampleLakeConfig, rng, arms=ARMS) -> pa.Table:
-    from serving.merge import quotas
+    from pinrec.budgets import Budget
 
     cols = {k: [] for k in CANDIDATES_SCHEMA.names}
     gen = datetime(2026, 3, 2, tzinfo=timezone.utc)
     for u in range(cfg.users):
-        for arm, budget in arms.items():
-            outcomes = [a for a, q in quotas(budget, cfg.candidates).items() for _ in range(q)]
+        for arm, weights in arms.items():
+            budget = Budget.parse(weights, PINTEREST_ACTIONS.engagement_actions, f"arm {arm!r}")
+            outcomes = [a for a, q in budget.quotas(cfg.candidates).items() for _ in range(q)]
             items = rng.choice(np.arange(1, cfg.items + 1), cfg.candidates, replace=False)
             for r, (item, outcome) in enumerate(zip(items.tolist(), outcomes)):
                 cols["ds"].append(cfg.ds)
@@ -87,7 +87,7 @@ def candidates_table(cfg: SampleLakeConfig, rng, arms=ARMS) -> pa.Table:
                 cols["score"].append(1.0 - r / cfg.candidates)
                 cols["outcome"].append(outcome)
                 cols["model_version"].append("sample")
-                cols["budget"].append(json.dumps(budget, sort_keys=True))
+                cols["budget"].append(budget.to_json())
                 cols["generated_at"].append(gen)
     return pa.Table.from_pydict(cols, schema=CANDIDATES_SCHEMA)
 

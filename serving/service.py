@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from pinrec.experiments import TrafficSplit
 
 from serving.candidates import CandidateStore, load_candidate_store
-from serving.merge import blend, needs_popularity, quotas, sources_of
+from pinrec.budgets import NO_BUDGET
+from serving.merge import blend, needs_popularity, sources_of
 from serving.regen_worker import RegenerationFailed
 from serving.signals import BatchSequences, load_batch_sequences, merge_history
 
@@ -245,10 +246,10 @@ class RecommendationService:
         cutoff = seqs.cutoff_us
         tail = self.tail(user_id, cutoff or 0)
         engaged = {e.item_id for e in tail if e.item_type == "pin"}
-        budget = cands.arms.get(arm, {}) if arm else {}
+        budget = cands.arms.get(arm, NO_BUDGET) if arm else NO_BUDGET
         # Per outcome a response uses its quota, plus what engaged items remove, plus slack
         # for outcomes that run short (the blend fills those from the others).
-        limits = {a: 2 * q + len(engaged) for a, q in quotas(budget, n).items()}
+        limits = {a: 2 * q + len(engaged) for a, q in budget.quotas(n).items()}
         pre = cands.get(user_id, arm, limits, default_limit=n + len(engaged)) if arm else []
         regen, notes = [], []
         fresh = bool(tail) or bool(query and query.strip())

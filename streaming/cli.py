@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -260,7 +259,6 @@ def _broker(args) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return {"consume": _consume, "land-served": _land_served, "replay": _replay, "sweep": _sweep,
             "skip": _skip,
             "broker": _broker}[args.action](args)

@@ -54,8 +54,15 @@ class Day:
         return cutoff_us(self.ds)
 
     @property
+    def run(self):
+        """The DAG run of this day as the pipeline sees it (version names, commands)."""
+        from pinrec.pipeline import RunContext
+
+        return RunContext(self.ds, str(self.cfg.lake), self.cfg.dag_conf)
+
+    @property
     def model_version(self) -> str:
-        return f"d{self.ds.replace('-', '')}-mt_oc-small"
+        return self.run.model_version
 
     def check(self, name: str, ok: bool, detail) -> None:
         self.checks.append(Check(name, bool(ok), str(detail)[:1000]))
@@ -313,10 +320,11 @@ class Day:
         import subprocess
 
         from pinrec.demo import pinrec_bin
+        from pinrec.pipeline import QUALITY_GATE
 
-        r = subprocess.run([pinrec_bin(), "gate", "check", "--ds", self.ds, "--lake", str(self.cfg.lake),
-                            "--candidate-model", model_version, "--variant", "mt_oc"],
-                           capture_output=True, text=True, timeout=900)
+        argv = QUALITY_GATE.argv(self.run)
+        argv[argv.index("--candidate-model") + 1] = model_version
+        r = subprocess.run([pinrec_bin(), *argv], capture_output=True, text=True, timeout=900)
         lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
         return r.returncode, " | ".join(lines[-2:])[-600:]
 

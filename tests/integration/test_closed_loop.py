@@ -26,7 +26,7 @@ from pinrec.experiments import TrafficSplit
 from pinrec.layout import Lake, publish_candidates
 from serving.closed_loop import LoopConfig, WorldState, resume_world, simulate_day
 from serving.http_api import make_server
-from serving.merge import quotas
+from pinrec.budgets import DEFAULT_ARMS, Arms
 from serving.service import RecommendationService, ServingConfig
 from streaming.broker import Tansu, create_topics
 from streaming.consumer import ConsumerConfig
@@ -37,9 +37,7 @@ from stream_helpers import ConsumerThread  # noqa: E402
 pytestmark = pytest.mark.timeout(600)
 SYN = SynthConfig(users=300, days=3, items=1200, clusters=8, seed=5, start="2026-04-01")
 BATCH_DS = "2026-04-03"
-ARMS = {"balanced": {"repin": 0.4, "grid_click": 0.4, "outbound_click": 0.1,
-                     "long_grid_click": 0.05, "other": 0.05},
-        "repin": {"repin": 1.0}}
+ARMS = Arms.parse(DEFAULT_ARMS, PINTEREST_ACTIONS.engagement_actions)  # the demo's closed loop
 TOKEN = "loop-test-token"
 PER_ARM = 60
 
@@ -53,13 +51,13 @@ def oracle_candidates(state: WorldState) -> pa.Table:
         mine = np.flatnonzero(np.isin(world.item_cluster, state.interests[u - 1]))
         for arm, budget in ARMS.items():
             rank = 0
-            for a, q in quotas(budget, PER_ARM).items():
+            for a, q in budget.quotas(PER_ARM).items():
                 p = ACTION_PROBS[world.item_format[mine], acts.index(a)] + 1e-3 * rng.random(len(mine))
                 order = np.argsort(-p)[:q]
                 for idx, score in zip(mine[order], p[order]):
                     rows.append({"ds": BATCH_DS, "user_id": u, "arm": arm, "rank": rank,
                                  "item_id": int(idx) + 1, "score": float(score), "outcome": a,
-                                 "model_version": "oracle", "budget": json.dumps(budget),
+                                 "model_version": "oracle", "budget": json.dumps(budget.as_dict()),
                                  "generated_at": None})
                     rank += 1
     return pa.Table.from_pylist(rows, schema=CANDIDATES_SCHEMA)

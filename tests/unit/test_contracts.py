@@ -64,17 +64,6 @@ def test_ds_cutoff_and_validation():
             c.parse_ds(bad)
 
 
-def test_budget_validation():
-    v = c.PINTEREST_ACTIONS
-    assert c.validate_budget({"repin": 0.5, "grid_click": 0.5}, v) == {"repin": 0.5, "grid_click": 0.5}
-    with pytest.raises(ValueError, match="sum to 1"):
-        c.validate_budget({"repin": 0.5}, v)
-    with pytest.raises(ValueError, match="non-negative"):
-        c.validate_budget({"repin": 1.5, "grid_click": -0.5}, v)
-    with pytest.raises(ValueError, match="unknown action 'search'"):
-        c.validate_budget({"search": 1.0}, v)
-
-
 def test_table_schemas_partitioned_by_ds():
     for name in ("events", "sequences", "items", "candidates"):
         schema = c.TABLE_SCHEMAS[name]

@@ -1,8 +1,8 @@
-"""`make demo` must run the same chain as pinrec_daily: same sub-commands, same order, same
-model version naming, so the demo shows what production runs."""
+"""`make demo` runs the chain pinrec_daily runs (pinrec.pipeline.DAILY): same sub-commands, same
+order, same model version naming, so the demo shows what production runs."""
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 
 import pytest
@@ -25,11 +25,22 @@ def test_batch_day_runs_the_dag_chain_in_order(tmp_path, monkeypatch):
     assert cfg.fresh_ds == "2026-01-10"
     train = calls[4]
     assert train[train.index("--version") + 1] == cfg.model_version == "d20260109-mt_oc-small"
+    # training fitted to the demo's size, never a warm start; the demo's arms reach the gate
+    assert train[train.index("--epochs") + 1] == "4" and "--warm-start-from" not in train
+    assert json.loads(calls[1][calls[1].index("--params-json") + 1])["arms"] == demo.ARMS
+    # a re-run reuses the immutable model version it trained, as the DAG's train task does
+    (cfg.lake / "models" / cfg.model_version).mkdir(parents=True)
+    (cfg.lake / "models" / cfg.model_version / "config.json").write_text("{}")
+    calls.clear()
+    demo.batch_day(cfg, demo.Timings())
+    assert [a[0] for a in calls].count("train") == 0 and len(calls) == 8
 
 
-def test_dag_task_order_matches_the_demo(tmp_path_factory):
-    """The DAG's tasks, in dependency order, call the same groups the demo calls."""
+def test_dag_runs_the_pipelines_steps_in_order(tmp_path_factory):
+    """The DAG's chain is pipeline.DAILY (the demo runs the same tuple): same tasks, same order."""
     import os
+
+    from pinrec.pipeline import DAILY
 
     # keep Airflow's home (config, sqlite) out of ~/airflow when this test runs alone
     os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
@@ -38,19 +49,9 @@ def test_dag_task_order_matches_the_demo(tmp_path_factory):
 
     dag = DagBag(dag_folder=str(DAG_FILE)).dags["pinrec_daily"]
     order = [t.task_id for t in dag.topological_sort()]
-    bash = [t for t in order if hasattr(dag.get_task(t), "bash_command")]
-    # the group follows the `{{ var.value.get('PINREC_BIN', ...) }}` of every command
-    groups = [re.search(r"\}\}\s+(gate \w+|\w+)\s+--", dag.get_task(t).bash_command).group(1)
-              for t in bash]
-    # `outcomes` measures an earlier day beside the chain (after landing only); the demo runs it
-    # on its closed-loop days
-    assert groups.count("outcomes") == 1 and order.index("outcomes") > order.index("wait_for_landing")
-    groups.remove("outcomes")
-    expected_prefix = ["gate landing", "gate params", "sequences", "items", "train", "index",
-                       "score", "gate check", "gate publish"]
-    assert sorted(groups[:2]) == sorted(expected_prefix[:2])
-    assert groups[2:9] == expected_prefix[2:]
-    assert groups[9:] == ["maintenance"]
+    chain = [t for t in order if t in {s.name for s in DAILY}]
+    assert sorted(chain[:2]) == sorted(s.name for s in DAILY[:2])  # landing and params run side by side
+    assert chain[2:] == [s.name for s in DAILY[2:]]
 
 
 @pytest.mark.parametrize("days,ds", [(2, "2026-01-01"), (30, "2026-01-29")])

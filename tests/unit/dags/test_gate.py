@@ -82,7 +82,7 @@ def test_paired_bootstrap_and_short_candidate_share():
     assert short_candidate_share(cu, ca, users, ["a"], 10) == 0.25
 
 
-GOOD = {"arms": {"a": {"repin": 0.5, "grid_click": 0.5}}, "lookback_days": 30,
+GOOD = {"arms": {"a": {"repin": 0.5, "grid_click": 0.5}}, "window_days": 30,
         "variant": "oc", "preset": "small", "max_recall_drop": 0.1}
 
 
@@ -92,7 +92,8 @@ GOOD = {"arms": {"a": {"repin": 0.5, "grid_click": 0.5}}, "lookback_days": 30,
     ({"arms": {"a": {"like": 1.0}}}, "unknown action 'like'"),
     ({"arms": {}}, "non-empty"),
     ({"arms": "{not json"}, "not valid JSON"),
-    ({"lookback_days": 0}, "lookback_days"),
+    ({"window_days": 0}, "window_days"),
+    ({"window_days": 366}, "window_days"),
     ({"variant": "gpt"}, "variant"),
     ({"max_recall_drop": 1.5}, "max_recall_drop"),
     ({"model_set": {"t_limit": 8}}, "t_limit: unknown config field"),
@@ -121,8 +122,20 @@ def test_model_set_becomes_the_set_flags_train_gets():
 
 def test_validate_params_accepts_json_string_arms():
     p = validate_params(GOOD | {"arms": json.dumps(GOOD["arms"])})
-    assert p.arms == {"a": {"repin": 0.5, "grid_click": 0.5}}
-    assert (p.lookback_days, p.variant, p.max_recall_drop) == (30, "oc", 0.1)
+    assert p.arms.as_dict() == {"a": {"repin": 0.5, "grid_click": 0.5}}
+    assert (p.window_days, p.variant, p.max_recall_drop) == (30, "oc", 0.1)
+
+
+def test_lookback_days_is_still_accepted_as_window_days_with_a_note():
+    notes = []
+    old = {k: v for k, v in GOOD.items() if k != "window_days"} | {"lookback_days": 12}
+    assert validate_params(old, notes).window_days == 12
+    assert len(notes) == 1 and "'lookback_days' is deprecated" in notes[0] and "window_days" in notes[0]
+    notes = []  # Airflow fills window_days in: a changed window wins over the old name
+    assert validate_params(GOOD | {"lookback_days": 12}, notes).window_days == 30
+    assert "ignored" in notes[0]
+    with pytest.raises(UserError, match="window_days"):
+        validate_params(old | {"lookback_days": 0})
 
 
 def test_params_command_writes_arms_file_or_exits_2(lake_root, capsys):

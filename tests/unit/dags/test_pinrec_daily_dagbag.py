@@ -83,7 +83,7 @@ def test_params_schema(dag):
     from jobs.gate import validate_params
 
     p = dag.params
-    assert set(p.keys()) == {"arms", "lookback_days", "variant", "preset",
+    assert set(p.keys()) == {"arms", "window_days", "variant", "preset",
                              "full_retrain_every_days", "max_recall_drop", "maintenance_weekday",
                              "train_max_seconds", "train_refit", "feature_dim", "model_set",
                              "attribution_days", "gpus"}
@@ -98,7 +98,7 @@ def test_params_schema(dag):
     param = lambda k: copy.deepcopy(p.get_param(k))  # noqa: E731
 
     with pytest.raises(ParamValidationError):
-        param("lookback_days").resolve(0)
+        param("window_days").resolve(0)
     with pytest.raises(ParamValidationError):
         param("variant").resolve("gpt")
     with pytest.raises(ParamValidationError):
@@ -148,12 +148,18 @@ def test_rendered_commands(dag):
     assert "--refit" not in train and "--refit" in pinrec_argv(render(dag, "train", train_refit=True))
     score = pinrec_argv(render(dag, "score"))
     assert score[score.index("--model-version") + 1] == "d20260107-mt_oc-small"
-    assert score[score.index("--arms") + 1].endswith("/runs/params/2026-01-07/arms.json")
+    assert "--arms" not in score  # score reads the run's arms file through the layout
     assert score[score.index("--index-version") + 1] == "2026-01-07.d20260107-mt_oc-small"
     pub = pinrec_argv(render(dag, "publish"))
     from jobs.index import index_version
 
     assert pub[pub.index("--index-version") + 1] == index_version("2026-01-07", "d20260107-mt_oc-small")
+    # the commands are the pipeline's, rendered with the run's ds, params and lake
+    from pinrec.pipeline import STEPS, RunContext
+
+    ctx = RunContext("2026-01-07", "/opt/pinrec/lake", {k: dag.params[k] for k in dag.params.keys()})
+    for task_id in ("sequences", "items", "train", "index", "score", "quality_gate", "publish"):
+        assert pinrec_argv(render(dag, task_id))[1:] == STEPS[task_id].argv(ctx), task_id
     maint = pinrec_argv(render(dag, "maintenance"))
     assert [maint[i + 1] for i, a in enumerate(maint) if a == "--ds"] == [
         f"2026-01-{d:02d}" for d in range(7, 0, -1)]
@@ -175,6 +181,9 @@ def test_rendered_commands(dag):
         {k: dag.params[k] for k in dag.params.keys()}
         | {"model_set": {"t_lim": 8, "window_unit": "seconds", "time_age": False}}).model_set
     assert [a for a in pinrec_argv(render(dag, "train")) if a == "--set"] == ["--set"]
+    seq = pinrec_argv(render(dag, "sequences", window_days=30))
+    assert seq[seq.index("--window-days") + 1] == "30"
+    # a run triggered with the old name still gets its window (validate_params notes the rename)
     seq = pinrec_argv(render(dag, "sequences", lookback_days=30))
     assert seq[seq.index("--window-days") + 1] == "30"
     # outcomes measure the day whose attribution window today's landing completes
@@ -202,16 +211,19 @@ def test_params_reach_the_validator_as_json(dag):
     argv = shlex.split(render(dag, "validate_params", arms=arms))
     sent = json.loads(argv[argv.index("--params-json") + 1])
     assert sent["arms"] == arms
-    assert sent["lookback_days"] == 365
+    assert sent["window_days"] == 365
 
 
 def test_train_mode_full_on_cadence_warm_otherwise(dag):
-    import importlib.util
+    from pinrec.pipeline import RunContext, days_since_epoch, train_mode
 
-    spec = importlib.util.spec_from_file_location("pinrec_daily_mod", DAGS / "pinrec_daily.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    days_since_epoch, train_mode = mod.days_since_epoch, mod.train_mode
+    def warm_start_flags(ds, full_every, variant, preset):
+        ctx = RunContext(ds, "/lake", {"full_retrain_every_days": full_every, "variant": variant,
+                                       "preset": preset})
+        warm = ctx.warm_start_from()
+        assert pinrec_argv(render(dag, "train", ds, full_retrain_every_days=full_every)).count(
+            "--warm-start-from") == (warm is not None)  # the DAG renders what the pipeline says
+        return f"--warm-start-from {warm}" if warm else ""
 
     full_days = [d for d in range(1, 29) if train_mode(f"2026-02-{d:02d}", 7) == "full"]
     assert len(full_days) == 4 and all(b - a == 7 for a, b in zip(full_days, full_days[1:]))
@@ -221,8 +233,8 @@ def test_train_mode_full_on_cadence_warm_otherwise(dag):
     # warm days start from the previous day's model of the same kind, named by ds
     warm = next(f"2026-02-{d:02d}" for d in range(2, 29) if d not in full_days)
     prev = int(warm[-2:]) - 1
-    assert mod.warm_start_flags(warm, 7, "mt_oc", "small") == f"--warm-start-from d202602{prev:02d}-mt_oc-small"
-    assert mod.warm_start_flags(ds, 7, "mt_oc", "small") == ""
+    assert warm_start_flags(warm, 7, "mt_oc", "small") == f"--warm-start-from d202602{prev:02d}-mt_oc-small"
+    assert warm_start_flags(ds, 7, "mt_oc", "small") == ""
 
 
 def test_failure_callback_says_what_failed_and_how_to_rerun(dag, caplog):
@@ -233,11 +245,12 @@ def test_failure_callback_says_what_failed_and_how_to_rerun(dag, caplog):
     cb = cb[0] if isinstance(cb, list) else cb
     ti = SimpleNamespace(task_id="score", try_number=3, log_url="http://ui/log")
     with caplog.at_level("ERROR"):
-        cb({"ti": ti, "ds": "2026-01-03", "task": task, "run_id": "backfill__2026-01-04"})
+        cb({"ti": ti, "ds": "2026-01-03", "task": task, "run_id": "backfill__2026-01-04",
+            "params": {k: dag.params[k] for k in dag.params.keys()}})
     text = caplog.text
     assert "task score for ds=2026-01-03 (try 3)" in text
     assert "airflow tasks clear pinrec_daily -t '^score$' -s 2026-01-03 -e 2026-01-03" in text
-    assert "pinrec')" in text and "score --ds" in text  # the task's own command, to run by hand
+    assert "pinrec score --ds 2026-01-03 --lake" in text  # the task's own command, to run by hand
 
 
 def test_gpus_param_sets_nproc_of_train_and_score_only(dag):

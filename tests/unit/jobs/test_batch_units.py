@@ -126,24 +126,6 @@ def test_rebuild_users_dedups_orders_and_caps_like_the_contract():
         (1, ["a2", "b", "c"], [5, 2, 3], 3)]  # user 2's only event is at the cutoff: no row
 
 
-def test_load_arms_validates_every_budget(tmp_path):
-    from jobs.score import DEFAULT_ARMS, load_arms
-    from pinrec.contracts import PINTEREST_ACTIONS
-
-    arms = load_arms(DEFAULT_ARMS, PINTEREST_ACTIONS)
-    assert arms["balanced"] == {"repin": 0.4, "grid_click": 0.4, "outbound_click": 0.1,
-                                "long_grid_click": 0.05, "other": 0.05}
-    bad = tmp_path / "arms.json"
-    bad.write_text(json.dumps({"x": {"search": 1.0}}))
-    with pytest.raises(ValueError, match="arm 'x'.*unknown action 'search'"):
-        load_arms(bad, PINTEREST_ACTIONS)
-    bad.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="JSON object"):
-        load_arms(bad, PINTEREST_ACTIONS)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_arms(tmp_path / "missing.json", PINTEREST_ACTIONS)
-
-
 def test_candidate_rows_ranks_from_one_per_user():
     from jobs.score import FILE_SCHEMA, candidate_rows
     from pinrec_model.api import Candidate, History

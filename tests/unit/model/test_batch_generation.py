@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from pinrec.budgets import Arms, Budget
 from pinrec.contracts import PINTEREST_ACTIONS
 from pinrec_model.api import History, ItemFeatures, embed_items, history_tensors, load_model, save_model
 from pinrec_model.batch_generation import arrow_history_arrays, device_history, generate_arrays, \
@@ -98,7 +99,8 @@ def test_select_candidates_equals_the_walk_of_the_api():
 def test_generate_arrays_gives_n_distinct_unseen_items_per_arm(tiny):
     m, feats, _, index = tiny
     hs = _histories(12, seed=3)
-    arms = {"a": {"repin": 0.5, "grid_click": 0.3, "outbound_click": 0.2}, "b": {"repin": 1.0}}
+    arms = Arms.parse({"a": {"repin": 0.5, "grid_click": 0.3, "outbound_click": 0.2}, "b": {"repin": 1.0}},
+                      m.vocab.engagement_actions)
     res = generate_arrays(m, arrow_history_arrays(_batch(hs), list(m.vocab.actions), m.config.max_len),
                           index, feats, arms, 30)
     for arm, r in res.items():
@@ -108,7 +110,7 @@ def test_generate_arrays_gives_n_distinct_unseen_items_per_arm(tiny):
             assert len(set(got)) == 30 and min(got) >= 1  # full, de-duplicated, real items
             assert not set(got) & set(h.item_ids.tolist())  # the WHOLE history excluded
             assert list(r.scores[b]) == sorted(r.scores[b], reverse=True)
-        assert set(r.outcomes) <= set(arms[arm])
+        assert set(r.outcomes) <= set(arms[arm].as_dict())
     # one user alone gets what it gets in the batch (padding does not leak between users)
     one = generate_arrays(m, arrow_history_arrays(_batch(hs[4:5]), list(m.vocab.actions), m.config.max_len),
                           index, feats, arms, 30)

@@ -1,4 +1,5 @@
-"""Budget allocation, compression, retrieval and generate_candidates on a tiny random model."""
+"""Compression, condition offsets, retrieval and generate_candidates on a tiny random model
+(the budget rule itself: tests/unit/foundation/test_budgets.py)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -7,28 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from pinrec.budgets import Budget
 from pinrec.contracts import PINTEREST_ACTIONS
 from pinrec_model.api import Candidate, History, ItemFeatures, LoadedModel, embed_items, generate_candidates, \
     load_model, save_model
-from pinrec_model.generation import allocate_budget, compress, condition_offsets, largest_remainder, step_offsets
+from pinrec_model.generation import compress, condition_offsets
 from pinrec_model.model import PinRec, preset
 from pinrec_model.retrieval import Retriever
-
-
-def test_largest_remainder_sums_and_is_proportional():
-    assert largest_remainder(np.array([0.4, 0.1, 0.4, 0.05, 0.05]), 20).tolist() == [8, 2, 8, 1, 1]
-    assert largest_remainder(np.array([1, 1, 1]), 10).sum() == 10
-    assert largest_remainder(np.array([0.0, 0.0]), 5).tolist() == [0, 0]
-
-
-def test_budget_allocation_deterministic_and_stochastic():
-    b = {"repin": 0.4, "outbound_click": 0.1, "grid_click": 0.4, "long_grid_click": 0.05, "other": 0.05}
-    assert allocate_budget(b, 100) == {"repin": 40, "outbound_click": 10, "grid_click": 40,
-                                        "long_grid_click": 5, "other": 5}
-    rng = np.random.default_rng(0)
-    draws = [allocate_budget(b, 100, stochastic=True, rng=rng) for _ in range(300)]
-    assert all(sum(d.values()) == 100 for d in draws)
-    assert abs(np.mean([d["repin"] for d in draws]) - 40) < 1.5
 
 
 def test_compress_merges_near_duplicates_in_generation_order():
@@ -53,15 +39,10 @@ def test_condition_offsets_keep_a_steps_conditions_distinct():
         for x, c in per_action.items():
             used = [oo for aa, oo in pairs if aa == x]
             assert max(used.count(v) for v in set(used)) == -(-c // 4)
-    # one action: the same spread as step_offsets
-    assert condition_offsets(torch.full((1, 8), 2), 8).tolist() == [step_offsets(8, 8)]
-    assert condition_offsets(torch.full((1, 4), 2), 8).tolist() == [step_offsets(4, 8)]
-
-
-def test_step_offsets_spread_over_t_lim():
-    assert step_offsets(4, 8) == [1, 3, 5, 7]
-    assert step_offsets(1, 8) == [1]
-    assert len(set(step_offsets(8, 8))) == 8
+    # one action: k slots spread evenly over [1, t_lim]
+    assert condition_offsets(torch.full((1, 8), 2), 8).tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]]
+    assert condition_offsets(torch.full((1, 4), 2), 8).tolist() == [[1, 3, 5, 7]]
+    assert condition_offsets(torch.full((1, 1), 2), 8).tolist() == [[1]]
 
 
 def test_retriever_flat_and_ivf_agree_on_easy_data(tmp_path):
@@ -112,7 +93,7 @@ def test_model_version_is_immutable_and_round_trips(tiny):
 def test_generate_candidates_respects_budget_history_and_dedup(tiny):
     m, feats, retr, _ = tiny
     hs = [_hist(u) for u in range(4)]
-    budget = {"repin": 0.5, "grid_click": 0.3, "outbound_click": 0.2}
+    budget = Budget.parse({"repin": 0.5, "grid_click": 0.3, "outbound_click": 0.2}, m.vocab.engagement_actions)
     out = generate_candidates(m, hs, feats, budget, 30, retr, compression_threshold=0.98)
     assert len(out) == 4
     for h, cands in zip(hs, out):
@@ -131,8 +112,7 @@ def test_generate_candidates_multi_token_and_empty_history(tiny):
     m, feats, retr, _ = tiny
     hs = [_hist(0), History(9, np.zeros(0, np.int64), [], [], [], np.zeros(0, np.int64))]
     for k in (1, 4, 16):
-        out = generate_candidates(m, hs, feats, {"repin": 1.0}, 10, retr, tokens_per_step=k)
+        out = generate_candidates(m, hs, feats, Budget((("repin", 1.0),)), 10, retr, tokens_per_step=k)
         assert [len(c) for c in out] == [10, 10]
         assert all(c.outcome == "repin" for c in out[0])
-    with pytest.raises(ValueError, match="sum to 1"):
-        generate_candidates(m, hs, feats, {"repin": 0.5}, 10, retr)
+

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from pinrec.budgets import Budget
 from pinrec_model.losses import full_softmax_loss, sampled_softmax_loss
 from pinrec_model.model import PinRec, PinRecConfig, hash_ids, preset
 
@@ -227,7 +228,7 @@ def test_dot_recipe_serves_through_the_api(tmp_path, variant, head):
     rng = np.random.default_rng(1)
     hs = [History(u, rng.choice(ids, 6, replace=False), ["pin"] * 6, ["repin"] * 6, ["homefeed"] * 6,
                   (1_767_225_600_000_000 + np.arange(6) * 60_000_000).astype(np.int64)) for u in range(3)]
-    budget = {"repin": 0.5, "grid_click": 0.5}
+    budget = Budget((("repin", 0.5), ("grid_click", 0.5)))
     for thr in (None, 0.9):
         # An untrained dot-product model retrieves the same large-norm items for every query, so
         # the API may return fewer than n: what it returns must still be distinct and unseen.

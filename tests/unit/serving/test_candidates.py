@@ -30,8 +30,8 @@ ROWS = [  # written out of order on purpose
 def test_rows_are_indexed_by_user_arm_and_outcome_in_rank_order():
     s = CandidateStore.from_table(table(ROWS), "2026-03-01", popular=[5, 6])
     assert s.ds == "2026-03-01" and s.model_version == "v1"
-    assert s.arms == {"control": {"repin": 0.5, "grid_click": 0.5},
-                      "saves": {"repin": 0.5, "grid_click": 0.5}}
+    assert {a: b.as_dict() for a, b in s.arms.items()} == {"control": {"repin": 0.5, "grid_click": 0.5},
+                                                           "saves": {"repin": 0.5, "grid_click": 0.5}}
     got = s.get(1, "control")
     assert sorted((r.outcome, r.item_id) for r in got) == [
         ("grid_click", 12), ("grid_click", 14), ("repin", 11), ("repin", 13)]

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+from pinrec.budgets import Budget
 from serving.candidates import CandidateStore, Rec
-from serving.merge import blend, quotas, sources_of
+from serving.merge import blend, sources_of
 
-BUDGET = {"repin": 0.5, "grid_click": 0.3, "outbound_click": 0.2}
+BUDGET = Budget((("repin", 0.5), ("grid_click", 0.3), ("outbound_click", 0.2)))
 
 
 def recs(source: str, start: int, per: dict[str, int]) -> list[Rec]:
@@ -21,11 +22,6 @@ def recs(source: str, start: int, per: dict[str, int]) -> list[Rec]:
 PRE = recs("precomputed", 1, {"repin": 20, "grid_click": 20, "outbound_click": 20})
 REG = recs("regenerated", 1000, {"repin": 10, "grid_click": 6, "outbound_click": 4})
 POP = [Rec(5000 + i, -i, "popularity", "popularity") for i in range(50)]
-
-
-def test_quotas_split_by_largest_remainder():
-    assert quotas(BUDGET, 10) == {"repin": 5, "grid_click": 3, "outbound_click": 2}
-    assert sum(quotas({"repin": 1 / 3, "grid_click": 1 / 3, "other": 1 / 3}, 10).values()) == 10
 
 
 def test_precomputed_only_minus_engaged_items():

@@ -97,12 +97,12 @@ def test_traffic_flag_inline_and_file(tmp_path):
 
 
 def test_arms_file_with_traffic_keys_still_loads_as_arms(tmp_path):
-    from jobs.score import load_arms
+    from pinrec.budgets import Arms
     from pinrec.contracts import PINTEREST_ACTIONS
 
     f = tmp_path / "arms.json"
     f.write_text(json.dumps({"repin": {"repin": 1.0}, "traffic": {"repin": 1.0}, "salt": "x"}))
-    assert load_arms(f, PINTEREST_ACTIONS) == {"repin": {"repin": 1.0}}
+    assert Arms.load(f, PINTEREST_ACTIONS.engagement_actions).as_dict() == {"repin": {"repin": 1.0}}
 
 
 def test_full_buffer_drops_the_oldest_and_counts_it():
