@@ -26,7 +26,8 @@ from pinrec.contracts import Event, vocab as vocab_by_name
 from streaming.deadletter import Source, dead_letter, fit_limit
 from streaming.events import MAX_MESSAGE_BYTES, parse
 from streaming.isolate import isolate
-from streaming.limits import (BROKER_MESSAGE_MAX_BYTES, FETCH_MAX_BYTES, MAX_PARTITION_FETCH_BYTES,
+from streaming.limits import (BROKER_MESSAGE_MAX_BYTES, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS,
+                              MAX_PARTITION_FETCH_BYTES,
                               PRODUCER_MAX_REQUEST_SIZE)
 from streaming.produce import send_confirmed
 from streaming.metrics import ConsumerCollector, ConsumerMetrics, serve_metrics
@@ -71,7 +72,7 @@ class ConsumerConfig:
     max_poll_records: int = 500
     # How long the broker may hold a fetch open waiting for data; it bounds how stale a quiet
     # partition's newest event can be before it is stored (the produce->readable latency).
-    fetch_max_wait_ms: int = 50
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
     # Tansu's group join takes about half of session_timeout_ms (DESIGN.md §4).
     session_timeout_ms: int = 6000
     heartbeat_ms: int = 2000

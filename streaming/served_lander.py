@@ -33,6 +33,7 @@ from pathlib import Path
 from pinrec.contracts import Rejection
 from pinrec.experiments import SERVED_TOPIC
 from pinrec.served import ServedRecord, first_per_request, parse, rows
+from streaming.limits import FETCH_MAX_WAIT_MS
 from streaming.deadletter import Source, dead_letter, fit_limit
 from streaming.limits import BROKER_MESSAGE_MAX_BYTES, PRODUCER_MAX_REQUEST_SIZE
 from streaming.produce import send_confirmed
@@ -198,7 +199,7 @@ class Lander:
             bootstrap_servers=c.bootstrap, group_id=c.group, client_id=c.client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=c.session_timeout_ms, heartbeat_interval_ms=c.heartbeat_ms,
-            max_poll_records=min(c.max_records, 1000), fetch_max_wait_ms=100)
+            max_poll_records=min(c.max_records, 1000), fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
         lander = self
 
         class LandOnRevoke(ConsumerRebalanceListener):

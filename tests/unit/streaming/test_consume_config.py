@@ -7,8 +7,10 @@ from streaming.consumer import ConsumerConfig
 
 # Apache Kafka's documented defaults (consumer fetch.max.bytes, max.partition.fetch.bytes;
 # producer max.request.size; broker message.max.bytes = 1 MiB + 12 since KAFKA-4203).
+# fetch.max.wait.ms = 500: shorter starved the consumer on Tansu's s3 engine (ADR 0008).
 KAFKA = {"fetch_max_bytes": 52_428_800, "max_partition_fetch_bytes": 1_048_576,
-         "dlq_max_request_size": 1_048_576, "dlq_broker_max_message_bytes": 1_048_588}
+         "dlq_max_request_size": 1_048_576, "dlq_broker_max_message_bytes": 1_048_588,
+         "fetch_max_wait_ms": 500}
 
 
 def parse(*flags):
