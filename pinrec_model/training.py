@@ -19,6 +19,11 @@ from pinrec_model.losses import CountMinSketch, full_softmax_loss, in_batch_nega
 from pinrec_model.model import PinRec, PinRecConfig, time_features
 
 
+# What a validation closure returns and every epoch's history records (`val_<metric>`);
+# TrainConfig.select_metric picks the epoch among them.
+VAL_METRICS = ("recall@10", "ndcg@10")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
@@ -31,7 +36,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     compile: bool = False
-    patience: int = 3  # epochs without a better validation recall before stopping
+    patience: int = 3  # epochs without a better validation metric before stopping
+    # the validation metric that picks the epoch (the reference SASRec's choice, DESIGN §5)
+    select_metric: str = "ndcg@10"
     max_seconds: float | None = None  # wall-clock cap (CI)
     progress: bool = True
     # stop after this many epochs, the learning-rate schedule still spanning `epochs`: a refit on
@@ -384,7 +391,7 @@ def train_step(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, opt: torc
 
 
 def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
-        validate: Callable[[PinRec, CatalogTensors], float] | None = None,
+        validate: Callable[[PinRec, CatalogTensors], dict[str, float]] | None = None,
         init_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Train on `ex`, from scratch or (warm start) from `init_state` (a saved version's model and
     count-min-sketch tensors); keep the weights of the best validation epoch.
@@ -446,11 +453,13 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
             if tc.max_seconds and (ctx is None or b % 16 == 15) and D.out_of_time(t_start, tc.max_seconds, ctx, dev):
                 break
         mean_loss, tokens = D.epoch_totals(losses, tokens, ctx, dev)
-        val = D.validate_on_main(validate, model, ct, ctx, dev)
-        res.history.append({"epoch": epoch + 1, "loss": mean_loss, "val_recall@10": val,
+        scores = D.validate_on_main(validate, model, ct, ctx, dev, VAL_METRICS)
+        val = scores.get(tc.select_metric, float("nan"))
+        res.history.append({"epoch": epoch + 1, "loss": mean_loss,
+                            **{f"val_{k}": scores.get(k, float("nan")) for k in VAL_METRICS},
                             "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})
         if tc.progress and main:
-            print(f"epoch {epoch + 1}: loss {mean_loss:.4f} val recall@10 {val:.4f}", flush=True)
+            print(f"epoch {epoch + 1}: loss {mean_loss:.4f} val {tc.select_metric} {val:.4f}", flush=True)
         if validate is None or val > best:
             best, bad = val, 0
             best_state = copy.deepcopy(model.state_dict())
