@@ -1,6 +1,7 @@
 """The default rules produce the documented configuration for a given data shape (docs/model.md,
 "Default rules"), and explicit flags win over them."""
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,19 +13,56 @@ def shape(users=22_363, items=12_101, events=198_502, p50=6.0, p90=15.0):
     return DataShape(users, items, events, p50, p90)
 
 
-def test_beauty_shape_gets_the_documented_config():
-    r = default_rules(shape())  # Amazon Beauty 5-core
-    assert r.model == {"max_len": 50, "max_positions": 114, "full_softmax": True, "dropout": 0.5}
-    assert r.train == {"epochs": 200, "patience": 10, "max_seconds": 540.0, "warmup_steps": 175}
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "model.md"
+
+# The documented shapes (docs/model.md, "Default rules") and what the rules must give for each:
+# name -> (DataShape, max_len, max_positions, full_softmax, dropout, warm-up steps at batch 128).
+DOCUMENTED = {
+    "tiny (CI)": (DataShape(60, 40, 720, 12.0, 12.0), 50, 114, True, 0.5, 50),
+    "Beauty": (DataShape(22_363, 12_101, 198_502, 6.0, 14.0), 50, 114, True, 0.5, 175),
+    "Sports": (DataShape(35_598, 18_357, 296_337, 6.0, 13.0), 50, 114, True, 0.5, 279),
+    "Toys": (DataShape(19_412, 11_924, 167_597, 6.0, 14.0), 50, 114, True, 0.5, 152),
+    "Yelp": (DataShape(30_431, 20_033, 316_354, 7.0, 19.0), 50, 114, True, 0.5, 238),
+    "LastFM (long sequences)": (DataShape(1_090, 3_646, 52_551, 19.0, 123.1), 130, 194, True, 0.5, 50),
+    "large catalogue, dense": (DataShape(2_000_000, 500_000, 40_000_000, 15.0, 45.0), 50, 114, False, 0.2, 1000),
+    "long and large": (DataShape(1_000_000, 5_000_000, 400_000_000, 180.0, 420.0), 200, 264, False, 0.2, 1000),
+}
 
 
-def test_long_dense_large_catalogue_gets_sampled_softmax_and_long_context():
-    r = default_rules(shape(users=1_000_000, items=5_000_000, events=400_000_000, p50=180, p90=420),
-                      batch_size=512)
-    assert r.model["max_len"] == 200 and r.model["max_positions"] == 264
-    assert r.model["full_softmax"] is False  # 5M items: sampled softmax with logQ
-    assert r.model["dropout"] == 0.2  # 80 events per item: dense
-    assert r.train["warmup_steps"] == 1000  # one epoch is 1954 steps: capped
+@pytest.mark.parametrize("name", list(DOCUMENTED))
+def test_each_documented_shape_gets_the_documented_config(name):
+    sh, max_len, max_positions, full, dropout, warmup = DOCUMENTED[name]
+    r = default_rules(sh)
+    assert r.model == {"max_len": max_len, "max_positions": max_positions, "full_softmax": full,
+                       "dropout": dropout}
+    assert r.train == {"epochs": 200, "patience": 10, "max_seconds": 540.0, "warmup_steps": warmup}
+    assert set(r.why) == {"max_len", "full_softmax", "dropout", "training"}  # every choice has a reason
+
+
+def _docs_rows() -> dict[str, list[str]]:
+    """docs/model.md's shape table: name -> its cells."""
+    text = DOCS.read_text()
+    table = text[text.index("| data shape | users |"):]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells
+    return rows
+
+
+def test_docs_table_is_what_the_rules_give():
+    rows = _docs_rows()
+    assert set(rows) == set(DOCUMENTED)
+    for name, (sh, max_len, max_positions, full, dropout, warmup) in DOCUMENTED.items():
+        r = default_rules(sh)
+        p90 = f"{sh.p90_len:g}"
+        assert rows[name] == [name, f"{sh.users:,}", f"{sh.items:,}", f"{sh.events:,}", f"{sh.p50_len:g} / {p90}",
+                              str(r.model["max_len"]), str(r.model["max_positions"]),
+                              "full" if r.model["full_softmax"] else "sampled + logQ", f"{r.model['dropout']:g}",
+                              str(r.train["warmup_steps"]),
+                              f"{r.train['epochs']} / {r.train['patience']} / {r.train['max_seconds']:g} s"], name
 
 
 @pytest.mark.parametrize("p90,expected", [(0, 50), (49, 50), (51, 60), (123, 130), (199.5, 200), (5000, 200)])
