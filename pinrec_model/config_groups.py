@@ -50,9 +50,13 @@ def grouped(report: dict) -> dict[str, dict]:
     """A config report ({"model": flat PinRecConfig dict, "train": TrainConfig dict, ...}, as
     saved in config.json and eval JSONs) -> {group: {field: value}}, groups in print order.
     A field this code does not know (a newer config) is kept, under "other"."""
+    model = report.get("model", {})
     out: dict[str, dict] = {g: {} for g in dict.fromkeys(CONFIG_GROUPS.values())}
-    for k, v in report.get("model", {}).items():
-        out.setdefault(CONFIG_GROUPS.get(k, "other"), {})[k] = v
+    for k, g in CONFIG_GROUPS.items():  # in this file's order, whatever order the report has
+        if k in model:
+            out[g][k] = model[k]
+    for k in model.keys() - CONFIG_GROUPS.keys():
+        out.setdefault("other", {})[k] = model[k]
     if report.get("train"):
         out[TRAINING_GROUP] = dict(report["train"])
     return {g: fields for g, fields in out.items() if fields}
