@@ -21,6 +21,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "serve": ("bench.serve_bench", "serving: p99 per request, precomputed and with CPU regeneration"),
     "served-land": ("bench.served_land_bench", "served lander: one MERGE landing vs the size of the day so far"),
     "report": ("bench.report", "render the README's measured-figures table from bench/results/ (--write)"),
+    "quality": ("bench.quality_bench", "quality suite: every dataset x variant x seed with the default rules, "
+                                       "beside the reference SASRec (issue 15)"),
     "model": ("bench.model_bench", "H100: paper-preset training MFU and prefill vs HF GPT-2 (side by side)"),
 }
 

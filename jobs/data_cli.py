@@ -16,7 +16,9 @@ from pinrec.cli import add_lake_arg
 from pinrec.contracts import vocab
 
 # Kept here, not in jobs.importers, so `pinrec --help` does not import pandas.
-SOURCES = ("beauty", "trivago", "taobao", "movielens100k", "generic")
+# beauty, sports, toys, yelp, lastfm: one format (S3-Rec), jobs.importers.S3REC_FILES
+S3REC_SOURCES = ("beauty", "sports", "toys", "yelp", "lastfm")
+SOURCES = (*S3REC_SOURCES, "trivago", "taobao", "movielens100k", "generic")
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,8 @@ def read_source(cfg: ImportConfig):
 
     v = vocab(cfg.vocab)
     path = Path(cfg.path)
-    if cfg.source == "beauty":
-        return im.read_beauty(path, start=cfg.start)
+    if cfg.source in S3REC_SOURCES:
+        return im.read_s3rec(path, start=cfg.start, source=cfg.source)
     if cfg.source == "trivago":
         return im.read_trivago(path)
     if cfg.source == "taobao":

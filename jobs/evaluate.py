@@ -89,15 +89,30 @@ def _mean_std(runs: list[dict]) -> dict:
     return out
 
 
+def eval_config(args, vocab, prep) -> dict:
+    """The config report of what this evaluation trains (the same rules as `pinrec train`), or
+    of the saved model (--model)."""
+    from jobs.train import config_report, effective_config
+
+    if args.model:
+        return json.loads((Path(args.model) / "config.json").read_text())
+    return config_report(*effective_config(args, vocab, prep))
+
+
 def run(args) -> int:
-    from jobs.train import model_config, prepare
+    from jobs.train import prepare
     from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec_model.config_groups import format_config
 
     vocab = PINTEREST_ACTIONS
     events, feats = load_events(args)
     # the catalog's attribute width comes from the model config (popularity has none): the saved
     # one for --model (a model trained with feature_dim=64 reads 64-wide vectors)
     prep = prepare(events, feats, vocab, None if args.variant == "pop" else model_feature_dim(args, vocab))
+    if args.variant != "pop":  # what trains (or was trained), printed first; in the JSON too
+        print(format_config(eval_config(args, vocab, prep)), flush=True)
+    if args.print_config:
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     t0 = time.perf_counter()
     if args.protocol == "loo":
@@ -135,12 +150,13 @@ def run(args) -> int:
 def _train(args, prep, vocab, seed, holdout, users=None, variant=None):
     from dataclasses import replace
 
-    from jobs.train import model_config, train_config, train_refit
+    from jobs.train import config_report, effective_config, train_refit
 
     a = argparse.Namespace(**{**vars(args), "variant": variant or args.variant, "seed": seed})
-    cfg = model_config(a, vocab)
-    tc = replace(train_config(a), seed=seed)
-    return train_refit(prep, cfg, tc, holdout, users, args.val_users, refit=args.refit), cfg
+    cfg, tc, rules = effective_config(a, vocab, prep)
+    tc = replace(tc, seed=seed)
+    return train_refit(prep, cfg, tc, holdout, users, args.val_users, refit=args.refit), \
+        config_report(cfg, tc, rules)
 
 
 def _load(args, prep):
@@ -162,12 +178,17 @@ def _loo_once(args, prep, vocab, seed) -> dict:
         model, ct = _load(args, prep)
         history = []
     else:
-        res, _ = _train(args, prep, vocab, seed, holdout=2)  # --refit: then on the validation item too
+        res, config = _train(args, prep, vocab, seed, holdout=2)  # --refit: then on the validation item too
         model, history = res.model, res.history
         ct = CatalogTensors(prep.catalog, resolve_device(args.device))
     m = loo_eval_model(model, ct, prep.seqs, users, test_pos, model.cfg.max_len)
     m["diversity"] = float("nan")
-    return {"metrics": m, "history": history, "config": model.cfg.to_json()}
+    if history:  # the epoch validation chose, and the validation figures it was chosen on
+        best = max(history, key=lambda h: (h.get("val_ndcg@10", float("nan")), -h["epoch"]))
+        m.update({"epochs_run": len(history), "best_epoch": best["epoch"],
+                  "val_ndcg@10": best.get("val_ndcg@10"), "val_recall@10": best.get("val_recall@10")})
+    return {"metrics": m, "history": history,
+            "config": config if not args.model else eval_config(args, vocab, prep)}
 
 
 def _item_table(model, ct):
@@ -183,26 +204,28 @@ def _item_table(model, ct):
 def _unordered_once(args, prep, vocab, seed) -> dict:
     import numpy as np
 
-    from pinrec_model.offline import (controllability_matrix, eval_targets, generate_for_users, index_rows,
-                                      target_conditions, unordered_scores, unordered_split, unordered_summary)
+    from pinrec_model.offline import (controllability_matrix, eval_targets, generate_for_users, history_rows,
+                                      index_rows, target_conditions, unordered_scores, unordered_split,
+                                      unordered_summary)
     from pinrec_model.training import CatalogTensors, resolve_device
 
     split = model_split(args, prep.seqs, prep.catalog) or unordered_split(prep.seqs, args.window, seed=0)
     hist, t_rows, t_acts = eval_targets(prep.seqs, prep.catalog, split)
     index = index_rows(prep.catalog, args.index_size)
+    past = history_rows(hist)
     if args.variant == "pop":
         tr = prep.seqs.subset(split.train_users)
         counts = np.bincount(tr.rows[tr.rows >= 0], minlength=len(prep.catalog)).astype(float)
         top = index[np.argsort(-counts[index], kind="stable")[:10]]
         hits = [np.isin(t, top) for t in t_rows]
         rec = np.array([h.mean() if len(h) else np.nan for h in hits])
-        return {"metrics": unordered_summary(rec, [top] * len(t_rows), t_rows, hits)}
+        return {"metrics": unordered_summary(rec, [top] * len(t_rows), t_rows, hits, past)}
     dev = resolve_device(args.device)
     if args.model:
         model, ct = _load(args, prep)
         history = []
     else:
-        res, _ = _train(args, prep, vocab, seed, holdout=1, users=split.train_users)
+        res, config = _train(args, prep, vocab, seed, holdout=1, users=split.train_users)
         model, history = res.model, res.history
         ct = CatalogTensors(prep.catalog, dev)
     item_table, item_emb = _item_table(model, ct)
@@ -211,8 +234,9 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
     cond = target_conditions(t_acts, n_emb)
     gen, secs = generate_for_users(model, ct, hist, cond, k, item_table=item_table)
     rec, hits, retrieved = unordered_scores(gen, item_emb, index, t_rows)
-    out = {"metrics": {**unordered_summary(rec, retrieved, t_rows, hits), "latency_s": secs, "embeddings": n_emb,
-                       "gen_tokens_per_step": k}, "history": history, "config": model.cfg.to_json()}
+    out = {"metrics": {**unordered_summary(rec, retrieved, t_rows, hits, past), "latency_s": secs, "embeddings": n_emb,
+                       "gen_tokens_per_step": k}, "history": history,
+           "config": config if not args.model else eval_config(args, vocab, prep)}
     names = {i + 1: a for i, a in enumerate(vocab.engagement_actions)}
     if args.tokens_per_step:
         sweep = {}
@@ -241,8 +265,8 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
             by_desired[a] = unordered_scores(g_a, item_emb, index, t_rows)[1]
         out["controllability"] = controllability_matrix(by_desired, hits_uc, t_acts, names)
         rec_uc = np.array([h.mean() if len(h) else np.nan for h in hits_uc])
-        m, uc = out["metrics"], unordered_summary(rec_uc, ret_uc, t_rows, hits_uc)
-        for sfx in ("", "_distinct"):
+        m, uc = out["metrics"], unordered_summary(rec_uc, ret_uc, t_rows, hits_uc, past)
+        for sfx in ("", "_distinct", "_new"):
             m[f"uc_recall@10{sfx}"] = uc[f"recall@10{sfx}"]
             m[f"lift_over_uc{sfx}"] = m[f"recall@10{sfx}"] / m[f"uc_recall@10{sfx}"] - 1
     return out
@@ -250,9 +274,10 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
 
 def print_table(result: dict) -> None:
     keys = [k for k in ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20",
-                        "recall@10_excl_history", "ndcg@10_excl_history", "recall@10_distinct", "diversity",
-                        "latency_s", "uc_recall@10", "lift_over_uc", "uc_recall@10_distinct",
-                        "lift_over_uc_distinct") if k in result]
+                        "recall@10_excl_history", "ndcg@10_excl_history", "recall@10_distinct",
+                        "recall@10_new", "diversity", "latency_s", "uc_recall@10", "lift_over_uc",
+                        "uc_recall@10_distinct", "lift_over_uc_distinct", "uc_recall@10_new",
+                        "lift_over_uc_new", "val_ndcg@10", "best_epoch", "epochs_run") if k in result]
     print(f"pinrec eval  protocol={result['protocol']}  variant={result['variant']}  seeds={result['seeds']}")
     for k in keys:
         std = result.get(f"{k}_std")

@@ -108,11 +108,29 @@ def _require_file(path: Path, what: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------
-# Amazon Beauty (S3-Rec format): "user item item ..." per line, in time order, no timestamps.
+# The S3-Rec format (Amazon Beauty, Sports, Toys; Yelp; LastFM): "user item item ..." per line,
+# in time order, no timestamps; attributes in <Name>_item2attributes.json beside it.
 # ------------------------------------------------------------------------------------------
 
-def read_beauty(folder: Path, start: str = "2026-01-01", action: str = "outbound_click") -> Imported:
-    seq_file = _require_file(Path(folder) / "Beauty.txt", "beauty import")
+# source name -> the sequence file's stem in its folder (shared/data/README.md)
+S3REC_FILES = {"beauty": "Beauty", "sports": "Sports_and_Outdoors", "toys": "Toys_and_Games",
+               "yelp": "Yelp", "lastfm": "LastFM"}
+
+
+def s3rec_files(folder: Path, source: str) -> tuple[Path, Path]:
+    """(sequence file, attribute file) of an S3-Rec dataset folder; a file path is taken as the
+    sequence file itself."""
+    folder = Path(folder)
+    if folder.is_file():
+        seq = folder
+    else:
+        seq = folder / f"{S3REC_FILES[source]}.txt"
+    return _require_file(seq, f"{source} import"), seq.with_name(f"{seq.stem}_item2attributes.json")
+
+
+def read_s3rec(folder: Path, start: str = "2026-01-01", action: str = "outbound_click",
+                source: str = "beauty") -> Imported:
+    seq_file, attr_file = s3rec_files(folder, source)
     users, items, positions = [], [], []
     for lineno, line in enumerate(seq_file.read_text().splitlines(), 1):
         parts = line.split()
@@ -128,13 +146,12 @@ def read_beauty(folder: Path, start: str = "2026-01-01", action: str = "outbound
     df["item_type"] = "pin"
     # A review of a bought product: the lower-funnel action (shared/data/README.md).
     df["action"] = action
-    attr_file = Path(folder) / "Beauty_item2attributes.json"
     features = None
     if attr_file.exists():
         attrs = json.loads(attr_file.read_text())
         ids = sorted(int(k) for k in attrs)
         features = item_features_table(ids, attributes=[attrs[str(i)] for i in ids])
-    return _finish(df, "beauty", features)
+    return _finish(df, source, features)
 
 
 # ------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pinrec.cli import add_lake_arg
 
 VARIANT_CHOICES = ("uc", "oc", "mt_oc", "sasrec", "pinnerformer")
+EPOCH_CAP_HELP = "cap of 200 with patience 10"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -43,22 +44,35 @@ def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None
     p.add_argument("--variant", choices=variants, default="mt_oc")
     p.add_argument("--preset", choices=("small", "paper"), default="small")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epoch cap (default: the data rules' {EPOCH_CAP_HELP}; without rules 20)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the training step's regions (default: on for the paper "
                         "preset on CUDA, where it took the H100 from 19 to 44 %% MFU; off otherwise)")
-    p.add_argument("--max-seconds", type=float, default=None, help="wall-clock cap on training")
-    p.add_argument("--full-softmax", action="store_true", help="full softmax instead of sampled")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="wall-clock cap on training (default: the data rules' budget; 0 = none)")
+    p.add_argument("--full-softmax", action=argparse.BooleanOptionalAction, default=None,
+                   help="full softmax over the catalogue, or (--no-full-softmax) sampled with logQ "
+                        "(default: the data rules choose by catalogue size)")
+    p.add_argument("--rules", choices=("data", "off"), default="data",
+                   help="data: derive max_len, softmax, dropout, epochs, patience, warm-up and the time "
+                        "budget from the data (pinrec_model/defaults.py, docs/model.md); off: the code "
+                        "defaults alone. Explicit flags and --set win either way")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective model and training config for this data, grouped (item "
+                        "tower, sequence model, head, objective, training), with each rule's reason, "
+                        "and exit without training")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a PinRecConfig field, e.g. --set d_model=128 (repeatable)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--decay-embeddings", action="store_true", help="weight-decay the hashed-ID table too")
-    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement")
+    p.add_argument("--patience", type=int, default=None,
+                   help="early stopping: epochs without a better validation NDCG@10 (default: the rules'; 5)")
     p.add_argument("--val-users", type=int, default=5000, help="users in the validation recall")
-    p.add_argument("--warmup", type=int, default=100, help="learning-rate warm-up steps")
+    p.add_argument("--warmup", type=int, default=None, help="learning-rate warm-up steps (default: the rules'; 100)")
     p.add_argument("--refit", action="store_true",
                    help="after early stopping picks the epoch count N, train again from scratch with the "
                         "held-out validation token as a training target too, for N epochs under the same "
@@ -67,17 +81,43 @@ def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None
     p.add_argument("--quiet", action="store_true")
 
 
-def model_config(args, vocab):
-    from pinrec_model.model import PinRecConfig, preset
+def model_config(args, vocab, rules=None):
+    """The effective PinRecConfig: preset, then the data rules (`rules`, when given), then the
+    variant's needs, then explicit flags and --set (the user always wins)."""
+    from pinrec_model.model import preset
 
     over = {"variant": args.variant, "n_actions": len(vocab.actions)}
+    if rules is not None:
+        over.update(rules.model)
     if args.variant == "sasrec":
         # SASRec: ID embeddings only, next-item, full-softmax cross-entropy.
         over.update(use_features=False, full_softmax=True)
-    if args.full_softmax:
-        over["full_softmax"] = True
+    if getattr(args, "full_softmax", None) is not None:
+        over["full_softmax"] = args.full_softmax
     over.update(parse_overrides(args.set))
     return preset(args.preset, **over)
+
+
+def data_rules(args, prep):
+    """The default rules for this data (None with --rules off)."""
+    if getattr(args, "rules", "data") == "off":
+        return None
+    from pinrec_model.defaults import data_shape, default_rules
+
+    return default_rules(data_shape(prep.seqs.lengths(), len(prep.catalog)), args.batch_size)
+
+
+def effective_config(args, vocab, prep):
+    """(model config, train config, rules) for this data: what trains, printed and saved."""
+    rules = data_rules(args, prep)
+    return model_config(args, vocab, rules), train_config(args, rules), rules
+
+
+def config_report(cfg, tc, rules) -> dict:
+    """The effective configuration as saved beside every model (config.json) and in every eval
+    JSON: the flat PinRecConfig (loadable as is), the TrainConfig, and the rules with reasons."""
+    return {"model": cfg.to_json(), "train": dict(tc.__dict__),
+            "rules": rules.to_json() if rules is not None else None}
 
 
 def parse_overrides(pairs) -> dict:
@@ -103,17 +143,25 @@ def parse_overrides(pairs) -> dict:
     return over
 
 
-def train_config(args):
+# Training defaults without data rules (--rules off, or before the data is read).
+CODE_TRAIN_DEFAULTS = {"epochs": 20, "patience": 5, "warmup_steps": 100, "max_seconds": None}
+
+
+def train_config(args, rules=None):
     from pinrec_model.training import TrainConfig, resolve_device
 
     compile_ = args.compile
     if compile_ is None:  # compiling pays for itself on the paper size on a GPU, not on CPU
         compile_ = args.preset == "paper" and str(resolve_device(args.device)).startswith("cuda")
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                       device=args.device, compile=compile_, max_seconds=args.max_seconds,
-                       patience=args.patience, warmup_steps=args.warmup, weight_decay=args.weight_decay,
-                       decay_embeddings=args.decay_embeddings,
-                       progress=not args.quiet)
+    base = {**CODE_TRAIN_DEFAULTS, **(rules.train if rules is not None else {})}
+    given = {"epochs": args.epochs, "patience": args.patience, "warmup_steps": args.warmup,
+             "max_seconds": args.max_seconds}
+    t = {k: (v if v is not None else base[k]) for k, v in given.items()}
+    if t["max_seconds"] == 0:
+        t["max_seconds"] = None
+    return TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                       compile=compile_, weight_decay=args.weight_decay,
+                       decay_embeddings=args.decay_embeddings, progress=not args.quiet, **t)
 
 
 def read_training_data(lake, ds=None):
@@ -189,11 +237,16 @@ def prepare(events, item_features, vocab, feature_dim: int | None = None):
 
 
 def holdout_validation(prep: Prepared, users, holdout: int, max_len: int, max_users: int = 2000):
-    """A validation closure: next-item recall@10 of the token `holdout` from each user's end,
-    from the tokens before it; users with a pin there, at most `max_users` (fixed sample)."""
-    import numpy as np
+    """A validation closure: next-item recall@10 and NDCG@10 of the token `holdout` from each user's end,
+    from the tokens before it; users with a pin there, at most `max_users` (fixed sample).
 
-    from pinrec_model.metrics import hit_rate, next_item_ranks
+    The histories are padded once here and moved to the model's device at the first call, so an
+    epoch's validation is only the model's forward passes (no per-epoch host work or copies)."""
+    import numpy as np
+    import torch
+
+    from pinrec_model.data import left_pad
+    from pinrec_model.metrics import hit_rate, ndcg, padded_ranks
 
     s = prep.seqs
     lens = s.lengths()[users]
@@ -202,37 +255,53 @@ def holdout_validation(prep: Prepared, users, holdout: int, max_len: int, max_us
     pin = prep.catalog.type_ids[s.rows[tpos]] == 1
     ok, tpos = ok[pin], tpos[pin]
     ok, tpos = ok[:max_users], tpos[:max_users]
-    hist = s.subset(ok, keep_last=np.full(len(ok), holdout))
+    host = {**left_pad(s.subset(ok, keep_last=np.full(len(ok), holdout)), max_len),
+            "target_rows": s.rows[tpos], "target_actions": s.actions[tpos]}
+    on_device: dict = {}
 
     def validate(model, ct):
-        r = next_item_ranks(model, ct, hist, s.rows[tpos], s.actions[tpos], max_len)
-        return hit_rate(r, 10)
+        dev = ct.ids.device
+        if on_device.get("device") != dev:  # once per run (per device)
+            on_device.update({k: torch.as_tensor(v, device=dev) for k, v in host.items()}, device=dev)
+        hist = {k: on_device[k] for k in ("rows", "actions", "surfaces", "ts_s")}
+        # a GPU ranks 1,024 users against the catalogue at once; the CPU keeps the 256 it always used
+        r = padded_ranks(model, ct, hist, on_device["target_rows"], on_device["target_actions"],
+                         batch_size=1024 if dev.type == "cuda" else 256)
+        return {"recall@10": hit_rate(r, 10), "ndcg@10": ndcg(r, 10)}
 
     return validate
 
 
-def warm_start_state(lake, source: str | None, cfg):
-    """(version, state dict) to start from, or (None, None) to train from scratch."""
+def warm_start_state(lake, source: str | None, cfg, rules=None):
+    """(version, state dict, config) to start from, or (None, None, cfg) to train from scratch.
+
+    The data rules ran on the full-retrain day; a warm start keeps what they chose then (today's
+    data may round to another max_len), so the fields the rules set come from the saved version.
+    Any other difference is a real config change and is refused."""
+    from dataclasses import replace
+
     from safetensors.torch import load_file
 
     from pinrec.layout import current
     from pinrec_model.model import PinRecConfig
 
     if not source:
-        return None, None
+        return None, None, cfg
     vdir = current(lake, "models") if source == "current" else lake.version_dir("models", source)
     if vdir is None or not (vdir / "config.json").exists():
         # The first day, or the day after a gap: there is nothing to continue from.
         print(f"warm start: model version {source!r} does not exist under {lake.root / 'models'}; "
               "training from scratch")
-        return None, None
+        return None, None, cfg
     saved = PinRecConfig.from_json(json.loads((vdir / "config.json").read_text())["model"])
+    if rules is not None:
+        cfg = replace(cfg, **{k: getattr(saved, k) for k in rules.model})
     if saved != cfg:
         diff = {k: (getattr(saved, k), getattr(cfg, k)) for k in cfg.to_json()
                 if getattr(saved, k) != getattr(cfg, k)}
         raise ValueError(f"--warm-start-from {source}: version {vdir.name} has another model config "
                          f"(saved vs requested: {diff}); retrain from scratch (drop the flag)")
-    return vdir.name, load_file(str(vdir / "model.safetensors"))
+    return vdir.name, load_file(str(vdir / "model.safetensors")), cfg
 
 
 def trainable_users(lake, user_ids, requested: float | None = None, min_users: int | None = None):
@@ -284,11 +353,11 @@ def train_on(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: int =
     return fit(cfg, tc, prep.catalog, ex, val, init_state=init_state)
 
 
-def best_epoch(history: list[dict]) -> int:
-    """The epoch whose validation recall the early-stopped run kept (first of equals)."""
+def best_epoch(history: list[dict], metric: str = "ndcg@10") -> int:
+    """The epoch whose validation `metric` the early-stopped run kept (first of equals)."""
     import numpy as np
 
-    vals = np.array([h["val_recall@10"] for h in history], dtype=float)
+    vals = np.array([h[f"val_{metric}"] for h in history], dtype=float)
     if np.isnan(vals).all():  # nothing validated: fit() kept the last epoch
         return len(history)
     return int(history[int(np.nanargmax(vals))]["epoch"])
@@ -306,7 +375,7 @@ def train_refit(prep: Prepared, cfg, tc, holdout: int, users=None, val_users: in
     res = train_on(prep, cfg, tc, holdout, users, val_users, init_state)
     if not refit:
         return res
-    n = best_epoch(res.history)
+    n = best_epoch(res.history, tc.select_metric)
     again = train_on(prep, cfg, replace(tc, stop_after=n), holdout - 1, users, val_users, init_state,
                      validate=False)
     again.history = [*res.history, *({**h, "refit": True} for h in again.history)]
@@ -319,6 +388,8 @@ def run(args) -> int:
 
     from pinrec_model import distributed as D
 
+    if args.print_config:  # nothing trains: no worker processes to start
+        return run_rank(args, None)
     if D.launched_by_torchrun():
         return run_rank(args, D.init_process_group(D.rank_device(args.device, D.context_from_env())))
     if args.nproc > 1:
@@ -333,19 +404,25 @@ def run_rank(args, ctx) -> int:
     from pinrec.contracts import PINTEREST_ACTIONS
     from pinrec.layout import Lake, publish
     from pinrec_model.api import save_model
+    from pinrec_model.config_groups import format_config
 
     main = ctx is None or ctx.is_main
     lake = Lake.at(args.lake)
     vocab = PINTEREST_ACTIONS
-    cfg = model_config(args, vocab)
-    tc = train_config(args)
     version = args.version or f"{args.variant}-{time.strftime('%Y%m%dT%H%M%S')}-s{args.seed}"
-    if lake.version_dir("models", version).exists():
+    if lake.version_dir("models", version).exists() and not args.print_config:
         raise ValueError(f"model version {version!r} already exists under {lake.location}/models; "
                          f"versions are immutable: pass a new --version")
-    warm_from, init_state = warm_start_state(lake, args.warm_start_from, cfg)
     events, feats = read_training_data(lake, args.ds)
-    prep = prepare(events, feats, vocab, cfg.feature_dim)  # serving needs items at the same width
+    # serving needs items at the model's feature width, which no rule changes
+    prep = prepare(events, feats, vocab, model_config(args, vocab).feature_dim)
+    cfg, tc, rules = effective_config(args, vocab, prep)
+    warm_from, init_state, cfg = warm_start_state(lake, args.warm_start_from, cfg, rules)
+    report = config_report(cfg, tc, rules)
+    if main:  # what trains, printed before it does (and saved in config.json beside the model)
+        print(format_config(report), flush=True)
+    if args.print_config:
+        return 0
     items = items_table_features(lake, args.ds)
     if items is not None:
         n = use_items_features(prep.catalog, items, cfg.feature_dim)
@@ -370,16 +447,16 @@ def run_rank(args, ctx) -> int:
         dist.destroy_process_group()
         if not main:
             return 0
-    metrics = {"val_recall@10": res.best_val, "history": res.history, "warm_start_from": warm_from,
+    metrics = {f"val_{tc.select_metric}": res.best_val, "history": res.history, "warm_start_from": warm_from,
                "holdout": holdout,
                "refit_epochs": res.refit_epochs, "world_size": 1 if ctx is None else ctx.world_size,
                "train_seconds": time.perf_counter() - t0,
                "users": int(len(prep.seqs.user_ids)), "items": int(len(prep.catalog))}
     vdir = save_model(lake.version_dir("models", version), res.model, res.cms, vocab, metrics,
-                      {"train": tc.__dict__, "ds": args.ds})
+                      {**report, "ds": args.ds})
     lake.push_version("models", version)  # remote lake: upload once, immutable
     if args.publish:
         publish(lake, "models", version)
-    print(json.dumps({"version": version, "path": str(vdir), "val_recall@10": res.best_val,
+    print(json.dumps({"version": version, "path": str(vdir), f"val_{tc.select_metric}": res.best_val,
                       "published": bool(args.publish)}))
     return 0

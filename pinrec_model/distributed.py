@@ -183,13 +183,16 @@ def epoch_totals(losses: list, tokens: int, ctx, dev) -> tuple[float, int]:
     return float(t[0]) / ctx.world_size / len(losses), int(t[1])
 
 
-def validate_on_main(validate, model, ct, ctx, dev) -> float:
-    """Validation recall; data-parallel: rank 0's, broadcast (every rank takes the same decision)."""
+def validate_on_main(validate, model, ct, ctx, dev, names: tuple[str, ...]) -> dict[str, float]:
+    """Validation scores {metric: value} for the metrics `names`; data-parallel: rank 0's,
+    broadcast (every rank takes the same decision). {} without a validation closure."""
     if validate is None:
-        return float("nan")
+        return {}
     if ctx is None:
-        return float(validate(model, ct))
-    return broadcast_float(float(validate(model, ct)) if ctx.is_main else 0.0, dev)
+        return {k: float(v) for k, v in validate(model, ct).items()}
+    scores = validate(model, ct) if ctx.is_main else {}
+    # every rank joins one broadcast per name, so the names are fixed in advance, not read from rank 0
+    return {k: broadcast_float(float(scores.get(k, float("nan"))) if ctx.is_main else 0.0, dev) for k in names}
 
 
 def user_shard(user_ids: np.ndarray, world: int) -> np.ndarray:

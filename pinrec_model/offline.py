@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from pinrec_model.data import left_pad
-from pinrec_model.metrics import distinct_recall, diversity, hit_rate, history_state, ndcg, next_item_ranks, unordered_recall
+from pinrec_model.metrics import (distinct_recall, diversity, hit_rate, history_state, ndcg, next_item_ranks,
+                                  novel_recall, unordered_recall)
 
 KS = (5, 10, 20)
 
@@ -164,13 +165,23 @@ def unordered_scores(gen: np.ndarray, item_emb: np.ndarray, index: np.ndarray, t
     return rec, hits, retrieved
 
 
-def unordered_summary(rec, retrieved, t_rows=None, hits=None) -> dict:
+def history_rows(hist) -> list[np.ndarray]:
+    """Each user's history catalogue rows, from a UserSeqs."""
+    return [hist.rows[hist.offsets[u]:hist.offsets[u + 1]] for u in range(len(hist.user_ids))]
+
+
+def unordered_summary(rec, retrieved, t_rows=None, hits=None, histories=None) -> dict:
     """Eq. 6 over target tokens (`recall@10`, a repeated item counts once per repeat) and, given the
-    targets and hit flags, over each window's distinct items (`recall@10_distinct`)."""
+    targets and hit flags, over each window's distinct items (`recall@10_distinct`) and, given
+    the histories, over the targets new to the user (`recall@10_new`)."""
     out = {"recall@10": float(np.nanmean(rec)), "diversity": diversity(retrieved),
            "users": int(np.sum(~np.isnan(rec)))}
     if hits is not None:
         out["recall@10_distinct"] = float(np.nanmean(distinct_recall(t_rows, hits)))
+    if hits is not None and histories is not None:
+        new = novel_recall(t_rows, hits, histories)
+        out["recall@10_new"] = float(np.nanmean(new)) if np.isfinite(new).any() else float("nan")
+        out["users_new"] = int(np.isfinite(new).sum())
     return out
 
 

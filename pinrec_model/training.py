@@ -20,6 +20,11 @@ from pinrec_model.negatives import SampledSoftmaxLoss, Targets, logq_correction,
 from pinrec_model.model import PinRec, PinRecConfig, time_features
 
 
+# What a validation closure returns and every epoch's history records (`val_<metric>`);
+# TrainConfig.select_metric picks the epoch among them.
+VAL_METRICS = ("recall@10", "ndcg@10")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
@@ -32,7 +37,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     compile: bool = False
-    patience: int = 3  # epochs without a better validation recall before stopping
+    patience: int = 3  # epochs without a better validation metric before stopping
+    # the validation metric that picks the epoch (the reference SASRec's choice, DESIGN §5)
+    select_metric: str = "ndcg@10"
     max_seconds: float | None = None  # wall-clock cap (CI)
     progress: bool = True
     # stop after this many epochs, the learning-rate schedule still spanning `epochs`: a refit on
@@ -133,6 +140,25 @@ def right_align(rows, actions, surfaces, ts_s, L: int):
         return torch.where(inside, a.gather(1, src), torch.full_like(a, fill))
 
     return take(rows, -1), take(actions, 0), take(surfaces, 0), take(ts_s, 0), L - lead
+
+
+# Keep the training windows on the GPU when they take at most this share of its free memory
+# (Beauty: tens of MB): one transfer per run instead of a pinned copy per step, the reference
+# SASRec's way; larger sets fall back to copying each batch.
+EXAMPLES_ON_DEVICE_SHARE = 0.25
+
+
+def examples_on_device(ex: Examples, dev) -> dict[str, torch.Tensor]:
+    """The windows' arrays [S, L + E] as tensors: on a CUDA `dev` when they fit (moved once),
+    else where they are (host); the training loop indexes batches wherever they live."""
+    arrays = {k: torch.as_tensor(getattr(ex, k)) for k in ("rows", "actions", "surfaces", "ts_s")}
+    if torch.device(dev).type != "cuda":
+        return arrays
+    nbytes = sum(a.numel() * a.element_size() for a in arrays.values())
+    free, _ = torch.cuda.mem_get_info(torch.device(dev))
+    if nbytes > EXAMPLES_ON_DEVICE_SHARE * free:
+        return arrays
+    return {k: a.to(dev) for k, a in arrays.items()}
 
 
 def time_offsets(ts_s, tok_valid, L: int, u, t_lim_s: int, n_buckets: int, reach: int):
@@ -359,7 +385,7 @@ def train_step(model: PinRec, cms: CountMinSketch, ct: CatalogTensors, opt: torc
 
 
 def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
-        validate: Callable[[PinRec, CatalogTensors], float] | None = None,
+        validate: Callable[[PinRec, CatalogTensors], dict[str, float]] | None = None,
         init_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Train on `ex`, from scratch or (warm start) from `init_state` (a saved version's model and
     count-min-sketch tensors); keep the weights of the best validation epoch.
@@ -393,7 +419,9 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
         ddp = data_parallel(model, cms, ct, ex.n_inputs, tc, dev)
         torch.manual_seed(tc.seed + 7919 * (ctx.rank + 1))  # dropout masks: per rank, fixed by seed
     opt = make_optimizer(model, tc, dev)
-    arrays = {k: torch.as_tensor(getattr(ex, k)) for k in ("rows", "actions", "surfaces", "ts_s")}
+    arrays = examples_on_device(ex, dev)
+    # real input tokens per window, counted once on the host (no per-step copy or GPU sync)
+    tokens_per_window = (ex.rows[:, : ex.n_inputs] >= 0).sum(axis=1)
     G = tc.batch_size * world
     steps_per_epoch = max(1, math.ceil(n / G))
     total = steps_per_epoch * tc.epochs
@@ -403,6 +431,7 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
     for epoch in range(tc.epochs):
         model.train()
         perm = np_rng.permutation(n)
+        perm_on = torch.as_tensor(perm).to(arrays["rows"].device)  # one copy per epoch; batches index on it
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}",
                    disable=not (tc.progress and main), leave=False)
         tokens, t0, losses = 0, time.perf_counter(), []
@@ -410,22 +439,25 @@ def fit(cfg: PinRecConfig, tc: TrainConfig, cat: Catalog, ex: Examples,
             idx, part = D.rank_rows(perm[b * G:(b + 1) * G], ctx)
             if idx is None:
                 break
-            batch = {k: D.host_to_device(v[idx], dev) for k, v in arrays.items()}
+            first = b * G + (part.start if part is not None else 0)  # this rank's rows of perm
+            batch = {k: D.host_to_device(v[perm_on[first:first + len(idx)]], dev) for k, v in arrays.items()}
             loss = train_step(model, cms, ct, opt, batch, gen, ex.n_inputs, lr_at(step, total, tc), tc, ddp, part)
             step += 1
             losses.append(loss)  # kept on the device: a float() here would wait for the GPU every step
-            tokens += int((arrays["rows"][idx, : ex.n_inputs] >= 0).sum())  # host copy: no sync
+            tokens += int(tokens_per_window[idx.numpy()].sum())
             if b % 50 == 0 and tc.progress and main:
                 bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
             # data-parallel ranks agree on the clock every 16 steps (each check waits for the GPU)
             if tc.max_seconds and (ctx is None or b % 16 == 15) and D.out_of_time(t_start, tc.max_seconds, ctx, dev):
                 break
         mean_loss, tokens = D.epoch_totals(losses, tokens, ctx, dev)
-        val = D.validate_on_main(validate, model, ct, ctx, dev)
-        res.history.append({"epoch": epoch + 1, "loss": mean_loss, "val_recall@10": val,
+        scores = D.validate_on_main(validate, model, ct, ctx, dev, VAL_METRICS)
+        val = scores.get(tc.select_metric, float("nan"))
+        res.history.append({"epoch": epoch + 1, "loss": mean_loss,
+                            **{f"val_{k}": scores.get(k, float("nan")) for k in VAL_METRICS},
                             "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)})
         if tc.progress and main:
-            print(f"epoch {epoch + 1}: loss {mean_loss:.4f} val recall@10 {val:.4f}", flush=True)
+            print(f"epoch {epoch + 1}: loss {mean_loss:.4f} val {tc.select_metric} {val:.4f}", flush=True)
         if validate is None or val > best:
             best, bad = val, 0
             best_state = copy.deepcopy(model.state_dict())

@@ -22,7 +22,7 @@ def _assert_contract(t: pa.Table):
 
 
 def test_beauty_counts_order_and_attributes():
-    got = im.read_beauty(shared_data("amazon_beauty"))
+    got = im.read_s3rec(shared_data("amazon_beauty"))
     t = got.events
     _assert_contract(t)
     # the dataset card: 22,363 users, 12,101 items, 198,502 interactions

@@ -125,9 +125,12 @@ def test_a_batch_without_pin_targets_gives_zero_loss_not_an_error():
 def test_refit_length_is_the_kept_epoch():
     from jobs.train import best_epoch
 
-    h = [{"epoch": i + 1, "val_recall@10": v} for i, v in enumerate([0.1, 0.3, 0.2, 0.3, 0.25])]
+    h = [{"epoch": i + 1, "val_ndcg@10": v, "val_recall@10": r}
+         for i, (v, r) in enumerate([(0.1, 0.5), (0.3, 0.1), (0.2, 0.1), (0.3, 0.1), (0.25, 0.1)])]
     assert best_epoch(h) == 2  # the first of equals: the epoch whose weights fit() kept
-    assert best_epoch([{"epoch": 1, "val_recall@10": float("nan")}, {"epoch": 2, "val_recall@10": float("nan")}]) == 2
+    assert best_epoch(h, "recall@10") == 1  # the metric that picks the epoch is the one asked for
+    nan = float("nan")
+    assert best_epoch([{"epoch": 1, "val_ndcg@10": nan}, {"epoch": 2, "val_ndcg@10": nan}]) == 2
 
 
 def test_generation_from_a_precomputed_item_table_equals_the_tower_path():

@@ -1,0 +1,99 @@
+"""The default rules produce the documented configuration for a given data shape (docs/model.md,
+"Default rules"), and explicit flags win over them."""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pinrec_model.defaults import DataShape, data_shape, default_rules, max_len_rule
+
+
+def shape(users=22_363, items=12_101, events=198_502, p50=6.0, p90=15.0):
+    return DataShape(users, items, events, p50, p90)
+
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "model.md"
+
+# The documented shapes (docs/model.md, "Default rules") and what the rules must give for each:
+# name -> (DataShape, max_len, max_positions, full_softmax, dropout, warm-up steps at batch 128).
+DOCUMENTED = {
+    "tiny (CI)": (DataShape(60, 40, 720, 12.0, 12.0), 50, 114, True, 0.5, 50),
+    "Beauty": (DataShape(22_363, 12_101, 198_502, 6.0, 14.0), 50, 114, True, 0.5, 175),
+    "Sports": (DataShape(35_598, 18_357, 296_337, 6.0, 13.0), 50, 114, True, 0.5, 279),
+    "Toys": (DataShape(19_412, 11_924, 167_597, 6.0, 14.0), 50, 114, True, 0.5, 152),
+    "Yelp": (DataShape(30_431, 20_033, 316_354, 7.0, 19.0), 50, 114, True, 0.5, 238),
+    "LastFM (long sequences)": (DataShape(1_090, 3_646, 52_551, 19.0, 123.1), 130, 194, True, 0.5, 50),
+    "large catalogue, dense": (DataShape(2_000_000, 500_000, 40_000_000, 15.0, 45.0), 50, 114, False, 0.2, 1000),
+    "long and large": (DataShape(1_000_000, 5_000_000, 400_000_000, 180.0, 420.0), 200, 264, False, 0.2, 1000),
+}
+
+
+@pytest.mark.parametrize("name", list(DOCUMENTED))
+def test_each_documented_shape_gets_the_documented_config(name):
+    sh, max_len, max_positions, full, dropout, warmup = DOCUMENTED[name]
+    r = default_rules(sh)
+    assert r.model == {"max_len": max_len, "max_positions": max_positions, "full_softmax": full,
+                       "dropout": dropout}
+    assert r.train == {"epochs": 200, "patience": 10, "max_seconds": 540.0, "warmup_steps": warmup}
+    assert set(r.why) == {"max_len", "full_softmax", "dropout", "training"}  # every choice has a reason
+
+
+def _docs_rows() -> dict[str, list[str]]:
+    """docs/model.md's shape table: name -> its cells."""
+    text = DOCS.read_text()
+    table = text[text.index("| data shape | users |"):]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells
+    return rows
+
+
+def test_docs_table_is_what_the_rules_give():
+    rows = _docs_rows()
+    assert set(rows) == set(DOCUMENTED)
+    for name, (sh, max_len, max_positions, full, dropout, warmup) in DOCUMENTED.items():
+        r = default_rules(sh)
+        p90 = f"{sh.p90_len:g}"
+        assert rows[name] == [name, f"{sh.users:,}", f"{sh.items:,}", f"{sh.events:,}", f"{sh.p50_len:g} / {p90}",
+                              str(r.model["max_len"]), str(r.model["max_positions"]),
+                              "full" if r.model["full_softmax"] else "sampled + logQ", f"{r.model['dropout']:g}",
+                              str(r.train["warmup_steps"]),
+                              f"{r.train['epochs']} / {r.train['patience']} / {r.train['max_seconds']:g} s"], name
+
+
+@pytest.mark.parametrize("p90,expected", [(0, 50), (49, 50), (51, 60), (123, 130), (199.5, 200), (5000, 200)])
+def test_max_len_is_p90_rounded_up_to_ten_within_bounds(p90, expected):
+    assert max_len_rule(shape(p90=p90)) == expected
+
+
+def test_data_shape_from_lengths():
+    s = data_shape(np.array([1, 2, 3, 4, 10]), 7)
+    assert (s.users, s.items, s.events, s.p50_len) == (5, 7, 20, 3.0)
+    assert s.p90_len == pytest.approx(7.6)
+
+
+def _args(*argv):
+    from jobs.train import add_model_args
+
+    p = argparse.ArgumentParser()
+    add_model_args(p)
+    return p.parse_args(list(argv))
+
+
+def test_explicit_flags_and_set_win_over_the_rules():
+    from jobs.train import model_config, train_config
+    from pinrec.contracts import PINTEREST_ACTIONS
+
+    rules = default_rules(shape())
+    a = _args("--epochs", "3", "--set", "dropout=0.1", "--no-full-softmax")
+    cfg, tc = model_config(a, PINTEREST_ACTIONS, rules), train_config(a, rules)
+    assert (cfg.dropout, cfg.full_softmax, cfg.max_len) == (0.1, False, 50)  # max_len from the rules
+    assert (tc.epochs, tc.patience, tc.max_seconds, tc.warmup_steps) == (3, 10, 540.0, 175)
+    off = _args()
+    cfg0, tc0 = model_config(off, PINTEREST_ACTIONS), train_config(off)
+    assert (cfg0.dropout, cfg0.full_softmax, tc0.epochs, tc0.patience, tc0.max_seconds) == (0.1, False, 20, 5, None)
+    assert train_config(_args("--max-seconds", "0"), rules).max_seconds is None  # 0 = no time budget
