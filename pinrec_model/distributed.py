@@ -96,7 +96,7 @@ def shard_bounds(global_rows: int, world: int, rank: int) -> tuple[int, int]:
 def host_to_device(t: torch.Tensor, device) -> torch.Tensor:
     """Host tensor -> device without a stream sync: pinned memory and an async copy (a plain
     .to() from pageable memory waits for everything queued on the GPU first)."""
-    if torch.device(device).type != "cuda":
+    if torch.device(device).type != "cuda" or t.is_cuda:  # nothing to copy from the host
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
 
