@@ -60,7 +60,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
-    from pinrec.contracts import Event, cutoff_us
+    from pinrec.core.contracts import Event, cutoff_us
     from serving.sample_lake import SampleLakeConfig, build
     from streaming.store import RealtimeStore
     import numpy as np

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrec.contracts import CANDIDATES_SCHEMA, TS_TYPE, ActionVocab, cutoff_us, parse_ds, validate_budget
-from pinrec.layout import Lake
+from pinrec.core.contracts import CANDIDATES_SCHEMA, TS_TYPE, ActionVocab, cutoff_us, parse_ds, validate_budget
+from pinrec.core.layout import Lake
 
 DEFAULT_ARMS = Path(__file__).resolve().parent / "arms" / "default.json"
 ROWS_PER_FILE = 2_000_000
@@ -337,7 +337,7 @@ def build_retriever(cfg: ScoreConfig, m, index_dir: Path, items: pa.Table, featu
 def resolve_index(lake: Lake, ds: str, model_version: str, requested: str | None) -> Path:
     """The index folder to retrieve from; it must have been built with the scoring model."""
     from jobs.index import index_version
-    from pinrec.layout import current
+    from pinrec.core.layout import current
 
     if requested:
         vdir = lake.version_dir("index", requested)
@@ -365,12 +365,12 @@ def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
     from tqdm import tqdm
 
     from jobs.index import resolve_model
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
     from pinrec_model.api import ItemFeatures, load_model
 
     lake = Lake.at(cfg.lake)
-    tables = LakeTables(lake)
-    from jobs.sequences_store import sequences_dataset, sequences_partitions
+    tables = DeltaRsTables(lake)
+    from pinrec.core.sequences_store import sequences_dataset, sequences_partitions
 
     if cfg.ds not in sequences_partitions(tables):
         raise ValueError(f"no sequences for ds={cfg.ds}; run `pinrec sequences --ds {cfg.ds}` first")
@@ -404,7 +404,7 @@ def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
                 bar.update(done)
         spool.close()
         t_commit = time.perf_counter()
-        version = None if shard else tables.commit_spark_output("candidates", staging, cfg.ds)
+        version = None if shard else tables.commit_partition_files("candidates", staging, cfg.ds)
         timings.write += time.perf_counter() - t_commit
     except BaseException:
         spool.close()
@@ -435,7 +435,7 @@ def _limit(batches, max_users):
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from pinrec.cli import add_ds_arg, add_lake_arg
+    from pinrec.core.cli_args import add_ds_arg, add_lake_arg
 
     d = ScoreConfig(ds="2000-01-01", lake="")
     add_lake_arg(p)

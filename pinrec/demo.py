@@ -229,10 +229,10 @@ def _run(cfg: DemoConfig, procs: "Procs", timings: Timings) -> int:
 
 def last_two_days(lake: Path) -> tuple[str, str]:
     """The batch day and the fresh day: the last two `events` partitions (synthetic or imported)."""
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    days = LakeTables(Lake.at(lake)).partitions("events")
+    days = DeltaRsTables(Lake.at(lake)).partitions("events")
     if len(days) < 2:
         raise SystemExit(f"demo: the lake {lake} has {len(days)} day(s) of events; it needs two "
                          "(one batch day and one day of fresh events to replay)")
@@ -240,10 +240,10 @@ def last_two_days(lake: Path) -> tuple[str, str]:
 
 
 def count_events(lake: Path, ds: str) -> int:
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    return LakeTables(Lake.at(lake)).dataset("events", ds=[ds]).count_rows()
+    return DeltaRsTables(Lake.at(lake)).dataset("events", ds=[ds]).count_rows()
 
 
 def wait_consumed(port: int, expected: int, timeout_s: float) -> int:

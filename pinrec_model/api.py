@@ -19,8 +19,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from pinrec.contracts import ITEM_TYPES, SURFACES, ActionVocab, validate_budget
-from pinrec.features import FEATURE_DIM, query_features
+from pinrec.core.contracts import ITEM_TYPES, SURFACES, ActionVocab, validate_budget
+from pinrec.core.features import FEATURE_DIM, query_features
 from pinrec_model.generation import compress, generate, largest_remainder, prefill
 from pinrec_model.losses import CountMinSketch
 from pinrec_model.model import PinRec, PinRecConfig

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pinrec.contracts import ITEM_TYPES, SURFACES, validate_budget
+from pinrec.core.contracts import ITEM_TYPES, SURFACES, validate_budget
 from pinrec_model.api import LoadedModel, generation_plan, uniform_plan, _embed_items_on_device
 from pinrec_model.generation import generate, prefill
 

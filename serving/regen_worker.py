@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from pinrec.contracts import Event
+from pinrec.core.contracts import Event
 from serving.candidates import Rec
 from serving.regenerate import split_history
 

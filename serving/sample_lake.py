@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pinrec.contracts import (CANDIDATES_SCHEMA, ITEMS_SCHEMA, PINTEREST_ACTIONS, SEQUENCES_SCHEMA,
+from pinrec.core.contracts import (CANDIDATES_SCHEMA, ITEMS_SCHEMA, PINTEREST_ACTIONS, SEQUENCES_SCHEMA,
                               cutoff_us)
 
 ARMS = {"control": {"repin": 0.5, "grid_click": 0.3, "outbound_click": 0.2},
@@ -95,7 +95,7 @@ def candidates_table(cfg: SampleLakeConfig, rng, arms=ARMS) -> pa.Table:
 def publish_random_model(lake, items: pa.Table, version: str = "sample", seed: int = 0) -> None:
     import torch
 
-    from pinrec.layout import publish
+    from pinrec.core.layout import publish
     from pinrec_model.api import ItemFeatures, embed_items, load_model, save_model
     from pinrec_model.model import PinRec, preset
     from pinrec_model.retrieval import Retriever
@@ -115,11 +115,11 @@ def publish_random_model(lake, items: pa.Table, version: str = "sample", seed: i
 
 
 def build(cfg: SampleLakeConfig) -> None:
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake, publish_candidates
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake, publish_candidates
 
     lake = Lake.at(cfg.root)
-    tables = LakeTables(lake)
+    tables = DeltaRsTables(lake)
     rng = np.random.default_rng(cfg.seed)
     tables.replace_partitions("sequences", sequences_table(cfg, rng), [cfg.ds])
     items = items_table(cfg, rng)

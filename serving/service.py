@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pinrec.experiments import TrafficSplit
+from pinrec.core.experiments import TrafficSplit
 
 from serving.candidates import CandidateStore, load_candidate_store
 from serving.merge import blend, needs_popularity, quotas, sources_of
@@ -46,7 +46,7 @@ class ServingConfig:
     # Regeneration worker processes (serving/regen_worker.py: off the server's GIL); 0 runs
     # it in the server process (one-shot tools, tests).
     regen_workers: int = 0
-    # Who gets which arm when a request names none (pinrec/experiments.py); None: every such
+    # Who gets which arm when a request names none (pinrec/core/experiments.py); None: every such
     # request gets the default arm ("control", else the first published arm).
     traffic: TrafficSplit | None = None
     served_log: "ServedLogConfig | None" = None  # None: responses are not logged to Kafka
@@ -66,12 +66,12 @@ class Snapshot:
 
 def lake_key(lake: Path) -> tuple:
     """What serving depends on: published candidates ds, newest sequences ds, model and index."""
-    from jobs.lake import LakeTables
-    from jobs.sequences_store import latest_sequences_ds
-    from pinrec.layout import Lake, current, published_candidates
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.sequences_store import latest_sequences_ds
+    from pinrec.core.layout import Lake, current, published_candidates
 
     lk = Lake.at(lake)
-    return (published_candidates(lk), latest_sequences_ds(LakeTables(lk)),
+    return (published_candidates(lk), latest_sequences_ds(DeltaRsTables(lk)),
             str(current(lk, "models")), str(current(lk, "index")))
 
 

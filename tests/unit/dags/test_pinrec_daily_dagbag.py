@@ -157,7 +157,7 @@ def test_rendered_commands(dag):
     maint = pinrec_argv(render(dag, "maintenance"))
     assert [maint[i + 1] for i, a in enumerate(maint) if a == "--ds"] == [
         f"2026-01-{d:02d}" for d in range(7, 0, -1)]
-    from pinrec.contracts import PARTITION_COLUMNS
+    from pinrec.core.contracts import PARTITION_COLUMNS
 
     tables = maint[maint.index("--tables") + 1].split(",")
     assert sorted(tables) == sorted(t for t, cols in PARTITION_COLUMNS.items() if cols == ["ds"])

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from pinrec.lake_releases import append_release, latest_release
-from pinrec.layout import (Lake, current, publish_release, published_candidates, read_pointer,
+from pinrec.core.lake_releases import append_release, latest_release
+from pinrec.core.layout import (Lake, current, publish_release, published_candidates, read_pointer,
                            serving_set)
 
 

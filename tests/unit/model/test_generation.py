@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pinrec.contracts import PINTEREST_ACTIONS
+from pinrec.core.contracts import PINTEREST_ACTIONS
 from pinrec_model.api import Candidate, History, ItemFeatures, LoadedModel, embed_items, generate_candidates, \
     load_model, save_model
 from pinrec_model.generation import allocate_budget, compress, condition_offsets, largest_remainder, step_offsets

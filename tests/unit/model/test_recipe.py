@@ -134,7 +134,7 @@ def _cyclic(users=40, length=30, period=5, groups=4):
     phase: every transition occurs at many positions, so next-item HR@1 can approach 1."""
     import pyarrow as pa
 
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.data import Catalog, build_user_seqs
 
     u, it, ts = [], [], []
@@ -208,7 +208,7 @@ def test_additive_head_conditions_on_phi_linearly():
 def test_dot_recipe_serves_through_the_api(tmp_path, variant, head):
     """A dot-product model (raw, unnormalised vectors) saves, loads with its recipe, embeds items
     for the inner-product index and generates de-duplicated candidates, compression included."""
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import History, ItemFeatures, embed_items, generate_candidates, load_model, save_model
     from pinrec_model.retrieval import Retriever
 
