@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
         from bench.serve_logging import logging_phase, print_logging
 
         logging_res = logging_phase(args, work, lake, db, users, token,
-                                    lambda srv, who: load(srv, who), summarize)
+                                    lambda srv, who: load(srv, who), summarize, Server)
         print_logging(logging_res)
 
     result = {"p99_ms": pre["p99_ms"], "p99_ms_regenerate": regen["p99_ms"],

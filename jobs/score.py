@@ -471,7 +471,7 @@ def run(args: argparse.Namespace) -> int:
                       compression_threshold=args.compression_threshold, max_users=args.max_users,
                       retrieval=args.retrieval, compile=args.compile)
     if args.shard_dir or score_shards.launched_by_torchrun():
-        print(json.dumps(score_shards.run_worker(cfg, args.shard_dir)))
+        print(json.dumps(score_shards.run_worker(cfg, args.shard_dir, run_job)))
         return 0
     if args.nproc > 1:
         return score_shards.launch(cfg, args.nproc)

@@ -74,10 +74,9 @@ def shard_batches(batches: Iterable[pa.RecordBatch], rank: int, world: int,
         yield pa.Table.from_batches(buf).combine_chunks().to_batches()[0]
 
 
-def run_worker(cfg, shard_dir: str | None) -> dict:
-    """One rank (inside torchrun): score this rank's users into the shared staging folder."""
-    from jobs.score import run_job
-
+def run_worker(cfg, shard_dir: str | None, run_job) -> dict:
+    """One rank (inside torchrun): score this rank's users into the shared staging folder with
+    `run_job` (jobs.score's, handed in: that module imports this one)."""
     if not launched_by_torchrun():
         raise ValueError("--shard-dir is set by `pinrec score --nproc N` for its workers; run that instead")
     if not shard_dir:
