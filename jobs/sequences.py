@@ -302,7 +302,7 @@ def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
     from pinrec.core.lake import DeltaRsTables
     from pinrec.core.lake_spark import open_tables
     from pinrec.core.sequences_store import (CHECKPOINTS, DAYS, RUNS, RunInfo, checkpoint_partitions,
-                                      load_runs, runs_row)
+                                             load_runs, runs_row)
 
     lazy = callable(spark)
     tables = open_tables(Lake.at(cfg.lake), None if lazy else spark)

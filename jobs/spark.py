@@ -11,7 +11,8 @@ small machine (DESIGN.md §4): few shuffle partitions, UI off, driver bound to 1
 Spark writes Parquet timestamps as TIMESTAMP_MICROS in UTC so delta-rs can commit the files as
 they are (no INT96, no rewrite). The Delta Spark jars are optional: when `delta_jars` are given
 (the compose stack mounts them) the session gets the Delta extension and catalog, and
-`pinrec.core.lake_spark.delta_available(spark)` tells the lake adapter it may use the delta-spark back end.
+`pinrec.core.lake_spark.delta_available(spark)` tells the lake adapter it may use the
+delta-spark back end.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from pinrec.core.contracts import (CANDIDATES_SCHEMA, ITEMS_SCHEMA, PINTEREST_ACTIONS, SEQUENCES_SCHEMA,
-                              cutoff_us)
+                                   cutoff_us)
 
 ARMS = {"control": {"repin": 0.5, "grid_click": 0.3, "outbound_click": 0.2},
         "saves": {"repin": 1.0}}

@@ -17,7 +17,7 @@ from pinrec.cli import main as pinrec
 from pinrec.core.errors import UserError
 from pinrec.core.contracts import CANDIDATES_SCHEMA, held_out_users, holdout_fraction_for, user_unit_hash
 from pinrec.core.layout import (Lake, current, fix_holdout_fraction, publish, published_candidates,
-                           read_holdout_fraction)
+                                read_holdout_fraction)
 
 
 @pytest.mark.parametrize("cand,serving,ci,passed,why", [
