@@ -14,14 +14,14 @@ import json
 import numpy as np
 import pyarrow.compute as pc
 
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from jobs.synth import ACTION_PROBS, FORMATS, SynthConfig, build_world
-from pinrec.layout import Lake
+from pinrec.core.layout import Lake
 
 
 def probe(lake: str, ds: str, synth: SynthConfig, top: int = 20) -> dict:
     world = build_world(synth)
-    t = LakeTables(Lake.at(lake)).read("candidates", [ds], columns=["arm", "rank", "item_id"])
+    t = DeltaRsTables(Lake.at(lake)).read("candidates", [ds], columns=["arm", "rank", "item_id"])
     t = t.filter(pc.less(t.column("rank"), top))
     out = {}
     for arm in sorted(set(t.column("arm").to_pylist())):

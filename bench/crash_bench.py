@@ -58,7 +58,7 @@ def crash_run(bootstrap: str, work: Path, events: int, kills: int, rate: float, 
     from streaming.broker import create_topics
     from streaming.events import decode
     from streaming.store import RealtimeStore
-    from pinrec.contracts import stable_event_id
+    from pinrec.core.contracts import stable_event_id
 
     topic, group, db = "crash", "crash-group", work / "db"
     create_topics(bootstrap, {topic: partitions, topic + ".dlq": 1})

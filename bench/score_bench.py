@@ -53,7 +53,7 @@ def synthetic_sequences(users: int, hist_len: int, n_items: int, seed: int):
     """[users] histories of exactly hist_len tokens, as the sequences file schema."""
     import pyarrow as pa
 
-    from pinrec.contracts import PINTEREST_ACTIONS, SEQUENCES_SCHEMA, SURFACES
+    from pinrec.core.contracts import PINTEREST_ACTIONS, SEQUENCES_SCHEMA, SURFACES
 
     rng = np.random.default_rng(seed)
     n = users * hist_len
@@ -202,8 +202,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from jobs.score import ScoreConfig, SpoolWriter, Timings, compile_prefill, inference_dtype, score_batches
-    from pinrec.budgets import DEFAULT_ARMS, Arms
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.budgets import DEFAULT_ARMS, Arms
+    from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import ItemFeatures, embed_items, load_model, save_model
     from pinrec_model.model import PinRec, preset
     from pinrec_model.retrieval import ExactIndex, Retriever

@@ -62,7 +62,7 @@ def timed(fn):
 
 def reset_day(tables, ds: str) -> None:
     """Forget ds so the next run is a real first run of the day after the checkpoint."""
-    from jobs.sequences_store import CHECKPOINTS, DAYS, RUNS
+    from pinrec.core.sequences_store import CHECKPOINTS, DAYS, RUNS
 
     for t in (RUNS, CHECKPOINTS, DAYS):
         tables.delete_partitions(t, [ds])
@@ -70,15 +70,15 @@ def reset_day(tables, ds: str) -> None:
 
 def bench_size(spark, args, users: int, root: Path) -> dict:
     from jobs.data_cli import run_synth
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
     from jobs.sequences import SequencesConfig, run_job, shift_ds
-    from jobs.sequences_store import CHECKPOINTS, RUNS, read_sequences
+    from pinrec.core.sequences_store import CHECKPOINTS, RUNS, read_sequences
     from jobs.synth import SynthConfig
-    from pinrec.contracts import SEQUENCES_SCHEMA
-    from pinrec.layout import Lake
+    from pinrec.core.contracts import SEQUENCES_SCHEMA
+    from pinrec.core.layout import Lake
 
     lake_dir = root / f"users-{users}"
-    tables = LakeTables(Lake.at(lake_dir))
+    tables = DeltaRsTables(Lake.at(lake_dir))
     synth = SynthConfig(users=users, days=args.days, seed=args.seed, items=args.items,
                         clusters=200, p_active=args.p_active,
                         events_per_session=args.events_per_session, start="2025-01-01")

@@ -64,7 +64,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
-    from pinrec.contracts import Event, cutoff_us
+    from pinrec.core.contracts import Event, cutoff_us
     from serving.sample_lake import SampleLakeConfig, build
     from streaming.store import RealtimeStore
     import numpy as np
@@ -340,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
         from bench.serve_logging import logging_phase, print_logging
 
         logging_res = logging_phase(args, work, lake, db, users, token,
-                                    lambda srv, who: load(srv, who), summarize)
+                                    lambda srv, who: load(srv, who), summarize, Server)
         print_logging(logging_res)
 
     servers_res = None

@@ -36,10 +36,10 @@ def spread(values: list[float]) -> dict:
 
 
 def logging_phase(args, work: Path, lake: Path, db: Path, users: list[int], token: str,
-                  load, summarize) -> dict:
+                  load, summarize, Server) -> dict:
     """-> {"off": {...}, "on": {...}, "p99_ratio_on_off": ..., "rounds": [...]}.
-    `load(srv, users)` and `summarize(results)` are serve_bench's (warm-up + measured attempts)."""
-    from bench.serve_bench import Server
+    `load(srv, users)`, `summarize(results)` and `Server` are serve_bench's (warm-up + measured
+    attempts; handed in because serve_bench imports this module)."""
     from streaming.broker import Tansu, create_topics
 
     broker = Tansu.start(log=work / "tansu-logging.log")

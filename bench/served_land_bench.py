@@ -28,7 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def batch(first: int, responses: int, items: int, t0_us: int):
-    from pinrec.served import ServedRecord, rows
+    from pinrec.core.served import ServedRecord, rows
 
     return rows(ServedRecord(f"req-{first + i:012d}", first + i, "control", "assigned",
                              "2026-03-01", "2026-03-01", t0_us + first + i,
@@ -40,15 +40,15 @@ def run(args: argparse.Namespace) -> int:
     import os
     import statistics
 
-    from jobs.lake import LakeTables
-    from pinrec.contracts import cutoff_us
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.contracts import cutoff_us
+    from pinrec.core.layout import Lake
     from streaming.served_lander import merge_new_rows
 
     t0 = cutoff_us("2026-03-01") + 3_600_000_000
     out = []
     for before in (int(x) for x in args.rows_before.split(",")):
-        tables = LakeTables(Lake.at(tempfile.mkdtemp(prefix="pinrec-served-land-")))
+        tables = DeltaRsTables(Lake.at(tempfile.mkdtemp(prefix="pinrec-served-land-")))
         filled, k = 0, 0
         while filled < before:  # the day so far, in landings of 100k rows, 1000 s apart
             n = min(100_000, before - filled) // args.items or 1

@@ -2,7 +2,7 @@
 
 Every task runs one `pinrec` sub-command with `--ds <ds> --lake <lake>`, the same entry
 points ops and tests run by hand. The chain and each command are defined once, in
-pinrec/pipeline.py (which `pinrec demo` runs too); this file adds Airflow's part: the sensor,
+pinrec/core/pipeline.py (which `pinrec demo` runs too); this file adds Airflow's part: the sensor,
 pools, retries, branching. Nothing heavy is imported here, so the file parses in milliseconds.
 
 What `ds` means (once, for the whole project): the UTC calendar day whose events are complete.
@@ -32,7 +32,7 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.sensors.bash import BashSensor
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 
-from pinrec import pipeline  # stdlib only: the one definition of the daily steps
+from pinrec.core import pipeline  # stdlib only: the one definition of the daily steps
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from jobs.outcomes import (ACTIONS, OutcomesConfig, bootstrap_difference, bootstrap_ratios,
                            read_inputs, traffic_split, user_frame)
-from pinrec.contracts import parse_ds
-from pinrec.experiments import DEFAULT_SALT
+from pinrec.core.contracts import parse_ds
+from pinrec.core.experiments import DEFAULT_SALT
 
 
 @dataclass(frozen=True)
@@ -203,10 +203,10 @@ left out. Intervals are 95 % bootstrap intervals over users. Source: <code>arm_o
 
 
 def write_report(cfg: ArmReportConfig) -> Path:
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    tables = LakeTables(Lake.at(cfg.lake))
+    tables = DeltaRsTables(Lake.at(cfg.lake))
     days = cfg.days()
     rows = daily_rows(tables, days)
     arms = sorted({r["arm"] for r in rows})
@@ -234,7 +234,7 @@ def write_report(cfg: ArmReportConfig) -> Path:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from pinrec.cli import add_lake_arg
+    from pinrec.core.cli_args import add_lake_arg
 
     sub = p.add_subparsers(dest="report", metavar="REPORT", required=True)
     a = sub.add_parser("arms", help="arm comparison: realised mix vs budget, rates over days (HTML)")

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
-from pinrec.cli import add_lake_arg
-from pinrec.contracts import vocab
+from pinrec.core.cli_args import add_lake_arg
+from pinrec.core.contracts import vocab
 
 # Kept here, not in jobs.importers, so `pinrec --help` does not import pandas.
 # beauty, sports, toys, yelp, lastfm: one format (S3-Rec), jobs.importers.S3REC_FILES
@@ -80,12 +80,12 @@ def read_source(cfg: ImportConfig):
 
 
 def run_import(cfg: ImportConfig) -> int:
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
     t0 = time.perf_counter()
     data = read_source(cfg)  # raises with a clear message before anything is written
-    tables = LakeTables(Lake.at(cfg.lake))
+    tables = DeltaRsTables(Lake.at(cfg.lake))
     days = data.events.column("ds").unique().to_pylist()
     tables.replace_partitions("events", data.events, days)
     if data.item_features.num_rows:
@@ -100,11 +100,11 @@ def run_import(cfg: ImportConfig) -> int:
 def run_synth(cfg, lake: str) -> dict:
     from tqdm import tqdm
 
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
     from jobs.synth import build_world, generate, item_features
-    from pinrec.layout import Lake
+    from pinrec.core.layout import Lake
 
-    tables = LakeTables(Lake.at(lake))
+    tables = DeltaRsTables(Lake.at(lake))
     world = build_world(cfg)
     tables.overwrite("item_features", item_features(world))
     n_events, gen_s, t0 = 0, 0.0, time.perf_counter()

@@ -15,7 +15,7 @@ EVAL_VARIANTS = ("pop", "sasrec", "pinnerformer", "uc", "oc", "mt_oc")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from pinrec.cli import add_lake_arg
+    from pinrec.core.cli_args import add_lake_arg
 
     add_lake_arg(p)
     p.add_argument("--events", help="evaluate on this Parquet file of events (EVENTS_SCHEMA columns) "
@@ -41,7 +41,7 @@ def load_events(args):
     import pyarrow.parquet as pq
 
     from jobs.train import read_training_data
-    from pinrec.layout import Lake
+    from pinrec.core.layout import Lake
 
     if args.events:
         feats = pq.read_table(args.item_features) if args.item_features else None
@@ -61,10 +61,10 @@ def model_feature_dim(args, vocab) -> int:
 
 def model_split(args, seqs, catalog):
     """--model on a lake whose models hold users out: evaluate on those held-out users (the
-    gate's users: pinrec.contracts.held_out_users), never on users the model trained on."""
+    gate's users: pinrec.core.contracts.held_out_users), never on users the model trained on."""
     import numpy as np
 
-    from pinrec.layout import Lake, read_holdout_fraction
+    from pinrec.core.layout import Lake, read_holdout_fraction
     from pinrec_model.offline import UnorderedSplit
     from jobs.gate_eval import eval_users
 
@@ -101,7 +101,7 @@ def eval_config(args, vocab, prep) -> dict:
 
 def run(args) -> int:
     from jobs.train import prepare
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.config_groups import format_config
 
     vocab = PINTEREST_ACTIONS

@@ -3,7 +3,7 @@
     landing   exit 0 when the day's `events` partition has landed, 99 while it has not (the
               Airflow sensor pokes again on 99 and fails on anything else)
     params    validate a run's parameters (arms budgets, window, variant, preset) and write
-              the arms file `score` reads (pinrec.layout: Lake.arms_file); a bad value fails
+              the arms file `score` reads (pinrec.core.layout: Lake.arms_file); a bad value fails
               here with a message naming it
     check     the quality gate: evaluate the candidate model and the serving one on the same
               held-out users (never trained on) of the same ds, each with its own config, and
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pinrec.budgets import Arms
-from pinrec.cli import UserError, add_ds_arg, add_lake_arg
-from pinrec.contracts import HOLDOUT_MIN_USERS
-from pinrec import pipeline
-from pinrec.pipeline import DEFAULT_PARAMS, PRESETS, VARIANTS, set_pairs
+from pinrec.core.budgets import Arms
+from pinrec.core.cli_args import add_ds_arg, add_lake_arg
+from pinrec.core.errors import UserError
+from pinrec.core.contracts import HOLDOUT_MIN_USERS
+from pinrec.core import pipeline
+from pinrec.core.pipeline import DEFAULT_PARAMS, PRESETS, VARIANTS, set_pairs
 
 EXIT_GATE_FAILED = 1
 EXIT_NOT_LANDED = 99
@@ -89,9 +90,9 @@ def validate_model_set(raw, variant: str, preset_name: str) -> tuple:
 
 def validate_params(raw: dict, notes: list | None = None) -> RunParams:
     """Check a run's parameters; the message names the parameter, the bad value and the fix.
-    Defaults and renamed params as pinrec.pipeline.run_params gives them; what was renamed
+    Defaults and renamed params as pinrec.core.pipeline.run_params gives them; what was renamed
     is appended to `notes`."""
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.contracts import PINTEREST_ACTIONS
 
     model_set = raw.get("model_set", {})  # checked below, as given (it may be JSON text)
     try:
@@ -232,18 +233,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_landing(args) -> int:
-    from jobs.lake import LakeTables
-    from pinrec.contracts import parse_ds
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.contracts import parse_ds
+    from pinrec.core.layout import Lake
 
     parse_ds(args.ds)
-    parts = LakeTables(Lake.at(args.lake)).partitions("events")
+    parts = DeltaRsTables(Lake.at(args.lake)).partitions("events")
     if args.ds in parts:
         from jobs.landing_check import check_events_partition
 
         if bad := check_events_partition(Lake.at(args.lake), args.ds):
             raise UserError(f"events partition ds={args.ds} landed with files that do not fit the "
-                            f"events contract (pinrec/contracts.py EVENTS_SCHEMA): {' | '.join(bad)}. "
+                            f"events contract (pinrec/core/contracts.py EVENTS_SCHEMA): {' | '.join(bad)}. "
                             "Fix: land the partition again with the contract's types, then clear "
                             "wait_for_landing (downstream included)")
         print(f"events partition ds={args.ds} has landed")
@@ -254,8 +255,8 @@ def run_landing(args) -> int:
 
 
 def run_params(args) -> int:
-    from pinrec.contracts import parse_ds
-    from pinrec.layout import Lake
+    from pinrec.core.contracts import parse_ds
+    from pinrec.core.layout import Lake
 
     parse_ds(args.ds)
     try:
@@ -279,7 +280,7 @@ def run_params(args) -> int:
 
 def run_check(args) -> int:
     from jobs.gate_eval import GateEvalConfig, compare, run_checks
-    from pinrec.layout import Lake, current, published_candidates
+    from pinrec.core.layout import Lake, current, published_candidates
     from pinrec_model.training import resolve_device
 
     if not 0 <= args.max_drop <= 1:
@@ -329,7 +330,7 @@ def serving_record_path(lake) -> Path:
 def restore_serving_index(lake) -> None:
     """`pinrec index` publishes the index it built for the candidate model; when the gate
     rejects that model, point index/CURRENT back at the index published with the serving one."""
-    from pinrec.layout import current, publish
+    from pinrec.core.layout import current, publish
 
     path = serving_record_path(lake)
     if not path.exists():
@@ -342,11 +343,11 @@ def restore_serving_index(lake) -> None:
 
 
 def run_publish(args) -> int:
-    from pinrec.layout import Lake, current, publish_release, published_candidates
-    from jobs.lake import LakeTables
+    from pinrec.core.layout import Lake, current, publish_release, published_candidates
+    from pinrec.core.lake import DeltaRsTables
 
     lake = Lake.at(args.lake)
-    if args.ds not in LakeTables(lake).partitions("candidates"):
+    if args.ds not in DeltaRsTables(lake).partitions("candidates"):
         raise UserError(f"no candidates partition ds={args.ds}; run `pinrec score --ds {args.ds}` first")
     serving_ds = published_candidates(lake)
     if not should_publish(args.ds, serving_ds):
@@ -357,7 +358,7 @@ def run_publish(args) -> int:
     if index_version is None:
         cur = current(lake, "index")
         index_version = cur.name if cur else None
-    # One step: on a remote lake one `releases` row names all three (pinrec/lake_releases.py).
+    # One step: on a remote lake one `releases` row names all three (pinrec/core/lake_releases.py).
     publish_release(lake, args.ds, args.model_version, index_version)
     record = {"ds": args.ds, "model": args.model_version, "index": index_version}
     serving_record_path(lake).parent.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def eval_users(seqs, type_ids: np.ndarray, fraction: float, window: int, min_his
     """Indices of the held-out users with `window + min_history` tokens and a pin among their
     last `window`, at most `max_users`, in the order of their stable hash (so a cap keeps the
     same users day to day)."""
-    from pinrec.contracts import held_out_users, user_unit_hash
+    from pinrec.core.contracts import held_out_users, user_unit_hash
 
     lens = seqs.lengths()
     ok = held_out_users(seqs.user_ids, fraction) & (lens >= window + min_history)
@@ -225,9 +225,9 @@ def check_index(lake, ds: str, model_version: str) -> str | None:
 
 def check_candidates(lake, ds: str, users: np.ndarray, cfg: GateEvalConfig) -> tuple[str | None, float]:
     """(why this run's candidates are unusable or None, share of users with short lists)."""
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
 
-    t = LakeTables(lake)
+    t = DeltaRsTables(lake)
     if not t.exists("candidates") or ds not in t.partitions("candidates"):
         return f"no candidates partition for ds={ds}", 1.0
     c = t.read("candidates", [ds], columns=["user_id", "arm"])
@@ -248,8 +248,8 @@ def run_checks(lake, ds: str, cand_dir: Path, serving_dir: Path | None, cfg: Gat
     from safetensors.torch import load_file
 
     from jobs.train import items_table_features, read_training_data
-    from pinrec.contracts import PINTEREST_ACTIONS
-    from pinrec.layout import read_holdout_fraction
+    from pinrec.core.contracts import PINTEREST_ACTIONS
+    from pinrec.core.layout import read_holdout_fraction
     from pinrec_model.data import build_catalog, build_user_seqs
 
     events, feats = read_training_data(lake, ds)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pinrec.contracts import (
+from pinrec.core.contracts import (
     ACTION_BY_RATING,
     EVENTS_SCHEMA,
     ITEM_FEATURES_SCHEMA,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pinrec.contracts import parse_ds
-from pinrec.layout import Lake, current, index_version_name, publish, read_pointer
+from pinrec.core.contracts import parse_ds
+from pinrec.core.layout import Lake, current, index_version_name, publish, read_pointer
 
 
 class IndexRejected(Exception):
@@ -88,7 +88,7 @@ def run_job(cfg: IndexConfig) -> dict:
     """Build, check and publish; returns the build report. Raises IndexRejected below the bar."""
     import pyarrow.compute as pc
 
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
     from pinrec_model.api import ItemFeatures, embed_items, load_model
     from pinrec_model.retrieval import Retriever
 
@@ -101,7 +101,7 @@ def run_job(cfg: IndexConfig) -> dict:
             publish(lake, "index", version)
         return json.loads((vdir / "build.json").read_text()) | {"reused": True}
 
-    tables = LakeTables(lake)
+    tables = DeltaRsTables(lake)
     items = tables.read("items", [cfg.ds], filter=pc.field("item_type") == "pin")
     if items.num_rows == 0:
         raise ValueError(f"no pins in items@{cfg.ds}; run `pinrec items --ds {cfg.ds}` first")
@@ -142,7 +142,7 @@ def _record(lake: Lake, ds: str, report: dict) -> None:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from pinrec.cli import add_ds_arg, add_lake_arg
+    from pinrec.core.cli_args import add_ds_arg, add_lake_arg
 
     add_lake_arg(p)
     add_ds_arg(p)

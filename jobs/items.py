@@ -1,7 +1,7 @@
 """`pinrec items --ds D`: every item seen in the 365-day window, with its type and features.
 
 read (events of the window, item_features side table) -> pure transform -> write items@ds.
-Features come from the one featurizer, `pinrec.features.feature_matrix`: the content vector
+Features come from the one featurizer, `pinrec.core.features.feature_matrix`: the content vector
 for synthetic pins, hashed attribute multi-hot for Beauty/Taobao, hashed character trigrams
 of the query text for search queries. Aggregation streams the window partition by partition
 (partial min/max/count, then one final pass), so memory is bounded by the item count.
@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrec.contracts import ITEMS_SCHEMA, parse_ds
-from pinrec.features import FEATURE_DIM
-from pinrec.layout import Lake
+from pinrec.core.contracts import ITEMS_SCHEMA, parse_ds
+from pinrec.core.features import FEATURE_DIM
+from pinrec.core.layout import Lake
 
 AGG_KEYS = ["item_id", "item_type"]
 
@@ -60,7 +60,7 @@ def combine_stats(partials: list[pa.Table]) -> pa.Table:
 def build_items(stats: pa.Table, item_features: pa.Table | None, ds: str,
                 feature_dim: int = FEATURE_DIM) -> pa.Table:
     """Item stats + side features -> the items partition for ds (pure)."""
-    from pinrec.features import feature_matrix
+    from pinrec.core.features import feature_matrix
 
     n = stats.num_rows
     attrs, contents = [None] * n, [None] * n
@@ -90,7 +90,7 @@ def build_items(stats: pa.Table, item_features: pa.Table | None, ds: str,
 
 def attribute_report(item_features: pa.Table | None, dim: int) -> str | None:
     """One line on how the side table's attribute values fill `dim` buckets, or None."""
-    from pinrec.features import shared_buckets
+    from pinrec.core.features import shared_buckets
 
     if item_features is None or not item_features.num_rows:
         return None
@@ -105,10 +105,10 @@ def run_job(cfg: ItemsConfig) -> tuple[int, int]:
     """Build and write items@ds; returns (number of items, table version)."""
     import pyarrow.dataset as pads
 
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
     from jobs.sequences import window_bounds, window_partitions
 
-    tables = LakeTables(Lake.at(cfg.lake))
+    tables = DeltaRsTables(Lake.at(cfg.lake))
     if not tables.exists("events"):
         raise ValueError(f"no events table under {cfg.lake}; import or synthesise data first")
     start, cutoff = window_bounds(cfg.ds, cfg.window_days)
@@ -130,7 +130,7 @@ def run_job(cfg: ItemsConfig) -> tuple[int, int]:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from pinrec.cli import add_ds_arg, add_lake_arg
+    from pinrec.core.cli_args import add_ds_arg, add_lake_arg
 
     add_lake_arg(p)
     add_ds_arg(p)

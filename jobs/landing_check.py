@@ -28,11 +28,11 @@ def check_events_partition(lake, ds: str) -> list[str]:
     """One line per bad file of the `events` partition `ds`; empty when every file fits."""
     import pyarrow.parquet as pq
 
-    from jobs.lake import LakeTables
-    from pinrec.contracts import EVENTS_SCHEMA
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.contracts import EVENTS_SCHEMA
 
     out = []
-    for path in LakeTables(lake).live_files("events", [ds]):
+    for path in DeltaRsTables(lake).live_files("events", [ds]):
         problems = schema_problems(pq.read_schema(path), EVENTS_SCHEMA)
         if problems:
             out.append(f"{Path(path).parent.name}/{Path(path).name}: " + "; ".join(problems))

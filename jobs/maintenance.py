@@ -12,8 +12,8 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from pinrec.contracts import PARTITION_COLUMNS
-from pinrec.layout import TABLES, Lake
+from pinrec.core.contracts import PARTITION_COLUMNS
+from pinrec.core.layout import TABLES, Lake
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,9 @@ class MaintenanceConfig:
 
 
 def run_job(cfg: MaintenanceConfig) -> dict[str, dict]:
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
 
-    tables = LakeTables(Lake.at(cfg.lake))
+    tables = DeltaRsTables(Lake.at(cfg.lake))
     report = {}
     for name in cfg.tables:
         if not tables.exists(name):
@@ -51,7 +51,7 @@ def run_job(cfg: MaintenanceConfig) -> dict[str, dict]:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from pinrec.cli import add_lake_arg
+    from pinrec.core.cli_args import add_lake_arg
 
     add_lake_arg(p)
     p.add_argument("--tables", default=",".join(TABLES), help="comma-separated tables")

@@ -35,8 +35,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 
-from pinrec.contracts import PINTEREST_ACTIONS, cutoff_us, parse_ds
-from pinrec.experiments import ARM_OUTCOMES_SCHEMA, DEFAULT_SALT, TrafficSplit
+from pinrec.core.contracts import PINTEREST_ACTIONS, cutoff_us, parse_ds
+from pinrec.core.experiments import ARM_OUTCOMES_SCHEMA, DEFAULT_SALT, TrafficSplit
 
 DAY_US = 86_400_000_000
 ACTIONS = PINTEREST_ACTIONS.engagement_actions
@@ -112,7 +112,7 @@ def read_inputs(tables, cfg: OutcomesConfig) -> Inputs:
         events = _as_us(tables.read("events", parts, columns=["user_id", "item_id", "action", "ts"],
                                     filter=pc.field("item_type") == "pin"), "ts")
     history = pa.table({"user_id": pa.array([], pa.int64()), "item_id": pa.array([], pa.int64())})
-    from jobs.sequences_store import latest_sequences_ds, read_sequences
+    from pinrec.core.sequences_store import latest_sequences_ds, read_sequences
 
     seq_ds = latest_sequences_ds(tables, at_most=cands_ds) if cands_ds else None
     if seq_ds is not None:
@@ -326,10 +326,10 @@ def traffic_split(cfg: OutcomesConfig, inp: Inputs) -> TrafficSplit:
 # -- entry point -------------------------------------------------------------------------------
 
 def run_job(cfg: OutcomesConfig, now: datetime | None = None) -> pa.Table:
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    tables = LakeTables(Lake.at(cfg.lake))
+    tables = DeltaRsTables(Lake.at(cfg.lake))
     inp = read_inputs(tables, cfg)
     if inp.served.num_rows == 0 and inp.candidates.num_rows == 0:
         raise NothingToMeasure(f"nothing to measure for ds={cfg.ds}: no `served` rows on that day and no "
@@ -345,7 +345,7 @@ def run_job(cfg: OutcomesConfig, now: datetime | None = None) -> pa.Table:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from pinrec.cli import add_ds_arg, add_lake_arg
+    from pinrec.core.cli_args import add_ds_arg, add_lake_arg
 
     add_ds_arg(p)
     add_lake_arg(p)

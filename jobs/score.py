@@ -4,7 +4,7 @@ read (sequences@ds, items@ds, model version, its index) -> generate -> write can
 
 An arm is a named budget over engagement actions (an experiment group). The arms are the run's
 (`pinrec gate params` wrote them to the lake's params file of ds), else `--arms`, else
-pinrec.budgets.DEFAULT_ARMS; they are parsed once, here, into `Arms`. For each batch of
+pinrec.core.budgets.DEFAULT_ARMS; they are parsed once, here, into `Arms`. For each batch of
 users the model prefills their histories once per arm, generates conditioned embeddings with
 multi-token steps, compresses near-duplicates, allocates the budget and retrieves from Faiss,
 excluding items already in the history (`pinrec_model.api.generate_candidates`). Users stream
@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrec.budgets import DEFAULT_ARMS, Arms
-from pinrec.contracts import CANDIDATES_SCHEMA, TS_TYPE, ActionVocab, cutoff_us, parse_ds
-from pinrec.layout import Lake
+from pinrec.core.budgets import DEFAULT_ARMS, Arms
+from pinrec.core.contracts import CANDIDATES_SCHEMA, TS_TYPE, ActionVocab, cutoff_us, parse_ds
+from pinrec.core.layout import Lake
 
 ROWS_PER_FILE = 2_000_000
 EXACT_MAX_ITEMS = 5_000_000  # 5M x 256 bf16 = 2.6 GB of GPU memory; beyond, a Faiss index
@@ -325,7 +325,7 @@ def build_retriever(cfg: ScoreConfig, m, index_dir: Path, items: pa.Table, featu
 def resolve_index(lake: Lake, ds: str, model_version: str, requested: str | None) -> Path:
     """The index folder to retrieve from; it must have been built with the scoring model."""
     from jobs.index import index_version
-    from pinrec.layout import current
+    from pinrec.core.layout import current
 
     if requested:
         vdir = lake.version_dir("index", requested)
@@ -353,12 +353,12 @@ def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
     from tqdm import tqdm
 
     from jobs.index import resolve_model
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
     from pinrec_model.api import ItemFeatures, load_model
 
     lake = Lake.at(cfg.lake)
-    tables = LakeTables(lake)
-    from jobs.sequences_store import sequences_dataset, sequences_partitions
+    tables = DeltaRsTables(lake)
+    from pinrec.core.sequences_store import sequences_dataset, sequences_partitions
 
     if cfg.ds not in sequences_partitions(tables):
         raise ValueError(f"no sequences for ds={cfg.ds}; run `pinrec sequences --ds {cfg.ds}` first")
@@ -392,7 +392,7 @@ def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
                 bar.update(done)
         spool.close()
         t_commit = time.perf_counter()
-        version = None if shard else tables.commit_spark_output("candidates", staging, cfg.ds)
+        version = None if shard else tables.commit_partition_files("candidates", staging, cfg.ds)
         timings.write += time.perf_counter() - t_commit
     except BaseException:
         spool.close()
@@ -423,7 +423,7 @@ def _limit(batches, max_users):
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from pinrec.cli import add_ds_arg, add_lake_arg
+    from pinrec.core.cli_args import add_ds_arg, add_lake_arg
 
     d = ScoreConfig(ds="2000-01-01", lake="")
     add_lake_arg(p)
@@ -461,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
                       compression_threshold=args.compression_threshold, max_users=args.max_users,
                       retrieval=args.retrieval, compile=args.compile)
     if args.shard_dir or score_shards.launched_by_torchrun():
-        print(json.dumps(score_shards.run_worker(cfg, args.shard_dir)))
+        print(json.dumps(score_shards.run_worker(cfg, args.shard_dir, run_job)))
         return 0
     if args.nproc > 1:
         return score_shards.launch(cfg, args.nproc)

@@ -74,10 +74,9 @@ def shard_batches(batches: Iterable[pa.RecordBatch], rank: int, world: int,
         yield pa.Table.from_batches(buf).combine_chunks().to_batches()[0]
 
 
-def run_worker(cfg, shard_dir: str | None) -> dict:
-    """One rank (inside torchrun): score this rank's users into the shared staging folder."""
-    from jobs.score import run_job
-
+def run_worker(cfg, shard_dir: str | None, run_job) -> dict:
+    """One rank (inside torchrun): score this rank's users into the shared staging folder with
+    `run_job` (jobs.score's, handed in: that module imports this one)."""
     if not launched_by_torchrun():
         raise ValueError("--shard-dir is set by `pinrec score --nproc N` for its workers; run that instead")
     if not shard_dir:
@@ -95,12 +94,12 @@ def run_worker(cfg, shard_dir: str | None) -> dict:
 
 def launch(cfg, nproc: int, cli_args: list[str] | None = None) -> int:
     """Run `pinrec score` as nproc torchrun workers, then commit all their files at once."""
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    from jobs.sequences_store import sequences_partitions
+    from pinrec.core.sequences_store import sequences_partitions
 
-    tables = LakeTables(Lake.at(cfg.lake))
+    tables = DeltaRsTables(Lake.at(cfg.lake))
     if cfg.ds not in sequences_partitions(tables):
         raise ValueError(f"no sequences for ds={cfg.ds}; run `pinrec sequences --ds {cfg.ds}` first")
     staging = tables.staging_dir("candidates", cfg.ds)
@@ -115,7 +114,7 @@ def launch(cfg, nproc: int, cli_args: list[str] | None = None) -> int:
                               f"{nproc} ranks finished; nothing was committed, candidates@{cfg.ds} is "
                               f"unchanged (the rank's error is above); re-run the task")
         ranks = [json.loads(n.read_text()) for n in notes]
-        version = tables.commit_spark_output("candidates", staging, cfg.ds)
+        version = tables.commit_partition_files("candidates", staging, cfg.ds)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(e, ShardFailed):

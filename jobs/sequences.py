@@ -1,6 +1,6 @@
 """`pinrec sequences --ds D`: per-user engagement sequences over the 365 days before the cutoff.
 
-How `sequences` is stored and read is in `jobs/sequences_store.py` and
+How `sequences` is stored and read is in `pinrec/core/sequences_store.py` and
 docs/adr/0002-sequences-daily-cost.md. In short, the run for ds writes:
 - always: `sequence_days@ds`, one row per user active on ds (that day's events). This is the
   whole daily cost: it follows the day's events, not the number of users.
@@ -32,10 +32,10 @@ import argparse
 import logging
 import shutil
 from dataclasses import dataclass
-from datetime import timedelta
 
-from pinrec.contracts import cutoff_us, parse_ds
-from pinrec.layout import Lake
+from pinrec.core.contracts import parse_ds
+from pinrec.core.layout import Lake
+from pinrec.core.sequences_store import shift_ds, window_bounds, window_partitions  # noqa: F401 (the job's dates)
 
 DAY_US = 86_400_000_000
 EVENT_FIELDS = ("ts", "event_id", "item_id", "item_type", "action", "surface")
@@ -64,25 +64,6 @@ class SequencesConfig:
             raise ValueError(f"--engine must be one of {ENGINES}, got {self.engine!r}")
         if self.max_len < 1 or self.window_days < 1 or self.checkpoint_every < 1:
             raise ValueError("--max-len, --window-days and --checkpoint-every must be positive")
-
-
-# --------------------------------------------------------------------------------------------
-# Dates (pure)
-# --------------------------------------------------------------------------------------------
-
-def shift_ds(ds: str, days: int) -> str:
-    return (parse_ds(ds) + timedelta(days=days)).strftime("%Y-%m-%d")
-
-
-def window_bounds(ds: str, window_days: int) -> tuple[int, int]:
-    """[start, cutoff) in UTC µs: the `window_days` days before the cutoff of `ds`."""
-    cutoff = cutoff_us(ds)
-    return cutoff - window_days * DAY_US, cutoff
-
-
-def window_partitions(ds: str, window_days: int) -> list[str]:
-    """The event partitions (UTC days) that can hold events of the window."""
-    return [shift_ds(ds, -d) for d in range(window_days - 1, -1, -1)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +114,7 @@ def explode_sequences(seqs):
 def build_incremental(prev, day_events, ds: str, start_us: int, cutoff_us_: int, max_len: int):
     """Sequences as of an earlier ds (`prev`, a checkpoint) + the events of the days since ->
     sequences@ds (same rows as a full rebuild).
-    `jobs.sequences_arrow.merge_batches` is the Arrow twin; here `prev` is a checkpoint and
+    `pinrec.core.sequences_arrow.merge_batches` is the Arrow twin; here `prev` is a checkpoint and
     `day_events` the exploded day rows since."""
     from pyspark.sql import functions as F
 
@@ -168,7 +149,7 @@ class WritePlan:
 def plan_write(cfg: SequencesConfig, runs: dict, checkpoints) -> WritePlan:
     """What the run for cfg.ds writes besides its day rows, given the runs and checkpoints
     already in the lake (a checkpoint at ds itself is being rewritten, so it does not count)."""
-    from jobs.sequences_store import RunInfo, SequencesNotReadable, plan_read
+    from pinrec.core.sequences_store import RunInfo, SequencesNotReadable, plan_read
 
     if cfg.mode == "full":
         return WritePlan("full", "--mode full")
@@ -205,9 +186,10 @@ def _write_arrow(tables, table: str, batches, ds: str) -> None:
     """Arrow batches (FILE_SCHEMA) -> partition ds of `table`."""
     import pyarrow as pa
 
-    from jobs.sequences_arrow import FILE_SCHEMA, write_batches
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.sequences_arrow import FILE_SCHEMA, write_batches
 
-    if not hasattr(tables, "commit_spark_output"):  # delta-spark back end: through its writer
+    if not isinstance(tables, DeltaRsTables):  # only delta-rs commits files pyarrow wrote
         t = pa.Table.from_batches(list(batches), FILE_SCHEMA)
         tables.replace_partitions(table, t.append_column("ds", pa.array([ds] * t.num_rows)), [ds])
         return
@@ -218,14 +200,14 @@ def _write_arrow(tables, table: str, batches, ds: str) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    tables.commit_spark_output(table, staging, ds)
+    tables.commit_partition_files(table, staging, ds)
 
 
 def read_day_events(tables, ds: str):
     """The events of partition ds (user_id + EVENT_FIELDS), after the bad-input checks."""
     import pyarrow.dataset as pads
 
-    from jobs.sequences_arrow import EVENT_ROW_SCHEMA
+    from pinrec.core.sequences_arrow import EVENT_ROW_SCHEMA
     from jobs.sequences_checks import check_day_window, check_events_schema
 
     if ds not in tables.partitions("events"):
@@ -266,8 +248,8 @@ def _sorted(t):
 
 
 def write_day(spark, tables, cfg: SequencesConfig, engine: str, day) -> None:
-    from jobs.sequences_arrow import day_rows
-    from jobs.sequences_store import DAYS
+    from pinrec.core.sequences_arrow import day_rows
+    from pinrec.core.sequences_store import DAYS
 
     _, cutoff = window_bounds(cfg.ds, cfg.window_days)
     if engine == "arrow":
@@ -280,7 +262,7 @@ def write_day(spark, tables, cfg: SequencesConfig, engine: str, day) -> None:
 
 def write_checkpoint(spark, tables, cfg: SequencesConfig, engine: str, plan: WritePlan) -> int:
     """Checkpoint@ds from a full rebuild (Spark) or by merging; returns rows read."""
-    from jobs.sequences_store import CHECKPOINTS, DAYS
+    from pinrec.core.sequences_store import CHECKPOINTS, DAYS
 
     start, cutoff = window_bounds(cfg.ds, cfg.window_days)
     if plan.kind == "full":
@@ -293,7 +275,7 @@ def write_checkpoint(spark, tables, cfg: SequencesConfig, engine: str, plan: Wri
     if plan.base:
         rows_read += tables.partition_stats(CHECKPOINTS, plan.base)[0]
     if engine == "arrow":
-        from jobs.sequences_arrow import FILE_SCHEMA, merge_batches
+        from pinrec.core.sequences_arrow import FILE_SCHEMA, merge_batches
 
         base = (tables.dataset(CHECKPOINTS, [plan.base]).to_batches(columns=FILE_SCHEMA.names)
                 if plan.base else [])
@@ -317,9 +299,10 @@ def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
     `spark` is a session, or a zero-argument function that starts one: then Spark starts only
     when the run needs it (a full rebuild, or --engine spark), so the daily run on the
     embedded back end skips its 10-30 s start-up."""
-    from jobs.lake import open_tables
-    from jobs.sequences_store import (CHECKPOINTS, DAYS, RUNS, RunInfo, checkpoint_partitions,
-                                      load_runs, runs_row)
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.lake_spark import open_tables
+    from pinrec.core.sequences_store import (CHECKPOINTS, DAYS, RUNS, RunInfo, checkpoint_partitions,
+                                             load_runs, runs_row)
 
     lazy = callable(spark)
     tables = open_tables(Lake.at(cfg.lake), None if lazy else spark)
@@ -327,7 +310,7 @@ def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
         raise ValueError(f"no events table under {cfg.lake}; import or synthesise data first "
                          f"(`pinrec data synth --lake {cfg.lake}`)")
     engine = cfg.engine if cfg.engine != "auto" else (
-        "arrow" if hasattr(tables, "commit_spark_output") else "spark")
+        "arrow" if isinstance(tables, DeltaRsTables) else "spark")
     runs, checkpoints = load_runs(tables), checkpoint_partitions(tables)
     plan = plan_write(cfg, runs, checkpoints)
     (log.warning if plan.kind == "full" and cfg.mode == "auto" else log.info)(
@@ -363,7 +346,7 @@ def run_job(spark, cfg: SequencesConfig) -> tuple[str, int]:
 
 def configure(p: argparse.ArgumentParser) -> None:
     from jobs.spark import add_spark_args
-    from pinrec.cli import add_ds_arg, add_lake_arg
+    from pinrec.core.cli_args import add_ds_arg, add_lake_arg
 
     add_lake_arg(p)
     add_ds_arg(p)

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrec.contracts import EVENTS_SCHEMA, cutoff_us
+from pinrec.core.contracts import EVENTS_SCHEMA, cutoff_us
 
 DAY_US = 86_400_000_000
 REQUIRED = [f for f in EVENTS_SCHEMA if f.name != "ds"]

@@ -11,7 +11,8 @@ small machine (DESIGN.md §4): few shuffle partitions, UI off, driver bound to 1
 Spark writes Parquet timestamps as TIMESTAMP_MICROS in UTC so delta-rs can commit the files as
 they are (no INT96, no rewrite). The Delta Spark jars are optional: when `delta_jars` are given
 (the compose stack mounts them) the session gets the Delta extension and catalog, and
-`delta_available(spark)` tells the lake adapter it may use the delta-spark back end.
+`pinrec.core.lake_spark.delta_available(spark)` tells the lake adapter it may use the
+delta-spark back end.
 """
 from __future__ import annotations
 
@@ -121,35 +122,3 @@ def get_session(cfg: SparkConfig = SparkConfig()):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
-
-
-def delta_available(spark) -> bool:
-    """True when the Delta Spark classes are on the session's classpath."""
-    try:
-        spark.sparkContext._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
-        return True
-    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException in its own type
-        return False
-
-
-def spark_type(t):
-    """The Spark type for an Arrow type of the contract schemas."""
-    import pyarrow as pa
-    from pyspark.sql import types as T
-
-    if pa.types.is_list(t):
-        return T.ArrayType(spark_type(t.value_type), True)
-    simple = {pa.string(): T.StringType(), pa.int64(): T.LongType(), pa.int32(): T.IntegerType(),
-              pa.float32(): T.FloatType(), pa.float64(): T.DoubleType(), pa.bool_(): T.BooleanType()}
-    if pa.types.is_timestamp(t):
-        return T.TimestampType()
-    if t in simple:
-        return simple[t]
-    raise TypeError(f"no Spark type for Arrow type {t}")
-
-
-def spark_schema(schema):
-    """Spark StructType for an Arrow schema (nullability kept)."""
-    from pyspark.sql import types as T
-
-    return T.StructType([T.StructField(f.name, spark_type(f.type), f.nullable) for f in schema])

@@ -4,7 +4,7 @@ Every Delta table is registered as a view over its live Arrow dataset (the snaps
 `LakeTables.dataset`), never over the folder, so files a later commit removed are never read.
 Tables: events, sequences, items, candidates, item_features, served, arm_outcomes, and how
 sequences is stored (sequence_days, sequence_checkpoints, sequence_runs). `sequences` is the table as of one ds
-(`--ds`, default the newest), assembled by `jobs.sequences_store.read_sequences` exactly as a
+(`--ds`, default the newest), assembled by `pinrec.core.sequences_store.read_sequences` exactly as a
 full rebuild for that ds would write it (docs/adr/0002-sequences-daily-cost.md).
 Ready queries live in docs/analysts.md.
 """
@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from pinrec.layout import TABLES, Lake
+from pinrec.core.layout import TABLES, Lake
 
 
 # Which job writes each table: named when a query asks for a table this lake does not have yet.
@@ -35,10 +35,10 @@ def connect(lake: str, sequences_ds: str | None = None, with_sequences: bool = T
     assembled only when `with_sequences`."""
     import duckdb
 
-    from jobs.lake import LakeTables
-    from jobs.sequences_store import latest_sequences_ds, read_sequences, sequences_partitions
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.sequences_store import latest_sequences_ds, read_sequences, sequences_partitions
 
-    tables = LakeTables(Lake.at(lake))
+    tables = DeltaRsTables(Lake.at(lake))
     con = duckdb.connect()
     found = [t for t in TABLES if t != "sequences" and tables.exists(t)]
     for name in found:
@@ -105,7 +105,7 @@ def _flatten_lists(t):
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from pinrec.cli import add_lake_arg
+    from pinrec.core.cli_args import add_lake_arg
 
     p.add_argument("sql", help='the query, e.g. "SELECT arm, count(*) FROM candidates GROUP BY arm"; '
                                "tables: " + ", ".join(TABLES))

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrec.contracts import EVENTS_SCHEMA, PINTEREST_ACTIONS, query_item_id
+from pinrec.core.contracts import EVENTS_SCHEMA, PINTEREST_ACTIONS, query_item_id
 
 FORMATS = ("visual", "long_form", "product", "video")
 # P(action | format) over PINTEREST_ACTIONS.engagement_actions:

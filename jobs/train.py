@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, fields
 
-from pinrec.cli import add_lake_arg
+from pinrec.core.cli_args import add_lake_arg
 
 VARIANT_CHOICES = ("uc", "oc", "mt_oc", "sasrec", "pinnerformer")
 EPOCH_CAP_HELP = "cap of 200 with patience 10"
@@ -166,11 +166,11 @@ def train_config(args, rules=None):
 
 def read_training_data(lake, ds=None):
     """(events-like arrow table, item_features table or None) from the lake."""
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
 
-    lt = LakeTables(lake)
+    lt = DeltaRsTables(lake)
     feats = lt.read("item_features") if lt.exists("item_features") else None
-    from jobs.sequences_store import read_sequences, sequences_partitions
+    from pinrec.core.sequences_store import read_sequences, sequences_partitions
 
     if ds and ds in sequences_partitions(lt):
         return events_from_sequences(read_sequences(lt, ds)), feats
@@ -184,9 +184,9 @@ def read_training_data(lake, ds=None):
 def items_table_features(lake, ds: str | None):
     """The `items` table at `ds` (item_id, features), or None when there is none: the vectors
     that index, score and serving give each item."""
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
 
-    lt = LakeTables(lake)
+    lt = DeltaRsTables(lake)
     if ds and lt.exists("items") and ds in lt.partitions("items"):
         return lt.read("items", [ds], columns=["item_id", "features"])
     return None
@@ -229,7 +229,7 @@ class Prepared:
 
 
 def prepare(events, item_features, vocab, feature_dim: int | None = None):
-    from pinrec.features import FEATURE_DIM
+    from pinrec.core.features import FEATURE_DIM
     from pinrec_model.data import build_catalog, build_user_seqs
 
     cat = build_catalog(events, item_features, feature_dim or FEATURE_DIM)
@@ -282,7 +282,7 @@ def warm_start_state(lake, source: str | None, cfg, rules=None):
 
     from safetensors.torch import load_file
 
-    from pinrec.layout import current
+    from pinrec.core.layout import current
     from pinrec_model.model import PinRecConfig
 
     if not source:
@@ -306,11 +306,11 @@ def warm_start_state(lake, source: str | None, cfg, rules=None):
 
 def trainable_users(lake, user_ids, requested: float | None = None, min_users: int | None = None):
     """(indices of the users a model may train on, the held-out record for metrics.json):
-    every user but the lake's held-out ones (pinrec.contracts.held_out_users)."""
+    every user but the lake's held-out ones (pinrec.core.contracts.held_out_users)."""
     import numpy as np
 
-    from pinrec.contracts import HOLDOUT_FRACTION, held_out_users, holdout_fraction_for
-    from pinrec.layout import fix_holdout_fraction, read_holdout_fraction
+    from pinrec.core.contracts import HOLDOUT_FRACTION, held_out_users, holdout_fraction_for
+    from pinrec.core.layout import fix_holdout_fraction, read_holdout_fraction
 
     fraction = read_holdout_fraction(lake)
     if fraction is None:
@@ -401,8 +401,8 @@ def run(args) -> int:
 def run_rank(args, ctx) -> int:
     """Train (one process, or one rank of `ctx`'s data-parallel job) and, on rank 0 only,
     write the model version once every rank has finished training."""
-    from pinrec.contracts import PINTEREST_ACTIONS
-    from pinrec.layout import Lake, publish
+    from pinrec.core.contracts import PINTEREST_ACTIONS
+    from pinrec.core.layout import Lake, publish
     from pinrec_model.api import save_model
     from pinrec_model.config_groups import format_config
 

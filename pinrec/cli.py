@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from pinrec.core.errors import UserError
+
 # group -> (module, one-line help). Order is the order of the pipeline.
 GROUPS: dict[str, tuple[str, str]] = {
     "data": ("jobs.data_cli", "import real datasets or synthesise events into the lake"),
@@ -43,25 +45,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 EXIT_USER_ERROR = 2
 EXIT_NOT_IMPLEMENTED = 3
-
-
-class UserError(Exception):
-    """An error the user can act on: the message names the input, what is wrong and the fix."""
-
-
-def default_lake() -> str:
-    # The lake root is an endpoint, so the environment may set it; everything else is flags.
-    return os.environ.get("PINREC_LAKE", "lake")
-
-
-def add_lake_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lake", default=default_lake(),
-                   help="lake root: a folder or s3://bucket/prefix (default: $PINREC_LAKE or ./lake)")
-
-
-def add_ds_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--ds", required=required, metavar="YYYY-MM-DD",
-                   help="the day to process: events with ts < ds+1 00:00 UTC are visible")
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -1,7 +1,7 @@
 """`pinrec demo` (`make demo`): the whole pipeline end to end on the embedded default.
 
 1. synthesise a lake of events (or import a real dataset with --import SOURCE PATH)
-2. the batch day, exactly the chain `pinrec_daily` runs (pinrec/pipeline.py: DAILY), as
+2. the batch day, exactly the chain `pinrec_daily` runs (pinrec/core/pipeline.py: DAILY), as
    `pinrec` sub-commands: landing check, params, sequences, items, train, index, score, quality
    gate, publish
 3. the speed layer: a Tansu broker, `pinrec stream consume`, and a replay of the next day's
@@ -28,8 +28,8 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pinrec import pipeline
-from pinrec.budgets import DEFAULT_ARMS as ARMS  # the closed loop compares its balanced and repin arms
+from pinrec.core import pipeline
+from pinrec.core.budgets import DEFAULT_ARMS as ARMS  # the closed loop compares its balanced and repin arms
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def step(timings: Timings, name: str, argv: list[str], log_dir: Path) -> None:
 
 
 def batch_day(cfg: DemoConfig, timings: Timings) -> None:
-    """The daily chain (pinrec.pipeline.DAILY, what pinrec_daily runs), one step after another."""
+    """The daily chain (pinrec.core.pipeline.DAILY, what pinrec_daily runs), one step after another."""
     ctx = demo_run(cfg)
     for s in pipeline.DAILY:
         if s.reuse_if is not None and Path(s.reuse_if(ctx)).exists():
@@ -225,10 +225,10 @@ def _run(cfg: DemoConfig, procs: "Procs", timings: Timings) -> int:
 
 def last_two_days(lake: Path) -> tuple[str, str]:
     """The batch day and the fresh day: the last two `events` partitions (synthetic or imported)."""
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    days = LakeTables(Lake.at(lake)).partitions("events")
+    days = DeltaRsTables(Lake.at(lake)).partitions("events")
     if len(days) < 2:
         raise SystemExit(f"demo: the lake {lake} has {len(days)} day(s) of events; it needs two "
                          "(one batch day and one day of fresh events to replay)")
@@ -236,10 +236,10 @@ def last_two_days(lake: Path) -> tuple[str, str]:
 
 
 def count_events(lake: Path, ds: str) -> int:
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    return LakeTables(Lake.at(lake)).dataset("events", ds=[ds]).count_rows()
+    return DeltaRsTables(Lake.at(lake)).dataset("events", ds=[ds]).count_rows()
 
 
 def wait_consumed(port: int, expected: int, timeout_s: float) -> int:

@@ -34,12 +34,12 @@ def recent_history(lake: Path, ds: str, fresh_ds: str, user_id: int, k: int = 5)
     shown as their text."""
     import pyarrow.compute as pc
 
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    from jobs.sequences_store import read_sequences
+    from pinrec.core.sequences_store import read_sequences
 
-    t = LakeTables(Lake.at(lake))
+    t = DeltaRsTables(Lake.at(lake))
     seqs = read_sequences(t, ds)
     seq = seqs.filter(pc.equal(seqs.column("user_id"), user_id)).to_pylist()
     lines = []
@@ -60,11 +60,11 @@ def recent_history(lake: Path, ds: str, fresh_ds: str, user_id: int, k: int = 5)
 
 def pick_users(lake: Path, ds: str, fresh_ds: str, n: int) -> list[int]:
     """Users with both a batch sequence and fresh events: where the merge has work to do."""
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    t = LakeTables(Lake.at(lake))
-    from jobs.sequences_store import read_sequences
+    t = DeltaRsTables(Lake.at(lake))
+    from pinrec.core.sequences_store import read_sequences
 
     batch = set(read_sequences(t, ds, columns=["user_id"])["user_id"].to_pylist())
     fresh = t.read("events", ds=[fresh_ds], columns=["user_id"])["user_id"].to_pylist()

@@ -25,9 +25,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from pinrec.budgets import Budget, largest_remainder
-from pinrec.contracts import ITEM_TYPES, SURFACES, ActionVocab
-from pinrec.features import FEATURE_DIM, query_features
+from pinrec.core.budgets import Budget, largest_remainder
+from pinrec.core.contracts import ITEM_TYPES, SURFACES, ActionVocab
+from pinrec.core.features import FEATURE_DIM, query_features
 from pinrec_model.generation import compress
 from pinrec_model.losses import CountMinSketch
 from pinrec_model.model import PinRec, PinRecConfig

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pinrec.budgets import Arms
-from pinrec.contracts import ITEM_TYPES, SURFACES
+from pinrec.core.budgets import Arms
+from pinrec.core.contracts import ITEM_TYPES, SURFACES
 from pinrec_model.api import LoadedModel, embed_item_ids, generation_plan, uniform_plan
 
 HISTORY_COLUMNS = ("user_id", "item_ids", "item_types", "actions", "surfaces", "ts")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pinrec.contracts import ITEM_TYPES, SURFACES, ActionVocab
-from pinrec.features import FEATURE_DIM, feature_matrix
+from pinrec.core.contracts import ITEM_TYPES, SURFACES, ActionVocab
+from pinrec.core.features import FEATURE_DIM, feature_matrix
 
 PAD = -1
 

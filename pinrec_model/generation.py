@@ -1,7 +1,7 @@
 """Autoregressive generation (paper 4.3.1, 4.4.3): prefill a batch of histories into a KV
 cache, then decode steps that emit k embeddings per step (one per (offset, action) condition)
 and feed them back as tokens. Plus compression of near-duplicate embeddings; the budget's
-allocation over actions (largest remainder) is pinrec.budgets, one rule for every layer.
+allocation over actions (largest remainder) is pinrec.core.budgets, one rule for every layer.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def generate(model: PinRec, st: DecodeState, cond_actions: torch.Tensor, tokens_
 
 
 # ------------------------------------------------------------------------------------------
-# Compression (pure numpy); budget allocation is pinrec.budgets.Budget.quotas
+# Compression (pure numpy); budget allocation is pinrec.core.budgets.Budget.quotas
 # ------------------------------------------------------------------------------------------
 
 def compress(emb: np.ndarray, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:

@@ -105,7 +105,7 @@ def target_conditions(t_acts: list[np.ndarray], n_emb: int, fixed_action: int | 
     """[U, n_emb] action ids: a fixed action (controllability) or, as the paper does offline,
     the targets' own actions in proportion (largest remainder), interleaved."""
     from pinrec_model.api import condition_order
-    from pinrec.budgets import largest_remainder
+    from pinrec.core.budgets import largest_remainder
 
     out = np.zeros((len(t_acts), n_emb), np.int64)
     for u, acts in enumerate(t_acts):

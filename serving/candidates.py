@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pinrec.budgets import Budget
+from pinrec.core.budgets import Budget
 
 POPULARITY = "popularity"
 
@@ -122,11 +122,11 @@ def popular_items(tables, k: int = 1000) -> list[int] | None:
 
 def load_candidate_store(lake_root) -> CandidateStore:
     """The published candidates partition (or an empty store: everyone gets popularity)."""
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake, published_candidates
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake, published_candidates
 
     lake = Lake.at(lake_root)
-    tables = LakeTables(lake)
+    tables = DeltaRsTables(lake)
     popular = popular_items(tables)
     ds = published_candidates(lake)
     if ds is None or not tables.exists("candidates"):

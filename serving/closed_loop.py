@@ -9,7 +9,7 @@ outbound click, ...). One simulated day, after the lake's synthesised days:
 2. each active user loads the feed at the start of the session: `GET /v1/recommendations/<u>`
    on the running API, naming no arm: serving assigns it by its traffic split (`pinrec serve
    --traffic`; the loop checks it is `cfg.split`), and the response becomes one `served`
-   record through `pinrec.served.record` (the shape serving's logger and the lander use);
+   record through `pinrec.core.served.record` (the shape serving's logger and the lander use);
 3. the user responds to each served item by their interests and the item's format
    (`respond`, pure): engaged with probability `p_interest` if the item is in one of their
    interest clusters, `p_other` otherwise, damped by rank; the action drawn from the format;
@@ -18,7 +18,7 @@ outbound click, ...). One simulated day, after the lake's synthesised days:
    the lake's `events` partition of the day; the served lists into the `served` partition.
 
 Serving's own logger stamps `served_at` with the wall clock, and the loop serves on simulated
-days, so the loop writes the served rows itself, through the same `pinrec.served.rows` the
+days, so the loop writes the served rows itself, through the same `pinrec.core.served.rows` the
 lander uses, with the lake adapter (partition replace: re-running a day is idempotent).
 """
 from __future__ import annotations
@@ -34,9 +34,9 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.synth import ACTION_PROBS, SynthConfig, World, _day_events, build_world
-from pinrec.contracts import EVENTS_SCHEMA, PINTEREST_ACTIONS, Event, ds_of_us, parse_ds
-from pinrec.experiments import DEFAULT_SALT, TrafficSplit
-from pinrec.served import record, rows
+from pinrec.core.contracts import EVENTS_SCHEMA, PINTEREST_ACTIONS, Event, ds_of_us, parse_ds
+from pinrec.core.experiments import DEFAULT_SALT, TrafficSplit
+from pinrec.core.served import record, rows
 
 ACTIONS = PINTEREST_ACTIONS.engagement_actions
 
@@ -154,8 +154,8 @@ def table_events(t: pa.Table) -> list[Event]:
 def simulate_day(cfg: LoopConfig, state: WorldState) -> dict:
     """One day of the loop; -> {"ds", "served_users", "events", "responses"} (events = what was
     produced to Kafka, for the caller to wait on the consumer)."""
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
     from streaming.replay import ReplayConfig, event_messages, produce
 
     ds = state.ds
@@ -185,7 +185,7 @@ def simulate_day(cfg: LoopConfig, state: WorldState) -> dict:
         responses_events += response_events(u, t, engaged, ds, cfg.seed)
     day_events = sorted(organic_events + responses_events, key=lambda e: (e.ts_us, e.event_id))
     sent = produce(ReplayConfig(cfg.bootstrap, cfg.topic), event_messages(day_events))
-    tables = LakeTables(Lake.at(cfg.lake))
+    tables = DeltaRsTables(Lake.at(cfg.lake))
     tables.replace_partitions("events", events_table(day_events), [ds])
     if records:
         tables.replace_partitions("served", rows(records), [ds])
@@ -195,12 +195,12 @@ def simulate_day(cfg: LoopConfig, state: WorldState) -> dict:
 def resume_world(synth: SynthConfig, lake: Path) -> WorldState:
     """The world after the lake's synthesised days; refuses a lake that was not synthesised
     with these settings (its last events partition must be synth's last day)."""
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
     state = WorldState.resume(synth)
     last = (parse_ds(synth.start) + timedelta(days=synth.days - 1)).strftime("%Y-%m-%d")
-    have = LakeTables(Lake.at(lake)).partitions("events")
+    have = DeltaRsTables(Lake.at(lake)).partitions("events")
     if not have or have[-1] < last:
         raise ValueError(f"the lake {lake} does not hold the synthetic days up to {last} "
                          f"(its newest events are {have[-1] if have else 'none'}); the closed loop "

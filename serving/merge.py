@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pinrec.budgets import Budget
+from pinrec.core.budgets import Budget
 from serving.candidates import POPULARITY, Rec
 
 

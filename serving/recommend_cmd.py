@@ -30,7 +30,7 @@ def format_table(r: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from pinrec.cli import UserError
+    from pinrec.core.errors import UserError
     from serving.service import BadRequest, RecommendationService
 
     try:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from pinrec.budgets import Budget
-from pinrec.contracts import Event
+from pinrec.core.budgets import Budget
+from pinrec.core.contracts import Event
 from serving.candidates import Rec
 from serving.regenerate import split_history
 

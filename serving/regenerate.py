@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pinrec.budgets import Budget
-from pinrec.contracts import Event
+from pinrec.core.budgets import Budget
+from pinrec.core.contracts import Event
 from serving.candidates import Rec
 
 
@@ -94,8 +94,8 @@ def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, s
     """(regenerator, why-not): None with the reason when nothing is published to regenerate with."""
     import torch
 
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake, current
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake, current
     from pinrec_model.api import ItemFeatures, embed_items, load_model
     from pinrec_model.retrieval import Retriever
 
@@ -113,7 +113,7 @@ def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, s
     mdir = current(lake, "models")
     if mdir is None or not Path(mdir).exists():
         return None, "no published model (models/CURRENT); run `pinrec train --publish`"
-    tables = LakeTables(lake)
+    tables = DeltaRsTables(lake)
     ds = tables.latest_partition("items")
     if ds is None:
         return None, "no items table; run `pinrec items`"

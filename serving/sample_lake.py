@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pinrec.contracts import (CANDIDATES_SCHEMA, ITEMS_SCHEMA, PINTEREST_ACTIONS, SEQUENCES_SCHEMA,
-                              cutoff_us)
+from pinrec.core.contracts import (CANDIDATES_SCHEMA, ITEMS_SCHEMA, PINTEREST_ACTIONS, SEQUENCES_SCHEMA,
+                                   cutoff_us)
 
 ARMS = {"control": {"repin": 0.5, "grid_click": 0.3, "outbound_click": 0.2},
         "saves": {"repin": 1.0}}
@@ -69,7 +69,7 @@ def items_table(cfg: SampleLakeConfig, rng) -> pa.Table:
 
 
 def candidates_table(cfg: SampleLakeConfig, rng, arms=ARMS) -> pa.Table:
-    from pinrec.budgets import Budget
+    from pinrec.core.budgets import Budget
 
     cols = {k: [] for k in CANDIDATES_SCHEMA.names}
     gen = datetime(2026, 3, 2, tzinfo=timezone.utc)
@@ -95,7 +95,7 @@ def candidates_table(cfg: SampleLakeConfig, rng, arms=ARMS) -> pa.Table:
 def publish_random_model(lake, items: pa.Table, version: str = "sample", seed: int = 0) -> None:
     import torch
 
-    from pinrec.layout import publish
+    from pinrec.core.layout import publish
     from pinrec_model.api import ItemFeatures, embed_items, load_model, save_model
     from pinrec_model.model import PinRec, preset
     from pinrec_model.retrieval import Retriever
@@ -115,11 +115,11 @@ def publish_random_model(lake, items: pa.Table, version: str = "sample", seed: i
 
 
 def build(cfg: SampleLakeConfig) -> None:
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake, publish_candidates
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake, publish_candidates
 
     lake = Lake.at(cfg.root)
-    tables = LakeTables(lake)
+    tables = DeltaRsTables(lake)
     rng = np.random.default_rng(cfg.seed)
     tables.replace_partitions("sequences", sequences_table(cfg, rng), [cfg.ds])
     items = items_table(cfg, rng)

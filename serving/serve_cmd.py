@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from pinrec.cli import UserError, add_lake_arg
+from pinrec.core.cli_args import add_lake_arg
+from pinrec.core.errors import UserError
 
 
 def add_serving_args(p: argparse.ArgumentParser) -> None:
@@ -71,7 +72,7 @@ def parse_traffic(spec: str) -> tuple[dict[str, float], str | None]:
 
 
 def traffic_split(spec: str | None, salt: str | None):
-    from pinrec.experiments import DEFAULT_SALT, TrafficSplit
+    from pinrec.core.experiments import DEFAULT_SALT, TrafficSplit
 
     if spec is None:
         if salt is not None:

@@ -1,7 +1,7 @@
 """The served log: every API response goes to the `served` Kafka topic, off the request path.
 
 The request thread only appends (response, served_at) to a bounded in-memory buffer: one lock,
-one deque append, no encoding, no network. A background thread encodes (pinrec/served.py),
+one deque append, no encoding, no network. A background thread encodes (pinrec/core/served.py),
 sends with kafka-python and waits for the broker's answer. The rules:
 
 - Never block or fail a request. The buffer is bounded (`capacity`); when it is full (the
@@ -26,8 +26,8 @@ import zlib
 from collections import deque
 from dataclasses import dataclass
 
-from pinrec.experiments import SERVED_TOPIC
-from pinrec.served import encode
+from pinrec.core.experiments import SERVED_TOPIC
+from pinrec.core.served import encode
 
 log = logging.getLogger("pinrec.serve.served_log")
 

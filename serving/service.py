@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pinrec.experiments import TrafficSplit
+from pinrec.core.experiments import TrafficSplit
 
 from serving.candidates import CandidateStore, load_candidate_store
-from pinrec.budgets import NO_BUDGET
+from pinrec.core.budgets import NO_BUDGET
 from serving.merge import blend, needs_popularity, sources_of
 from serving.regen_worker import RegenerationFailed
 from serving.signals import BatchSequences, load_batch_sequences, merge_history
@@ -47,7 +47,7 @@ class ServingConfig:
     # Regeneration worker processes (serving/regen_worker.py: off the server's GIL); 0 runs
     # it in the server process (one-shot tools, tests).
     regen_workers: int = 0
-    # Who gets which arm when a request names none (pinrec/experiments.py); None: every such
+    # Who gets which arm when a request names none (pinrec/core/experiments.py); None: every such
     # request gets the default arm ("control", else the first published arm).
     traffic: TrafficSplit | None = None
     served_log: "ServedLogConfig | None" = None  # None: responses are not logged to Kafka
@@ -67,12 +67,12 @@ class Snapshot:
 
 def lake_key(lake: Path) -> tuple:
     """What serving depends on: published candidates ds, newest sequences ds, model and index."""
-    from jobs.lake import LakeTables
-    from jobs.sequences_store import latest_sequences_ds
-    from pinrec.layout import Lake, current, published_candidates
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.sequences_store import latest_sequences_ds
+    from pinrec.core.layout import Lake, current, published_candidates
 
     lk = Lake.at(lake)
-    return (published_candidates(lk), latest_sequences_ds(LakeTables(lk)),
+    return (published_candidates(lk), latest_sequences_ds(DeltaRsTables(lk)),
             str(current(lk, "models")), str(current(lk, "index")))
 
 

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
-from pinrec.contracts import QUERY_ACTION, Event, query_item_id
+from pinrec.core.contracts import QUERY_ACTION, Event, query_item_id
 
 
 def merge_history(batch: Iterable[Event], tail: Iterable[Event], cutoff_us: int | None,
@@ -92,12 +92,12 @@ class BatchSequences:
 
 
 def load_batch_sequences(lake_root) -> BatchSequences:
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    from jobs.sequences_store import latest_sequences_ds, read_sequences
+    from pinrec.core.sequences_store import latest_sequences_ds, read_sequences
 
-    tables = LakeTables(Lake.at(lake_root))
+    tables = DeltaRsTables(Lake.at(lake_root))
     ds = latest_sequences_ds(tables)
     if ds is None:
         return BatchSequences.empty()

@@ -6,7 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from pinrec.cli import UserError, add_lake_arg
+from pinrec.core.cli_args import add_lake_arg
+from pinrec.core.errors import UserError
 
 
 def default_bootstrap() -> str:

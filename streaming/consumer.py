@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pinrec.contracts import Event, vocab as vocab_by_name
+from pinrec.core.contracts import Event, vocab as vocab_by_name
 from streaming.deadletter import Source, dead_letter, fit_limit
 from streaming.events import MAX_MESSAGE_BYTES, parse
 from streaming.isolate import isolate

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pinrec.contracts import PINTEREST_ACTIONS, Event, stable_event_id
+from pinrec.core.contracts import PINTEREST_ACTIONS, Event, stable_event_id
 from streaming.limits import PRODUCER_MAX_REQUEST_SIZE
 
 Message = tuple[bytes | None, bytes]
@@ -54,10 +54,10 @@ def file_messages(path: str | Path) -> Iterator[Message]:
 
 
 def lake_events(lake_root: str | Path, ds_from: str, ds_to: str) -> Iterator[Event]:
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    tables = LakeTables(Lake.at(lake_root))
+    tables = DeltaRsTables(Lake.at(lake_root))
     parts = [p for p in tables.partitions("events") if ds_from <= p <= ds_to]
     for ds in parts:
         t = tables.read("events", [ds]).sort_by("ts")

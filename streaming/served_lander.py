@@ -1,7 +1,7 @@
 """The served lander: the `served` topic -> the `served` Delta table, exactly once per request id.
 
 Loop (the consumer's shape, streaming/consumer.py): poll -> parse each message (pure,
-pinrec/served.py) -> hold good records and dead letters until a trigger fires -> land:
+pinrec/core/served.py) -> hold good records and dead letters until a trigger fires -> land:
 
     1. keep the first record per request_id (a re-sent response is the same response),
     2. MERGE its rows into `served` on (ds, request_id, rank), inserting only the rows not there
@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pinrec.contracts import Rejection
-from pinrec.experiments import SERVED_TOPIC
-from pinrec.served import ServedRecord, first_per_request, parse, rows
+from pinrec.core.contracts import Rejection
+from pinrec.core.experiments import SERVED_TOPIC
+from pinrec.core.served import ServedRecord, first_per_request, parse, rows
 from streaming.limits import FETCH_MAX_WAIT_MS
 from streaming.deadletter import Source, dead_letter, fit_limit
 from streaming.limits import BROKER_MESSAGE_MAX_BYTES, PRODUCER_MAX_REQUEST_SIZE
@@ -101,7 +101,7 @@ def landing_predicate(table) -> str:
     """Key match, limited to the batch's days and served_at range (see the module docstring)."""
     import pyarrow.compute as pc
 
-    from jobs.lake import merge_predicate
+    from pinrec.core.lake_tables import merge_predicate
 
     days = sorted(set(table.column("ds").to_pylist()))
     lo_hi = pc.min_max(table.column("served_at").cast("int64"))
@@ -114,8 +114,8 @@ def merge_new_rows(tables, table) -> None:
     """Insert the rows of `table` whose (ds, request_id, rank) is not in `served` yet."""
     from deltalake import DeltaTable, write_deltalake
 
-    from jobs.lake import conform, with_retry
-    from pinrec.contracts import PARTITION_COLUMNS
+    from pinrec.core.lake_tables import conform, with_retry
+    from pinrec.core.contracts import PARTITION_COLUMNS
 
     data = conform("served", table)
     predicate = landing_predicate(data)
@@ -136,12 +136,12 @@ def merge_new_rows(tables, table) -> None:
 
 class Lander:
     def __init__(self, cfg: LanderConfig, metrics: LanderMetrics | None = None):
-        from jobs.lake import LakeTables
-        from pinrec.layout import Lake
+        from pinrec.core.lake import DeltaRsTables
+        from pinrec.core.layout import Lake
 
         self.cfg = cfg
         self.metrics = metrics or LanderMetrics()
-        self.tables = LakeTables(Lake.at(cfg.lake))
+        self.tables = DeltaRsTables(Lake.at(cfg.lake))
         self.pending = Pending()
         self.consumer = self.producer = None
 

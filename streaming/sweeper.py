@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pinrec.layout import Lake
+from pinrec.core.layout import Lake
 
 
 def batch_cutoff_us(lake_root: str | Path) -> int | None:
     """cutoff_ts (UTC µs) of the newest sequences partition, or None when there is none."""
-    from jobs.lake import LakeTables
-    from jobs.sequences_store import latest_sequences_ds
-    from pinrec.contracts import cutoff_us
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.sequences_store import latest_sequences_ds
+    from pinrec.core.contracts import cutoff_us
 
-    ds = latest_sequences_ds(LakeTables(Lake.at(lake_root)))
+    ds = latest_sequences_ds(DeltaRsTables(Lake.at(lake_root)))
     return None if ds is None else cutoff_us(ds)  # cutoff_ts of every row of sequences@ds

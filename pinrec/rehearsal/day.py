@@ -39,7 +39,7 @@ class Day:
     # -- names -------------------------------------------------------------------------------
     @property
     def lake(self):
-        from pinrec.layout import Lake
+        from pinrec.core.layout import Lake
 
         return Lake.at(self.cfg.lake)
 
@@ -49,14 +49,14 @@ class Day:
 
     @property
     def fresh_start_us(self) -> int:
-        from pinrec.contracts import cutoff_us
+        from pinrec.core.contracts import cutoff_us
 
         return cutoff_us(self.ds)
 
     @property
     def run(self):
         """The DAG run of this day as the pipeline sees it (version names, commands)."""
-        from pinrec.pipeline import RunContext
+        from pinrec.core.pipeline import RunContext
 
         return RunContext(self.ds, str(self.cfg.lake), self.cfg.dag_conf)
 
@@ -69,23 +69,23 @@ class Day:
 
     # -- landing -----------------------------------------------------------------------------
     def source_events(self, ds: str):
-        from jobs.lake import LakeTables
-        from pinrec.layout import Lake
+        from pinrec.core.lake import DeltaRsTables
+        from pinrec.core.layout import Lake
 
-        return LakeTables(Lake.at(self.cfg.source_lake)).read("events", [ds])
+        return DeltaRsTables(Lake.at(self.cfg.source_lake)).read("events", [ds])
 
     def land_events(self) -> None:
         """The day's events partition lands (atomically: one Delta commit replaces it)."""
-        from jobs.lake import LakeTables
+        from pinrec.core.lake import DeltaRsTables
 
-        LakeTables(self.lake).replace_partitions("events", self.source_events(self.ds), [self.ds])
+        DeltaRsTables(self.lake).replace_partitions("events", self.source_events(self.ds), [self.ds])
 
     def land_bad_schema_file(self) -> None:
         """A landing file whose user_id and ts are strings, committed as the day's partition
         the way a misconfigured exporter would (a Delta add action; nothing checks its schema)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
-        from jobs.lake import LakeTables
+        from pinrec.core.lake import DeltaRsTables
 
         t = self.source_events(self.ds)
         t = t.drop_columns([c for c in ("ds",) if c in t.column_names])
@@ -95,11 +95,11 @@ class Day:
         files = self.lake.table("events") / f"ds={self.ds}" / f"landing-{uuid.uuid4().hex[:8]}"
         files.mkdir(parents=True)
         pq.write_table(t, files / "part-00000.parquet")
-        LakeTables(self.lake).commit_spark_output("events", files, self.ds)
+        DeltaRsTables(self.lake).commit_partition_files("events", files, self.ds)
         self.notes.append(f"landed events ds={self.ds} as a file with user_id and ts as strings")
 
     def serving_model_dir(self) -> Path:
-        from pinrec.layout import current
+        from pinrec.core.layout import current
 
         d = current(self.lake, "models")
         if d is None:
@@ -238,15 +238,15 @@ class Day:
 
     def sample_users(self, ds: str, k: int) -> tuple[set[int], list[int]]:
         """Users active on `ds` (events that day, as landed), and a seeded sample of them."""
-        from jobs.lake import LakeTables
+        from pinrec.core.lake import DeltaRsTables
 
-        active = set(LakeTables(self.lake).read("events", [ds], columns=["user_id"])["user_id"].to_pylist())
+        active = set(DeltaRsTables(self.lake).read("events", [ds], columns=["user_id"])["user_id"].to_pylist())
         return active, sorted(random.Random(ds).sample(sorted(active), min(k, len(active))))
 
     def candidate_users(self, ds: str) -> dict[str, set[int]]:
-        from jobs.lake import LakeTables
+        from pinrec.core.lake import DeltaRsTables
 
-        t = LakeTables(self.lake).read("candidates", [ds], columns=["user_id", "arm"])
+        t = DeltaRsTables(self.lake).read("candidates", [ds], columns=["user_id", "arm"])
         out: dict[str, set[int]] = {}
         for u, a in zip(t["user_id"].to_pylist(), t["arm"].to_pylist()):
             out.setdefault(a, set()).add(u)
@@ -272,12 +272,12 @@ class Day:
             shutil.rmtree(sec, ignore_errors=True)
 
     def batch_cutoff_us(self) -> int | None:
-        from jobs.lake import LakeTables
-        from pinrec.contracts import cutoff_us
+        from pinrec.core.lake import DeltaRsTables
+        from pinrec.core.contracts import cutoff_us
 
-        from jobs.sequences_store import latest_sequences_ds
+        from pinrec.core.sequences_store import latest_sequences_ds
 
-        ds = latest_sequences_ds(LakeTables(self.lake))
+        ds = latest_sequences_ds(DeltaRsTables(self.lake))
         return cutoff_us(ds) if ds else None
 
     def dlq_values(self) -> list[bytes]:
@@ -300,11 +300,11 @@ class Day:
     def rerun_tables(self) -> tuple[set, set, int]:
         """(users in sequences ds, users with events before the cutoff, duplicate candidate keys)."""
         import pyarrow.compute as pc
-        from jobs.lake import LakeTables
-        from pinrec.contracts import cutoff_us
+        from pinrec.core.lake import DeltaRsTables
+        from pinrec.core.contracts import cutoff_us
 
-        t = LakeTables(self.lake)
-        from jobs.sequences_store import read_sequences
+        t = DeltaRsTables(self.lake)
+        from pinrec.core.sequences_store import read_sequences
 
         seq = set(read_sequences(t, self.ds, columns=["user_id"])["user_id"].to_pylist())
         ev = t.read("events", columns=["user_id", "ts"])
@@ -320,7 +320,7 @@ class Day:
         import subprocess
 
         from pinrec.demo import pinrec_bin
-        from pinrec.pipeline import QUALITY_GATE
+        from pinrec.core.pipeline import QUALITY_GATE
 
         argv = QUALITY_GATE.argv(self.run)
         argv[argv.index("--candidate-model") + 1] = model_version

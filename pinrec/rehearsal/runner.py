@@ -20,7 +20,7 @@ import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pinrec.cli import UserError
+from pinrec.core.errors import UserError
 from pinrec.rehearsal import invariants as inv
 from pinrec.rehearsal.day import Day, next_day
 from pinrec.rehearsal.faults import FAULTS, WEEK, Fault
@@ -160,7 +160,7 @@ def fresh_messages(day: Day) -> list:
 
 def run_day(cfg: RehearsalConfig, stack, services: Services, token: str, ds: str,
             fault: Fault, acked_before: set) -> dict:
-    from pinrec.layout import published_candidates
+    from pinrec.core.layout import published_candidates
 
     day = Day(cfg, stack, services, token, ds)
     t0 = time.time()
@@ -193,7 +193,7 @@ def run_day(cfg: RehearsalConfig, stack, services: Services, token: str, ds: str
 
 def check_day(day: Day, fault: Fault, state: str, tasks: dict, published_before: str | None,
               acked: set, t0: float) -> list:
-    from pinrec.layout import published_candidates
+    from pinrec.core.layout import published_candidates
 
     cfg, s = day.cfg, day.services
     published = published_candidates(day.lake)
@@ -233,23 +233,23 @@ def check_day(day: Day, fault: Fault, state: str, tasks: dict, published_before:
 def _still_after_cutoff(day: Day) -> set:
     """Acknowledged events that retention must keep: those of days after the batch cutoff
     (the sweep rightly removes the older ones)."""
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
-    from jobs.sequences_store import latest_sequences_ds
+    from pinrec.core.sequences_store import latest_sequences_ds
 
-    cutoff_ds = latest_sequences_ds(LakeTables(day.lake))
-    src = LakeTables(Lake.at(day.cfg.source_lake))
+    cutoff_ds = latest_sequences_ds(DeltaRsTables(day.lake))
+    src = DeltaRsTables(Lake.at(day.cfg.source_lake))
     keep = [d for d in src.partitions("events") if cutoff_ds is None or d > cutoff_ds]
     ids = set(src.read("events", keep, columns=["event_id"])["event_id"].to_pylist()) if keep else set()
     return ids
 
 
 def rehearse(cfg: RehearsalConfig, pinrec: str) -> dict:
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
     from pinrec.airflow_stack import new_stack
     from pinrec.cli import main as pinrec_main
-    from pinrec.layout import Lake
+    from pinrec.core.layout import Lake
     from pinrec.rehearsal.report import is_expectation, write_report
 
     t_all = time.time()
@@ -264,8 +264,8 @@ def rehearse(cfg: RehearsalConfig, pinrec: str) -> dict:
                           "--lake", str(cfg.source_lake)])
         if rc != 0:
             raise RuntimeError(f"pinrec data synth failed ({rc})")
-    src = LakeTables(Lake.at(cfg.source_lake))
-    lake = LakeTables(Lake.at(cfg.lake))
+    src = DeltaRsTables(Lake.at(cfg.source_lake))
+    lake = DeltaRsTables(Lake.at(cfg.lake))
     for i in range(cfg.history_days):
         d = next_day(cfg.start, i)
         lake.replace_partitions("events", src.read("events", [d]), [d])
@@ -333,7 +333,7 @@ def _config_dict(cfg: RehearsalConfig) -> dict:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from pinrec.cli import add_lake_arg
+    from pinrec.core.cli_args import add_lake_arg
 
     p.add_argument("--days", type=int, default=7, help=f"days to rehearse (faults in the order "
                    f"{', '.join(WEEK)}; more days repeat the week)")

@@ -34,7 +34,7 @@ DAG = "pinrec_daily"
 DAYS = ["2026-01-02", "2026-01-03", "2026-01-04"]
 JOBS = ("sequences", "items", "train", "index", "score", "gate", "maintenance", "serve")
 # 1,000 users over the 20 days up to the last backfill day: the lake's held-out share is fixed
-# at 0.5 by the 500-user floor (pinrec.contracts.holdout_fraction_for), so the gate compares the
+# at 0.5 by the 500-user floor (pinrec.core.contracts.holdout_fraction_for), so the gate compares the
 # two models on ~480 held-out users with >= 15 tokens; small enough for 2 shared cores.
 SYNTH = ["--users", "1000", "--days", "20", "--items", "400", "--start", "2025-12-16", "--seed", "3"]
 # The gate runs at its default threshold (max_recall_drop is not set: 0.05).
@@ -124,14 +124,14 @@ def run_backfill(s, token: str, reprocess: str, max_active_runs: int, days: list
 
 def snapshot(lake: Path) -> dict:
     """Every table's rows, sorted, as Python values (generated_at is a wall-clock stamp)."""
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
 
     import pyarrow as pa
 
-    from jobs.sequences_store import read_sequences, sequences_partitions
+    from pinrec.core.sequences_store import read_sequences, sequences_partitions
 
-    t = LakeTables(Lake.at(lake))
+    t = DeltaRsTables(Lake.at(lake))
     out = {}
     for name in ("sequences", "items", "candidates"):
         if name == "sequences":  # as readers see it: every ds, assembled (ADR 0002)
@@ -150,12 +150,12 @@ def snapshot(lake: Path) -> dict:
 
 
 def expected_sequence_users(lake: Path, ds: str) -> set[int]:
-    from jobs.lake import LakeTables
-    from pinrec.contracts import cutoff_us
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.contracts import cutoff_us
+    from pinrec.core.layout import Lake
     import pyarrow.compute as pc
 
-    ev = LakeTables(Lake.at(lake)).read("events", columns=["user_id", "ts"])
+    ev = DeltaRsTables(Lake.at(lake)).read("events", columns=["user_id", "ts"])
     ts = pc.cast(ev["ts"], "int64")
     return set(pc.filter(ev["user_id"], pc.less(ts, cutoff_us(ds))).to_pylist())
 
@@ -233,8 +233,8 @@ def model_of(ds: str) -> str:
 
 
 def test_backfill_gate_on_broken_day_keeps_serving_then_rerun_is_identical(stack, tmp_path):
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake, current, published_candidates
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake, current, published_candidates
 
     ops, analyst = stack.token("ops"), stack.token("analyst")
     dag = stack.wait_for_dag(DAG, ops)
@@ -273,8 +273,8 @@ def test_backfill_gate_on_broken_day_keeps_serving_then_rerun_is_identical(stack
     log2 = task_log(stack, run2, "quality_gate")
     assert "PASSED: candidate recall@10" in log2 and "95 % CI" in log2, log2[-4000:]
 
-    lake = LakeTables(Lake.at(stack.lake))
-    from jobs.sequences_store import read_sequences, sequences_partitions
+    lake = DeltaRsTables(Lake.at(stack.lake))
+    from pinrec.core.sequences_store import read_sequences, sequences_partitions
 
     for ds in DAYS[:2]:
         seq = read_sequences(lake, ds)

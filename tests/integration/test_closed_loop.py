@@ -18,15 +18,15 @@ import pytest
 
 from jobs.arm_report import ArmReportConfig, write_report
 from jobs.data_cli import run_synth
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from jobs.outcomes import OutcomesConfig, run_job
 from jobs.synth import ACTION_PROBS, SynthConfig
-from pinrec.contracts import CANDIDATES_SCHEMA, PINTEREST_ACTIONS
-from pinrec.experiments import TrafficSplit
-from pinrec.layout import Lake, publish_candidates
+from pinrec.core.contracts import CANDIDATES_SCHEMA, PINTEREST_ACTIONS
+from pinrec.core.experiments import TrafficSplit
+from pinrec.core.layout import Lake, publish_candidates
 from serving.closed_loop import LoopConfig, WorldState, resume_world, simulate_day
 from serving.http_api import make_server
-from pinrec.budgets import DEFAULT_ARMS, Arms
+from pinrec.core.budgets import DEFAULT_ARMS, Arms
 from serving.service import RecommendationService, ServingConfig
 from streaming.broker import Tansu, create_topics
 from streaming.consumer import ConsumerConfig
@@ -68,7 +68,7 @@ def loop(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     lake = root / "lake"
     run_synth(SYN, str(lake))
-    tables = LakeTables(Lake.at(lake))
+    tables = DeltaRsTables(Lake.at(lake))
     state = resume_world(SYN, lake)
     tables.replace_partitions("candidates", oracle_candidates(state), [BATCH_DS])
     publish_candidates(Lake.at(lake), BATCH_DS)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from jobs.lake import LakeTables
-from pinrec.layout import Lake
+from pinrec.core.lake import DeltaRsTables
+from pinrec.core.layout import Lake
 from streaming.store import RealtimeStore
 
 pytestmark = [pytest.mark.timeout(3000), pytest.mark.slow]
@@ -58,11 +58,11 @@ def test_the_repin_arm_realises_more_repins_with_the_interval_excluding_zero(dem
 
 def test_served_lists_follow_the_arms_and_the_assignment(demo):
     out, _ = demo
-    tables = LakeTables(Lake.at(out / "lake"))
+    tables = DeltaRsTables(Lake.at(out / "lake"))
     assert [d for d in tables.partitions("served") if d in LOOP_DAYS] == LOOP_DAYS
     served = tables.read("served", LOOP_DAYS)
     assert set(served.column("arm_source").to_pylist()) == {"assigned"}
-    from pinrec.experiments import TrafficSplit
+    from pinrec.core.experiments import TrafficSplit
 
     split = TrafficSplit.even(["balanced", "repin"])
     pairs = set(zip(served.column("user_id").to_pylist(), served.column("arm").to_pylist()))
@@ -77,7 +77,7 @@ def test_served_lists_follow_the_arms_and_the_assignment(demo):
 
 def test_responses_reached_rocksdb_and_the_lake(demo):
     out, _ = demo
-    tables = LakeTables(Lake.at(out / "lake"))
+    tables = DeltaRsTables(Lake.at(out / "lake"))
     ev = tables.read("events", LOOP_DAYS, columns=["event_id", "user_id"])
     loop = ev.filter(pc.starts_with(ev.column("event_id"), "loop"))
     assert loop.num_rows > 100

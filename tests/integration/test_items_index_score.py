@@ -17,13 +17,13 @@ from jobs.index import IndexConfig, IndexRejected, index_version
 from jobs.index import run_job as run_index
 from jobs.items import ItemsConfig
 from jobs.items import run_job as run_items
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from jobs.score import ScoreConfig
 from jobs.score import run_job as run_score
 from jobs.sequences import SequencesConfig
 from jobs.sequences import run_job as run_sequences
-from jobs.sequences_store import read_sequences
-from pinrec.layout import Lake, current, read_pointer
+from pinrec.core.sequences_store import read_sequences
+from pinrec.core.layout import Lake, current, read_pointer
 
 DAY1, DAY2 = "2026-01-14", "2026-01-15"
 ARMS = {"balanced": {"repin": 0.5, "grid_click": 0.3, "outbound_click": 0.2},
@@ -37,7 +37,7 @@ def lake(spark, tmp_path_factory):
 
     from jobs.data_cli import run_synth
     from jobs.synth import SynthConfig
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import save_model
     from pinrec_model.model import PinRec, preset
 
@@ -56,7 +56,7 @@ def lake(spark, tmp_path_factory):
 
 
 def rows(lake: Lake, table: str, ds: str) -> list[dict]:
-    t = LakeTables(lake).read(table, [ds])
+    t = DeltaRsTables(lake).read(table, [ds])
     return sorted(t.to_pylist(), key=lambda r: json.dumps(r, default=str, sort_keys=True))
 
 
@@ -65,7 +65,7 @@ def test_items_cover_the_window_and_reruns_are_identical(lake):
     first = rows(lake, "items", DAY1)
     run_items(ItemsConfig(ds=DAY1, lake=str(lake.root), window_days=30))
     assert rows(lake, "items", DAY1) == first
-    t = LakeTables(lake)
+    t = DeltaRsTables(lake)
     events = t.read("events", [d for d in t.partitions("events") if d <= DAY1],
                     columns=["item_id", "item_type"])  # the window of DAY1 ends at its cutoff
     assert n == len(first) == len(set(zip(events.column("item_id").to_pylist(),
@@ -83,7 +83,7 @@ def test_index_publishes_reuses_and_rejects_without_touching_current(lake):
     assert report["recall@10_vs_exact"] >= 0.95
     good = index_version(DAY1, "m1")
     assert current(lake, "index").name == good
-    pins = LakeTables(lake).read("items", [DAY1], filter=pc.field("item_type") == "pin").num_rows
+    pins = DeltaRsTables(lake).read("items", [DAY1], filter=pc.field("item_type") == "pin").num_rows
     assert report["items"] == pins
     # Re-run of the day: same version re-published, nothing rebuilt.
     assert run_index(IndexConfig(ds=DAY1, lake=str(lake.root), model_version="m1"))["reused"]
@@ -113,7 +113,7 @@ def test_score_writes_contract_rows_idempotently(lake, tmp_path, retrieval):
     stats = run_score(cfg, progress=False)
     assert stats["retrieval"] == ("exact" if retrieval == "exact" else "flat")
     first = rows(lake, "candidates", DAY1)
-    seqs = {r["user_id"]: set(r["item_ids"]) for r in read_sequences(LakeTables(lake), DAY1).to_pylist()}
+    seqs = {r["user_id"]: set(r["item_ids"]) for r in read_sequences(DeltaRsTables(lake), DAY1).to_pylist()}
     assert stats["users"] == len(seqs) and stats["rows"] == len(first)
     per = {}
     for r in first:

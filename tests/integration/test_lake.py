@@ -16,9 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs.lake import LakeTables, merge_predicate
-from pinrec.contracts import CANDIDATES_SCHEMA
-from pinrec.layout import Lake
+from pinrec.core.lake import DeltaRsTables
+from pinrec.core.lake_tables import merge_predicate
+from pinrec.core.contracts import CANDIDATES_SCHEMA
+from pinrec.core.layout import Lake
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("user_id", "arm", "rank")
@@ -36,14 +37,14 @@ def candidates(ds: str, users, arm: str = "a", ranks: int = 3, score: float = 1.
 def tables(request, tmp_path):
     lake = Lake.at(tmp_path / "lake")
     if request.param == "deltalake":
-        return LakeTables(lake)
+        return DeltaRsTables(lake)
     spark = request.getfixturevalue("spark")
-    from jobs.spark import delta_available
+    from pinrec.core.lake_spark import delta_available
 
     if not delta_available(spark):
         pytest.skip("delta-spark back end: the Delta Spark jars are not on the classpath "
                     "(Maven Central is unreachable here; the compose stack mounts them)")
-    from jobs.lake_spark import SparkDeltaTables
+    from pinrec.core.lake_spark import SparkDeltaTables
 
     return SparkDeltaTables(lake, spark)
 
@@ -89,9 +90,9 @@ def test_optimize_compacts_and_vacuum_is_safe_by_default(tables):
     for u in range(6):  # six small commits -> six files in one partition
         tables.merge("candidates", candidates("2026-01-01", [u]), KEYS, ["2026-01-01"])
     before = keyed(tables.read("candidates"))
-    n_files = len(LakeTables(tables.lake).live_files("candidates"))
+    n_files = len(DeltaRsTables(tables.lake).live_files("candidates"))
     tables.optimize("candidates", ["2026-01-01"])
-    assert len(LakeTables(tables.lake).live_files("candidates")) < n_files
+    assert len(DeltaRsTables(tables.lake).live_files("candidates")) < n_files
     assert keyed(tables.read("candidates")) == before
     with pytest.raises(ValueError, match="below the safe"):
         tables.vacuum("candidates", retention_hours=0)
@@ -99,14 +100,14 @@ def test_optimize_compacts_and_vacuum_is_safe_by_default(tables):
     tables.vacuum("candidates", retention_hours=0, allow_unsafe=True)
     left = set(p for p in Path(tables.uri("candidates")).rglob("*.parquet"))
     assert left < on_disk
-    assert {str(p) for p in left} == set(LakeTables(tables.lake).live_files("candidates"))
+    assert {str(p) for p in left} == set(DeltaRsTables(tables.lake).live_files("candidates"))
     assert keyed(tables.read("candidates")) == before
 
 
 def test_spark_output_is_committed_without_rewriting(spark, tmp_path):
     from pyspark.sql import functions as F
 
-    tables = LakeTables(Lake.at(tmp_path / "lake"))
+    tables = DeltaRsTables(Lake.at(tmp_path / "lake"))
     df = (spark.createDataFrame([(u,) for u in range(50)], "user_id long")
           .select("user_id", F.array(F.lit("e")).alias("event_ids"),
                   F.array(F.col("user_id")).alias("item_ids"), F.array(F.lit("pin")).alias("item_types"),
@@ -115,7 +116,7 @@ def test_spark_output_is_committed_without_rewriting(spark, tmp_path):
                   F.lit(1).alias("length"), F.timestamp_micros(F.lit(1_700_000_000_000_000)).alias("cutoff_ts")))
     staging = tables.stage_spark("sequences", df, "2026-01-01")
     written = {p: (p.stat().st_ino, p.stat().st_size) for p in staging.glob("*.parquet")}
-    tables.commit_spark_output("sequences", staging, "2026-01-01")
+    tables.commit_partition_files("sequences", staging, "2026-01-01")
     live = {Path(f) for f in tables.live_files("sequences")}
     assert live == set(written)  # the very files Spark wrote, same inode and size
     assert all((p.stat().st_ino, p.stat().st_size) == written[p] for p in live)
@@ -129,11 +130,11 @@ def test_spark_output_is_committed_without_rewriting(spark, tmp_path):
 
 WRITER = """
 import json, sys, time
-from jobs.lake import LakeTables
-from pinrec.layout import Lake
+from pinrec.core.lake import DeltaRsTables
+from pinrec.core.layout import Lake
 import tests.integration.test_lake as T
 lake, ds, first, start_at, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-tables = LakeTables(Lake.at(lake))
+tables = DeltaRsTables(Lake.at(lake))
 while time.time() < start_at:
     time.sleep(0.001)
 for r in range(rounds):
@@ -155,7 +156,7 @@ def _run_writers(lake_root: Path, specs, rounds: int):
 @pytest.mark.slow
 def test_two_concurrent_merge_writers(tmp_path):
     """Disjoint partitions: both commit. Same partition: losers retry and nothing is lost or doubled."""
-    tables = LakeTables(Lake.at(tmp_path / "lake"))
+    tables = DeltaRsTables(Lake.at(tmp_path / "lake"))
     tables.merge("candidates", candidates("2026-01-01", [999]), KEYS, ["2026-01-01"])
     rounds = 6
     disjoint = _run_writers(tables.lake.root, [("2026-01-02", 0), ("2026-01-03", 100)], rounds)
@@ -179,7 +180,7 @@ def test_maintenance_job_compacts_and_vacuums_with_a_safe_default(tmp_path, caps
     from jobs.maintenance import MaintenanceConfig, run_job
     from pinrec.cli import main
 
-    tables = LakeTables(Lake.at(tmp_path / "lake"))
+    tables = DeltaRsTables(Lake.at(tmp_path / "lake"))
     for u in range(5):
         tables.merge("candidates", candidates("2026-01-01", [u]), KEYS, ["2026-01-01"])
     before = keyed(tables.read("candidates"))
@@ -209,16 +210,16 @@ def test_maintenance_for_named_days_skips_unpartitioned_tables(tmp_path):
     report = run_job(MaintenanceConfig(lake=str(root), ds=("2026-01-02",)))
     assert report["item_features"]["files_compacted"] == 0
     assert set(report) == {"events", "item_features"}
-    events = LakeTables(Lake.at(root)).read("events")
+    events = DeltaRsTables(Lake.at(root)).read("events")
     assert events.num_rows > 0 and sorted(set(events.column("ds").to_pylist())) == [
         "2026-01-01", "2026-01-02", "2026-01-03"]
 
 
 READ_AND_EXIT = """
 import sys
-from jobs.lake import LakeTables
-from pinrec.layout import Lake
-t = LakeTables(Lake.at(sys.argv[1])).read(sys.argv[2])
+from pinrec.core.lake import DeltaRsTables
+from pinrec.core.layout import Lake
+t = DeltaRsTables(Lake.at(sys.argv[1])).read(sys.argv[2])
 print(t.num_rows)
 """
 
@@ -227,7 +228,7 @@ def test_a_short_process_that_reads_exits_cleanly(tmp_path):
     # DeltaTable.to_pyarrow_dataset() read through delta-rs's Python filesystem handler, whose
     # Arrow threads outlived the read: 7 of 12 such processes aborted at exit (134,
     # "terminate called without an active exception"), so a finished job could fail its task.
-    tables = LakeTables(Lake.at(tmp_path / "lake"))
+    tables = DeltaRsTables(Lake.at(tmp_path / "lake"))
     for day, users in (("2026-01-01", range(50)), ("2026-01-02", range(50, 120))):
         tables.replace_partitions("candidates", candidates(day, users), [day])
     rcs = [subprocess.run([sys.executable, "-c", READ_AND_EXIT, str(tmp_path / "lake"), "candidates"],
@@ -239,7 +240,7 @@ def test_dataset_is_exactly_the_snapshot_with_partition_values(tables):
     tables.replace_partitions("candidates", candidates("2026-01-01", [1, 2]), ["2026-01-01"])
     tables.replace_partitions("candidates", candidates("2026-01-02", [3]), ["2026-01-02"])
     tables.replace_partitions("candidates", candidates("2026-01-02", [4]), ["2026-01-02"])  # removes a file
-    if isinstance(tables, LakeTables):
+    if isinstance(tables, DeltaRsTables):
         assert sorted(tables.dataset("candidates").files) == sorted(tables.live_files("candidates"))
     day2 = tables.read("candidates", ["2026-01-02"])
     assert sorted(set(day2.column("ds").to_pylist())) == ["2026-01-02"]

@@ -91,9 +91,9 @@ def batch_day(s3: dict, ds: str, concurrent_rerun: str | None = None) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_batch_chain_on_s3_two_days_concurrent_writers_failed_publish_and_sql(s3, capsys):
-    from jobs.lake import LakeTables
-    from pinrec.lake_releases import append_release, latest_release
-    from pinrec.layout import Lake, current, published_candidates, serving_set
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.lake_releases import append_release, latest_release
+    from pinrec.core.layout import Lake, current, published_candidates, serving_set
 
     lake = Lake.at(LAKE)
     pinrec(s3, "data", "synth", "--users", "150", "--days", "10", "--items", "300",
@@ -107,7 +107,7 @@ def test_batch_chain_on_s3_two_days_concurrent_writers_failed_publish_and_sql(s3
     assert (first.model, first.index, first.candidates_ds) == (
         _version(DAYS[0]), f"{DAYS[0]}.{_version(DAYS[0])}", DAYS[0])
 
-    tables = LakeTables(lake)
+    tables = DeltaRsTables(lake)
     items_day1 = tables.read("items", [DAYS[0]]).sort_by("item_id")
     items_version = tables.version("items")
 
@@ -161,6 +161,6 @@ def test_batch_chain_on_s3_two_days_concurrent_writers_failed_publish_and_sql(s3
     # Nothing of the lake itself was written to local disk: the tables live in S3 only.
     cache = s3["work"] / "cache" / BUCKET / "prod"
     assert not (cache / "tables" / "events" / "_delta_log").exists()
-    from jobs.sequences_store import sequences_partitions
+    from pinrec.core.sequences_store import sequences_partitions
 
     assert sequences_partitions(tables) == ["2026-01-09", "2026-01-10"]  # day rows + checkpoints on S3

@@ -1,5 +1,5 @@
 """`pinrec outcomes` against real Delta tables: served lists come from the real serving code
-(RecommendationService.recommend -> pinrec.served.record -> rows), the engagements are placed
+(RecommendationService.recommend -> pinrec.core.served.record -> rows), the engagements are placed
 around them so every number the job writes is known in advance."""
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from jobs.outcomes import OutcomesConfig, run_job
 from pinrec.cli import main as pinrec
-from pinrec.contracts import EVENTS_SCHEMA, parse_ds
-from pinrec.experiments import TrafficSplit
-from pinrec.served import record, rows as served_rows
-from pinrec.layout import Lake
+from pinrec.core.contracts import EVENTS_SCHEMA, parse_ds
+from pinrec.core.experiments import TrafficSplit
+from pinrec.core.served import record, rows as served_rows
+from pinrec.core.layout import Lake
 from serving.sample_lake import SampleLakeConfig, build
 from serving.service import RecommendationService, ServingConfig
 from streaming.store import RealtimeStore
@@ -28,7 +28,7 @@ SERVED, REQUESTED, UNSERVED = range(0, 10), 10, range(11, 16)
 
 
 def event(eid: str, user: int, item: int, action: str, ts: int) -> dict:
-    from pinrec.contracts import ds_of_us
+    from pinrec.core.contracts import ds_of_us
 
     return {"event_id": eid, "user_id": user, "item_id": item, "item_type": "pin",
             "query_text": None, "action": action, "surface": "homefeed", "ts": ts,
@@ -64,7 +64,7 @@ def world(tmp_path_factory):
     finally:
         svc.close()
         writer.close()
-    tables = LakeTables(Lake.at(root / "lake"))
+    tables = DeltaRsTables(Lake.at(root / "lake"))
     served = served_rows(records)
     tables.replace_partitions("served", served, [D])
     ev = pa.Table.from_pylist(events, schema=EVENTS_SCHEMA)

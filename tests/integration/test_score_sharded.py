@@ -17,11 +17,11 @@ import pyarrow as pa
 import pytest
 
 from bench.score_bench import synthetic_sequences
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from jobs.score import ScoreConfig
 from jobs.score import run_job as run_score
 from jobs.score_shards import shard_batches, shard_sizes
-from pinrec.layout import Lake
+from pinrec.core.layout import Lake
 
 REPO = Path(__file__).resolve().parents[2]
 DS = "2026-01-14"
@@ -43,13 +43,13 @@ def lake(tmp_path_factory):
 
     from jobs.index import IndexConfig
     from jobs.index import run_job as run_index
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import save_model
     from pinrec_model.model import PinRec, preset
 
     root = tmp_path_factory.mktemp("sharded") / "lake"
     lake = Lake.at(root)
-    tables = LakeTables(lake)
+    tables = DeltaRsTables(lake)
     seq = synthetic_sequences(USERS, HIST, ITEMS, seed=1)
     tables.replace_partitions("sequences", seq.append_column("ds", pa.array([DS] * USERS)), [DS])
     rng = np.random.default_rng(2)
@@ -67,7 +67,7 @@ def lake(tmp_path_factory):
 
 
 def _rows(lake) -> list[dict]:
-    t = LakeTables(lake).read("candidates", [DS])
+    t = DeltaRsTables(lake).read("candidates", [DS])
     return sorted(t.to_pylist(), key=lambda r: (r["user_id"], r["arm"], r["rank"]))
 
 
@@ -87,7 +87,7 @@ def test_shard_batches_split_users_without_overlap_in_full_batches():
 
 
 def test_two_ranks_write_the_rows_of_one_process_in_one_commit(lake):
-    tables = LakeTables(lake)
+    tables = DeltaRsTables(lake)
     single = run_score(ScoreConfig(lake=str(lake.root), ds=DS, model_version="m1", n=8, batch_size=16,
                                    device="cpu", retrieval="exact"), progress=False)
     one = _rows(lake)
@@ -109,7 +109,7 @@ def test_two_ranks_write_the_rows_of_one_process_in_one_commit(lake):
 def test_a_killed_rank_leaves_the_partition_as_it_was(lake):
     import psutil
 
-    tables = LakeTables(lake)
+    tables = DeltaRsTables(lake)
     run_score(ScoreConfig(lake=str(lake.root), ds=DS, model_version="m1", n=8, batch_size=16,
                           device="cpu", retrieval="exact"), progress=False)
     before_rows, before_version = _rows(lake), tables.version("candidates")

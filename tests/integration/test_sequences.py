@@ -9,11 +9,11 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from jobs.sequences import SequencesConfig, run_job, shift_ds, window_bounds
-from jobs.sequences_store import CHECKPOINTS, DAYS, RUNS, read_sequences
-from pinrec.contracts import EVENTS_SCHEMA, ds_of_us
-from pinrec.layout import Lake
+from pinrec.core.sequences_store import CHECKPOINTS, DAYS, RUNS, read_sequences
+from pinrec.core.contracts import EVENTS_SCHEMA, ds_of_us
+from pinrec.core.layout import Lake
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -42,7 +42,7 @@ def events_table(rows) -> pa.Table:
 
 def write_events(lake: Lake, rows) -> None:
     t = events_table(rows)
-    LakeTables(lake).replace_partitions("events", t, set(t.column("ds").to_pylist()))
+    DeltaRsTables(lake).replace_partitions("events", t, set(t.column("ds").to_pylist()))
 
 
 def reference(rows, ds: str, window_days: int, max_len: int) -> dict[int, list[tuple]]:
@@ -61,7 +61,7 @@ def reference(rows, ds: str, window_days: int, max_len: int) -> dict[int, list[t
 
 
 def table_as_dict(lake: Lake, ds: str) -> dict[int, list[tuple]]:
-    t = read_sequences(LakeTables(lake), ds).to_pylist()
+    t = read_sequences(DeltaRsTables(lake), ds).to_pylist()
     out = {}
     for r in t:
         assert r["length"] == len(r["item_ids"])
@@ -77,7 +77,7 @@ def _to_us(ts: datetime) -> int:
 
 
 def sequences(lake: Lake, ds: str) -> pa.Table:
-    return read_sequences(LakeTables(lake), ds)
+    return read_sequences(DeltaRsTables(lake), ds)
 
 
 HAND_ROWS = [
@@ -129,7 +129,7 @@ def _synth(lake_root, users=120, days=12, seed=3):
 
 def _rows(lake: Lake) -> list[tuple]:
     return [(r["event_id"], r["user_id"], r["item_id"], r["action"], _to_us(r["ts"]))
-            for r in LakeTables(lake).read("events").to_pylist()]
+            for r in DeltaRsTables(lake).read("events").to_pylist()]
 
 
 KW = dict(max_len=7, window_days=6, checkpoint_every=3)  # window edge, cap and checkpoints all bite
@@ -143,8 +143,8 @@ LATE = [("late-1", 7, 99, "repin", _us("2026-01-07", 23)),
 
 def _backfill_events(lake: Lake) -> None:
     """Two events arrive late for 01-07 and the partition is landed again."""
-    day = LakeTables(lake).read("events", ["2026-01-07"])
-    LakeTables(lake).replace_partitions("events", pa.concat_tables([day, events_table(LATE)]),
+    day = DeltaRsTables(lake).read("events", ["2026-01-07"])
+    DeltaRsTables(lake).replace_partitions("events", pa.concat_tables([day, events_table(LATE)]),
                                         ["2026-01-07"])
 
 
@@ -154,7 +154,7 @@ def expected(spark, tmp_path_factory):
     checkpoint of that day and read back), before and after the backfill of 01-07."""
     lake = Lake.at(tmp_path_factory.mktemp("full") / "lake")
     _synth(lake.root)
-    LakeTables(lake).delete_partitions("events", [QUIET])
+    DeltaRsTables(lake).delete_partitions("events", [QUIET])
 
     def full_every_day():
         out = {}
@@ -174,7 +174,7 @@ def expected(spark, tmp_path_factory):
 def test_daily_runs_equal_full_rebuild_every_day(spark, tmp_path, engine, expected):
     inc_lake = Lake.at(tmp_path / "inc")
     _synth(inc_lake.root)
-    LakeTables(inc_lake).delete_partitions("events", [QUIET])
+    DeltaRsTables(inc_lake).delete_partitions("events", [QUIET])
     # the embedded engine never starts Spark for a day's work
     no_spark = lambda: pytest.fail("a daily run started a Spark session")  # noqa: E731
     daily = no_spark if engine == "arrow" else spark
@@ -183,7 +183,7 @@ def test_daily_runs_equal_full_rebuild_every_day(spark, tmp_path, engine, expect
         modes.append(run_job(daily, SequencesConfig(ds=ds, lake=str(inc_lake.root), engine=engine, **KW))[0])
     # 01-09 is the 3rd day after the checkpoint of 01-06: a new checkpoint there
     assert modes == ["full", "incremental", "incremental", "checkpoint", "incremental", "incremental"]
-    t = LakeTables(inc_lake)
+    t = DeltaRsTables(inc_lake)
     assert t.partitions(CHECKPOINTS) == [FIRST, "2026-01-09"]
     assert QUIET in t.partitions(RUNS)
     runs = {r["ds"]: r for r in t.read(RUNS).to_pylist()}

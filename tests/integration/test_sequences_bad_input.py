@@ -10,11 +10,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from jobs.sequences import SequencesConfig, run_job
 from jobs.sequences_checks import BadInput
-from jobs.sequences_store import RUNS, read_sequences
-from pinrec.layout import Lake
+from pinrec.core.sequences_store import RUNS, read_sequences
+from pinrec.core.layout import Lake
 from tests.integration.test_sequences import (_us, events_table, reference, table_as_dict,
                                               write_events)
 
@@ -45,14 +45,14 @@ def no_spark():
 
 def test_landing_partition_with_the_wrong_schema_is_refused(tmp_path):
     lake = _lake(tmp_path)
-    tables = LakeTables(lake)
+    tables = DeltaRsTables(lake)
     # An outside writer committed a file with ts as text and no user_id into ds=01-09.
     staging = tables.staging_dir("events", "2026-01-09")
     staging.mkdir(parents=True)
     pq.write_table(pa.table({"event_id": ["x"], "item_id": [1], "item_type": ["pin"],
                              "action": ["repin"], "surface": ["homefeed"],
                              "ts": ["2026-01-09T10:00:00Z"]}), staging / "part-0.parquet")
-    tables.commit_spark_output("events", staging, "2026-01-09")
+    tables.commit_partition_files("events", staging, "2026-01-09")
     with pytest.raises(BadInput) as e:
         run_job(no_spark, _cfg(lake, "2026-01-09"))
     msg = str(e.value)
@@ -69,7 +69,7 @@ def test_events_outside_the_days_window_are_refused(tmp_path):
     wrong = wrong.set_column(wrong.schema.get_field_index("ds"), wrong.schema.field("ds"),
                              pa.array(["2026-01-09"]))
     lake = Lake.at(tmp_path / "lake")
-    LakeTables(lake).replace_partitions("events", pa.concat_tables([t, wrong]),
+    DeltaRsTables(lake).replace_partitions("events", pa.concat_tables([t, wrong]),
                                         set(t.column("ds").to_pylist()))
     with pytest.raises(BadInput) as e:
         run_job(no_spark, _cfg(lake, "2026-01-09"))
@@ -87,7 +87,7 @@ def test_an_event_id_that_landed_on_an_earlier_day_is_refused(spark, tmp_path):
     msg = str(e.value)
     assert "table 'events', partition ds=2026-01-09: 1 event ids already landed on an earlier day (2026-01-06" in msg
     assert "event_id='b' of user 1" in msg and "Fix: remove the copies from ds=2026-01-09" in msg
-    assert LakeTables(lake).partitions(RUNS) == ["2026-01-08"]
+    assert DeltaRsTables(lake).partitions(RUNS) == ["2026-01-08"]
 
 
 def test_a_missing_previous_day_triggers_a_logged_full_rebuild(spark, tmp_path, caplog):
@@ -104,4 +104,4 @@ def test_a_missing_previous_day_triggers_a_logged_full_rebuild(spark, tmp_path, 
     mode, _ = run_job(no_spark, _cfg(lake, "2026-01-10"))
     assert mode == "incremental"
     assert table_as_dict(lake, "2026-01-10") == reference(ROWS, "2026-01-10", 5, 4)
-    assert pc.sum(read_sequences(LakeTables(lake), "2026-01-10").column("length")).as_py() == 5
+    assert pc.sum(read_sequences(DeltaRsTables(lake), "2026-01-10").column("length")).as_py() == 5

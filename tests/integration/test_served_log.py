@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.lake import LakeTables
-from pinrec.contracts import cutoff_us
-from pinrec.experiments import TrafficSplit
-from pinrec.layout import Lake
-from pinrec.served import encode
+from pinrec.core.lake import DeltaRsTables
+from pinrec.core.contracts import cutoff_us
+from pinrec.core.experiments import TrafficSplit
+from pinrec.core.layout import Lake
+from pinrec.core.served import encode
 from serving.http_api import make_server
 from serving.sample_lake import SampleLakeConfig, build
 from serving.served_log import ServedLogConfig
@@ -113,7 +113,7 @@ def wait_until(cond, timeout_s: float, what: str):
 
 
 def served_rows(lake_root: Path) -> list[dict]:
-    tables = LakeTables(Lake.at(lake_root))
+    tables = DeltaRsTables(Lake.at(lake_root))
     return tables.read("served").to_pylist() if tables.exists("served") else []
 
 
@@ -233,7 +233,7 @@ def test_lander_killed_mid_stream_lands_each_request_once_and_dead_letters_malfo
                  (b"bad-3", b"\xff\xfe")]
     produce(broker.bootstrap, topic, first + malformed)
     proc = start_lander(broker.bootstrap, lake_root, topic, dlq, tmp_path / "lander.log")
-    tables = LakeTables(Lake.at(lake_root))
+    tables = DeltaRsTables(Lake.at(lake_root))
     try:
         wait_until(lambda: tables.exists("served") and 0 < len(tables.read("served")) < 1200, 120,
                    "a first landing")
@@ -266,10 +266,10 @@ def test_lander_killed_mid_stream_lands_each_request_once_and_dead_letters_malfo
 def test_landing_the_same_responses_again_adds_nothing(tmp_path):
     """The lander's MERGE (limited to the batch's served_at range) finds rows landed earlier,
     also when the re-sent batch mixes old responses with new ones at the range's edges."""
-    from pinrec.served import parse, rows
+    from pinrec.core.served import parse, rows
     from streaming.served_lander import merge_new_rows
 
-    tables = LakeTables(Lake.at(tmp_path / "lake"))
+    tables = DeltaRsTables(Lake.at(tmp_path / "lake"))
     t0 = cutoff_us(DS) + 7_200_000_000
     recs = [parse(encode(synthetic(i, t0), t0 + i * 1_000_000)[1], 2**62) for i in range(30)]
     merge_new_rows(tables, rows(recs[:20]))

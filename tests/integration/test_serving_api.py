@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pinrec.contracts import Event, cutoff_us
+from pinrec.core.contracts import Event, cutoff_us
 from serving.http_api import make_server
 from serving.sample_lake import ARMS, SampleLakeConfig, build
 from serving.service import RecommendationService, ServingConfig
@@ -205,8 +205,8 @@ def test_tail_is_merged_across_consumer_stores(lake, tmp_path):
 
 
 def test_a_newly_published_candidates_partition_is_picked_up(tmp_path):
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake, publish_candidates
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake, publish_candidates
     from serving.sample_lake import candidates_table
 
     import numpy as np
@@ -222,7 +222,7 @@ def test_a_newly_published_candidates_partition_is_picked_up(tmp_path):
         new_ds = "2026-03-02"
         new = candidates_table(SampleLakeConfig(cfg.root, ds=new_ds, users=5, items=100, candidates=10),
                                np.random.default_rng(9))
-        LakeTables(Lake.at(cfg.root)).replace_partitions("candidates", new, [new_ds])
+        DeltaRsTables(Lake.at(cfg.root)).replace_partitions("candidates", new, [new_ds])
         assert svc.reload_if_changed() is False  # written but not published: not served
         publish_candidates(Lake.at(cfg.root), new_ds)
         assert svc.reload_if_changed() is True

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pinrec.contracts import Event, cutoff_us
+from pinrec.core.contracts import Event, cutoff_us
 from serving.sample_lake import SampleLakeConfig, build
 from serving.service import RecommendationService, ServingConfig
 from streaming.store import RealtimeStore
@@ -75,7 +75,7 @@ def test_worker_answers_equal_in_process_answers(lake, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_a_reload_swaps_the_workers(lake, tmp_path):
-    from pinrec.layout import Lake
+    from pinrec.core.layout import Lake
     from serving.sample_lake import items_table, publish_random_model
 
     import numpy as np

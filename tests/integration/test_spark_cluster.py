@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from jobs.sequences import SequencesConfig, run_job
 from jobs.spark_cluster import ClusterConfig, StandaloneCluster
-from pinrec.layout import Lake
+from pinrec.core.layout import Lake
 
 REPO = Path(__file__).resolve().parents[2]
 DS = "2026-01-12"
@@ -69,10 +69,10 @@ def test_sequences_on_a_standalone_cluster_equal_the_local_run(spark, cluster, t
     executors = sorted(p.parent.name for p in (cluster.work_dir / "work").glob("app-*/*/stderr"))
     assert len(executors) == 2, f"expected one executor per worker, found {executors}"
 
-    from jobs.sequences_store import read_sequences  # sequences as of DS (day rows + checkpoints)
+    from pinrec.core.sequences_store import read_sequences  # sequences as of DS (day rows + checkpoints)
 
-    want = read_sequences(LakeTables(local), DS).sort_by("user_id").combine_chunks()
-    got = read_sequences(LakeTables(remote), DS).sort_by("user_id").combine_chunks()
+    want = read_sequences(DeltaRsTables(local), DS).sort_by("user_id").combine_chunks()
+    got = read_sequences(DeltaRsTables(remote), DS).sort_by("user_id").combine_chunks()
     assert want.num_rows > 200
     assert got.schema == want.schema
     assert got.equals(want)

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from jobs.sql import query
 from pinrec.cli import main
-from pinrec.contracts import CANDIDATES_SCHEMA, ITEMS_SCHEMA, SEQUENCES_SCHEMA
-from pinrec.layout import Lake
+from pinrec.core.contracts import CANDIDATES_SCHEMA, ITEMS_SCHEMA, SEQUENCES_SCHEMA
+from pinrec.core.layout import Lake
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analysts.md"
 DS = "2026-01-20"
@@ -30,7 +30,7 @@ def cand(user, arm, items, outcome="repin"):
 @pytest.fixture
 def lake(tmp_path) -> Lake:
     lake = Lake.at(tmp_path / "lake")
-    t = LakeTables(lake)
+    t = DeltaRsTables(lake)
     rows = cand(42, "a", [1, 2, 3, 4]) + cand(42, "b", [3, 4, 5, 6], "outbound_click") + cand(7, "a", [1, 9])
     t.replace_partitions("candidates", pa.Table.from_pylist(rows, schema=CANDIDATES_SCHEMA), [DS])
     items = [dict(item_id=i, item_type="pin", features=[0.0] * 32, first_seen=T0, last_seen=T0,
@@ -79,7 +79,7 @@ def test_every_ready_query_in_the_guide_runs_and_gives_the_known_answer(lake):
 
 
 def test_replaced_files_are_never_read(lake):
-    t = LakeTables(lake)
+    t = DeltaRsTables(lake)
     t.replace_partitions("candidates", pa.Table.from_pylist(cand(1, "a", [5]), schema=CANDIDATES_SCHEMA), [DS])
     on_disk = sum(pq.read_metadata(p).num_rows
                   for p in Path(t.uri("candidates")).rglob("*.parquet"))
@@ -103,7 +103,7 @@ def test_cli_prints_and_writes_csv_and_names_bad_sql(lake, tmp_path, capsys):
 
 def test_a_table_this_lake_lacks_is_named_with_the_job_that_writes_it(tmp_path):
     lake = Lake.at(tmp_path / "lake")
-    LakeTables(lake).replace_partitions(
+    DeltaRsTables(lake).replace_partitions(
         "candidates", pa.Table.from_pylist(cand(1, "a", [5]), schema=CANDIDATES_SCHEMA), [DS])
     with pytest.raises(ValueError, match=r"this lake has candidates; items is written by `pinrec items`"):
         query(str(lake.root), "SELECT count(*) FROM items")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pinrec.contracts import SEQUENCES_SCHEMA
+from pinrec.core.contracts import SEQUENCES_SCHEMA
 from streaming.broker import Tansu
 from streaming.consumer import ConsumerConfig
 from streaming.corpus import good_event, malformed_messages
@@ -109,8 +109,8 @@ def test_two_consumers_in_one_group_split_partitions_and_store_every_event_once(
 
 
 def test_events_older_than_the_batch_cutoff_are_skipped_and_swept(broker, tmp_path):
-    from jobs.lake import LakeTables
-    from pinrec.layout import Lake
+    from pinrec.core.lake import DeltaRsTables
+    from pinrec.core.layout import Lake
     from streaming.store import RealtimeStore
 
     cutoff = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -120,7 +120,7 @@ def test_events_older_than_the_batch_cutoff_are_skipped_and_swept(broker, tmp_pa
     row = {"user_id": [1], "event_ids": [["x"]], "item_ids": [[1]], "item_types": [["pin"]],
            "actions": [["repin"]], "surfaces": [["homefeed"]], "ts": [[cutoff - timedelta(hours=1)]],
            "length": [1], "cutoff_ts": [cutoff], "ds": [ds]}
-    LakeTables(Lake.at(lake)).replace_partitions(
+    DeltaRsTables(Lake.at(lake)).replace_partitions(
         "sequences", pa.Table.from_pydict(row, schema=SEQUENCES_SCHEMA), [ds])
     old = list(synthetic_events(100, 10, 50, start_us=cutoff_us - 200_000, step_us=1000,
                                 prefix="old"))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.lake import LakeTables
-from pinrec.layout import Lake
+from pinrec.core.lake import DeltaRsTables
+from pinrec.core.layout import Lake
 from streaming.broker import Tansu
 from streaming.consumer import ConsumerConfig
 
@@ -38,7 +38,7 @@ def test_replay_from_the_lake_delivers_every_event_of_the_chosen_days(broker, tm
     lake = tmp_path / "lake"
     pinrec("data", "synth", "--users", "60", "--days", "3", "--items", "300", "--start",
            "2026-02-01", "--lake", str(lake))
-    events = LakeTables(Lake.at(lake)).read("events", ["2026-02-02", "2026-02-03"])
+    events = DeltaRsTables(Lake.at(lake)).read("events", ["2026-02-02", "2026-02-03"])
     topic, dlq = fresh_topics(broker.bootstrap)
     out = pinrec("stream", "replay", "--bootstrap", broker.bootstrap, "--topic", topic,
                  "--from-lake", "2026-02-02", "2026-02-03", "--lake", str(lake), "--rate", "20000")
@@ -75,11 +75,11 @@ def test_replay_file_sends_lines_as_is_and_paces_to_the_rate(broker, tmp_path):
 def test_sweep_command_uses_the_newest_sequences_cutoff(tmp_path):
     import pyarrow as pa
 
-    from pinrec.contracts import SEQUENCES_SCHEMA, Event, cutoff_us
+    from pinrec.core.contracts import SEQUENCES_SCHEMA, Event, cutoff_us
     from streaming.store import RealtimeStore
 
     lake = tmp_path / "lake"
-    tables = LakeTables(Lake.at(lake))
+    tables = DeltaRsTables(Lake.at(lake))
     for ds in ("2026-02-01", "2026-02-03"):  # the newest partition wins
         cut = cutoff_us(ds)
         row = {"user_id": [1], "event_ids": [[]], "item_ids": [[]], "item_types": [[]],

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pinrec.cli import main
-from pinrec.layout import Lake, current
+from pinrec.core.layout import Lake, current
 
 SMALL = ["--set", "d_model=32", "--set", "d_ff=128", "--set", "emb_dim=32", "--set", "id_dim=32",
          "--set", "max_len=20", "--set", "id_buckets=8192", "--batch-size", "64", "--val-users", "200", "--warmup", "10", "--lr", "3e-3",

@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from pinrec import contracts as c
+from pinrec.core import contracts as c
 
 
 def test_query_ids_are_stable_and_normalised():

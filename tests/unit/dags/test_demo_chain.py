@@ -1,4 +1,4 @@
-"""`make demo` runs the chain pinrec_daily runs (pinrec.pipeline.DAILY): same sub-commands, same
+"""`make demo` runs the chain pinrec_daily runs (pinrec.core.pipeline.DAILY): same sub-commands, same
 order, same model version naming, so the demo shows what production runs."""
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_dag_runs_the_pipelines_steps_in_order(tmp_path_factory):
     """The DAG's chain is pipeline.DAILY (the demo runs the same tuple): same tasks, same order."""
     import os
 
-    from pinrec.pipeline import DAILY
+    from pinrec.core.pipeline import DAILY
 
     # keep Airflow's home (config, sqlite) out of ~/airflow when this test runs alone
     os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))

@@ -13,10 +13,11 @@ import numpy as np
 
 from jobs.gate import EXIT_NOT_LANDED, decide, should_publish, validate_params
 from jobs.gate_eval import paired_bootstrap, short_candidate_share
-from pinrec.cli import UserError, main as pinrec
-from pinrec.contracts import CANDIDATES_SCHEMA, held_out_users, holdout_fraction_for, user_unit_hash
-from pinrec.layout import (Lake, current, fix_holdout_fraction, publish, published_candidates,
-                           read_holdout_fraction)
+from pinrec.cli import main as pinrec
+from pinrec.core.errors import UserError
+from pinrec.core.contracts import CANDIDATES_SCHEMA, held_out_users, holdout_fraction_for, user_unit_hash
+from pinrec.core.layout import (Lake, current, fix_holdout_fraction, publish, published_candidates,
+                                read_holdout_fraction)
 
 
 @pytest.mark.parametrize("cand,serving,ci,passed,why", [
@@ -172,12 +173,12 @@ def _model(lake: Lake, version: str) -> None:
 
 
 def _candidates(lake: Lake, ds: str) -> None:
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
 
     row = {"ds": ds, "user_id": 1, "arm": "a", "rank": 0, "item_id": 7, "score": 1.0,
            "outcome": "repin", "model_version": "m", "budget": "{}",
            "generated_at": datetime(2026, 1, 2, tzinfo=timezone.utc)}
-    LakeTables(lake).replace_partitions(
+    DeltaRsTables(lake).replace_partitions(
         "candidates", pa.Table.from_pylist([row], schema=CANDIDATES_SCHEMA), [ds])
 
 
@@ -262,11 +263,11 @@ def _gate(lake: Lake, model: str, *extra) -> tuple[int, dict]:
 def _expected_eval_users(lake: Lake) -> tuple[int, int]:
     """(held-out users, of them those with >= 15 tokens and a pin among the last 10), counted
     from the sequences table directly."""
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
 
-    from jobs.sequences_store import read_sequences
+    from pinrec.core.sequences_store import read_sequences
 
-    seq = read_sequences(LakeTables(lake), DS).to_pylist()
+    seq = read_sequences(DeltaRsTables(lake), DS).to_pylist()
     held = held_out_users([r["user_id"] for r in seq], read_holdout_fraction(lake))
     ok = [h and r["length"] >= 15 and "pin" in r["item_types"][-10:] for h, r in zip(held, seq)]
     return int(held.sum()), int(sum(ok))

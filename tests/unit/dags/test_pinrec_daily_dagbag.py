@@ -155,7 +155,7 @@ def test_rendered_commands(dag):
 
     assert pub[pub.index("--index-version") + 1] == index_version("2026-01-07", "d20260107-mt_oc-small")
     # the commands are the pipeline's, rendered with the run's ds, params and lake
-    from pinrec.pipeline import STEPS, RunContext
+    from pinrec.core.pipeline import STEPS, RunContext
 
     ctx = RunContext("2026-01-07", "/opt/pinrec/lake", {k: dag.params[k] for k in dag.params.keys()})
     for task_id in ("sequences", "items", "train", "index", "score", "quality_gate", "publish"):
@@ -163,7 +163,7 @@ def test_rendered_commands(dag):
     maint = pinrec_argv(render(dag, "maintenance"))
     assert [maint[i + 1] for i, a in enumerate(maint) if a == "--ds"] == [
         f"2026-01-{d:02d}" for d in range(7, 0, -1)]
-    from pinrec.contracts import PARTITION_COLUMNS
+    from pinrec.core.contracts import PARTITION_COLUMNS
 
     tables = maint[maint.index("--tables") + 1].split(",")
     assert sorted(tables) == sorted(t for t, cols in PARTITION_COLUMNS.items() if cols == ["ds"])
@@ -215,7 +215,7 @@ def test_params_reach_the_validator_as_json(dag):
 
 
 def test_train_mode_full_on_cadence_warm_otherwise(dag):
-    from pinrec.pipeline import RunContext, days_since_epoch, train_mode
+    from pinrec.core.pipeline import RunContext, days_since_epoch, train_mode
 
     def warm_start_flags(ds, full_every, variant, preset):
         ctx = RunContext(ds, "/lake", {"full_retrain_every_days": full_every, "variant": variant,

@@ -1,12 +1,12 @@
-"""pinrec.budgets: one allocation rule and the value types a budget is parsed into, once."""
+"""pinrec.core.budgets: one allocation rule and the value types a budget is parsed into, once."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from pinrec.budgets import DEFAULT_ARMS, Arms, Budget, largest_remainder
-from pinrec.contracts import PINTEREST_ACTIONS
+from pinrec.core.budgets import DEFAULT_ARMS, Arms, Budget, largest_remainder
+from pinrec.core.contracts import PINTEREST_ACTIONS
 
 ACTIONS = PINTEREST_ACTIONS.engagement_actions
 FIG3 = {"repin": 0.4, "outbound_click": 0.1, "grid_click": 0.4, "long_grid_click": 0.05, "other": 0.05}

@@ -8,10 +8,10 @@ import pytest
 
 from jobs import importers as im
 from jobs.data_cli import ImportConfig, run_import
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from pinrec.cli import main
-from pinrec.contracts import EVENTS_SCHEMA, PINTEREST_ACTIONS, query_item_id
-from pinrec.layout import Lake
+from pinrec.core.contracts import EVENTS_SCHEMA, PINTEREST_ACTIONS, query_item_id
+from pinrec.core.layout import Lake
 from tests.conftest import shared_data
 
 
@@ -143,7 +143,7 @@ def test_import_is_idempotent_and_partitioned(tmp_path):
     path = shared_data("taobao_head")
     cfg = ImportConfig("taobao", str(path), str(tmp_path / "lake"))
     run_import(cfg)
-    tables = LakeTables(Lake.at(cfg.lake))
+    tables = DeltaRsTables(Lake.at(cfg.lake))
     first = tables.read("events").sort_by("event_id")
     run_import(cfg)
     again = tables.read("events").sort_by("event_id")

@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from pinrec.lake_releases import append_release, latest_release
-from pinrec.layout import (Lake, current, publish_release, published_candidates, read_pointer,
-                           serving_set)
+from pinrec.core.lake_releases import append_release, latest_release
+from pinrec.core.layout import (Lake, current, publish_release, published_candidates, read_pointer,
+                                serving_set)
 
 
 def test_an_s3_lake_keeps_tables_remote_and_works_in_a_local_folder(monkeypatch, tmp_path):

@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.lake import LakeTables
+from pinrec.core.lake import DeltaRsTables
 from jobs.synth import SynthConfig, generate
-from pinrec import layout
+from pinrec.core import layout
 from pinrec.cli import GROUPS, main
-from pinrec.features import FEATURE_DIM, feature_matrix, pin_features, query_features
+from pinrec.core.features import FEATURE_DIM, feature_matrix, pin_features, query_features
 
 
 def test_pointer_is_replaced_atomically_and_readers_never_see_partial(tmp_path):
@@ -42,7 +42,7 @@ def test_pointer_is_replaced_atomically_and_readers_never_see_partial(tmp_path):
 
 
 def test_delta_partition_replace_is_idempotent_and_keeps_other_days(tmp_path):
-    tables = LakeTables(layout.Lake.at(tmp_path))
+    tables = DeltaRsTables(layout.Lake.at(tmp_path))
     days = dict(generate(SynthConfig(users=100, days=3, seed=0, items=200, clusters=4)))
     for ds, t in days.items():
         tables.replace_partitions("events", t, [ds])
@@ -61,7 +61,7 @@ def test_delta_partition_replace_is_idempotent_and_keeps_other_days(tmp_path):
 
 def test_missing_table_error_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the job that writes it first"):
-        LakeTables(layout.Lake.at(tmp_path)).read("sequences")
+        DeltaRsTables(layout.Lake.at(tmp_path)).read("sequences")
 
 
 def test_help_lists_every_group():
@@ -93,7 +93,7 @@ def test_shared_buckets_counts_values_that_collide():
     import collections
 
     from jobs.items import attribute_report
-    from pinrec.features import _bucket, shared_buckets
+    from pinrec.core.features import _bucket, shared_buckets
 
     values = list(range(1, 41))
     per_bucket = collections.Counter(_bucket(f"attr:{v}", 16)[0] for v in values)

@@ -1,23 +1,23 @@
-"""pinrec.pipeline: the one definition of the daily steps (rendered by the DAG, run by the demo)."""
+"""pinrec.core.pipeline: the one definition of the daily steps (rendered by the DAG, run by the demo)."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from pinrec import pipeline
-from pinrec.pipeline import DAILY, STEPS, RunContext, run_params, set_pairs, shell_command
+from pinrec.core import pipeline
+from pinrec.core.pipeline import DAILY, STEPS, RunContext, run_params, set_pairs, shell_command
 
 
 def test_the_module_stays_light_for_the_dag_parser():
     heavy = ("numpy", "torch", "pyspark", "pyarrow", "deltalake", "pandas", "faiss")
-    code = ("import sys, pinrec.pipeline; "
+    code = ("import sys, pinrec.core.pipeline; "
             f"print([m for m in {heavy!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_feature_dim_default_is_the_items_default():
-    from pinrec.features import FEATURE_DIM
+    from pinrec.core.features import FEATURE_DIM
 
     assert pipeline.FEATURE_DIM == FEATURE_DIM == pipeline.DEFAULT_PARAMS["feature_dim"]
 

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from pinrec.cli import build_parser, configure_logging
-from pinrec.contracts import normalise_query, query_item_id
+from pinrec.core.contracts import normalise_query, query_item_id
 from pinrec.demo_report import query_texts, token_label
 
 
@@ -38,13 +38,13 @@ def test_verbose_is_accepted_before_or_after_the_command():
 
 
 def test_query_tokens_read_as_their_text(tmp_path):
-    from jobs.lake import LakeTables
+    from pinrec.core.lake import DeltaRsTables
     from pinrec.cli import main as pinrec
-    from pinrec.layout import Lake
+    from pinrec.core.layout import Lake
 
     lake = tmp_path / "lake"
     assert pinrec(["data", "synth", "--users", "30", "--days", "2", "--items", "200", "--lake", str(lake)]) == 0
-    tables = LakeTables(Lake.at(lake))
+    tables = DeltaRsTables(Lake.at(lake))
     ev = tables.read("events", columns=["item_id", "item_type", "query_text"]).to_pylist()
     queries = {e["item_id"]: e["query_text"] for e in ev if e["item_type"] == "query"}
     assert queries, "the synthetic lake has search queries"

@@ -1,10 +1,10 @@
-"""pinrec.served.record / rows: one served response -> the lander's record -> rows of `served`."""
+"""pinrec.core.served.record / rows: one served response -> the lander's record -> rows of `served`."""
 from __future__ import annotations
 
 import pytest
 
-from pinrec.contracts import SERVED_SCHEMA
-from pinrec.served import record, rows
+from pinrec.core.contracts import SERVED_SCHEMA
+from pinrec.core.served import record, rows
 
 RESPONSE = {"user_id": 42, "arm": "repin", "arm_source": "assigned", "request_id": "r1",
             "candidates_ds": "2026-03-01", "sequences_ds": "2026-03-01",

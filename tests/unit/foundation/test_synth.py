@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.synth import ACTION_PROBS, FORMATS, SynthConfig, build_world, generate, item_id_of
-from pinrec.contracts import EVENTS_SCHEMA, query_item_id
+from pinrec.core.contracts import EVENTS_SCHEMA, query_item_id
 
 CFG = SynthConfig(users=400, days=20, seed=3, items=2_000, clusters=20)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.lake import RetryPolicy, _ds_predicate, merge_predicate, with_retry
+from pinrec.core.lake_tables import RetryPolicy, ds_predicate, merge_predicate, with_retry
 from jobs.sequences import shift_ds, window_bounds, window_partitions
 from jobs.spark import SparkConfig, parse_conf, session_conf
 
@@ -42,11 +42,11 @@ def test_window_is_365_days_before_the_cutoff():
 
 
 def test_partition_predicates_are_sorted_literals_and_refuse_quotes():
-    assert _ds_predicate(["2026-01-02", "2026-01-01", "2026-01-02"]) == "ds IN ('2026-01-01', '2026-01-02')"
+    assert ds_predicate(["2026-01-02", "2026-01-01", "2026-01-02"]) == "ds IN ('2026-01-01', '2026-01-02')"
     assert merge_predicate(["user_id", "arm"], ["2026-01-01"]) == (
         "t.ds IN ('2026-01-01') AND t.ds = s.ds AND t.user_id = s.user_id AND t.arm = s.arm")
     with pytest.raises(ValueError):
-        _ds_predicate(["x') OR (1=1"])
+        ds_predicate(["x') OR (1=1"])
     with pytest.raises(ValueError):
         merge_predicate([], ["2026-01-01"])
 
@@ -83,7 +83,7 @@ def test_with_retry_retries_commit_conflicts_a_bounded_number_of_times():
 
 def _seq_batch(rows):
     """rows: (user_id, [(ts, event_id), ...]) -> a sequences file batch."""
-    from jobs.sequences_arrow import FILE_SCHEMA
+    from pinrec.core.sequences_arrow import FILE_SCHEMA
 
     cols = {n: [] for n in FILE_SCHEMA.names}
     for uid, evs in rows:
@@ -100,7 +100,7 @@ def _seq_batch(rows):
 
 
 def test_trim_drops_events_that_left_the_window_and_empty_users():
-    from jobs.sequences_arrow import trim_and_restamp
+    from pinrec.core.sequences_arrow import trim_and_restamp
 
     batch = _seq_batch([(1, [(100, "e1"), (200, "e2")]), (2, [(50, "e3"), (300, "e4")]),
                         (3, [(60, "e5")])])
@@ -111,7 +111,7 @@ def test_trim_drops_events_that_left_the_window_and_empty_users():
 
 
 def test_rebuild_users_dedups_orders_and_caps_like_the_contract():
-    from jobs.sequences_arrow import EVENT_ROW_SCHEMA, rebuild_users
+    from pinrec.core.sequences_arrow import EVENT_ROW_SCHEMA, rebuild_users
 
     rows = [  # (user, ts, event_id, item)
         (1, 30, "c", 3), (1, 10, "a", 1), (1, 20, "b", 2), (1, 20, "b", 9),  # replay, bigger item

@@ -10,8 +10,8 @@ import pytest
 
 from jobs.sequences import SequencesConfig, WritePlan, plan_write, shift_ds, stale_checkpoints
 from jobs.sequences_checks import BadInput, check_day_window, schema_problems
-from jobs.sequences_store import ReadPlan, RunInfo, SequencesNotReadable, plan_read
-from pinrec.contracts import EVENTS_SCHEMA, cutoff_us
+from pinrec.core.sequences_store import ReadPlan, RunInfo, SequencesNotReadable, plan_read
+from pinrec.core.contracts import EVENTS_SCHEMA, cutoff_us
 
 R = RunInfo(window_days=5, max_len=4)
 
@@ -85,7 +85,7 @@ def test_day_window_check_counts_events_of_other_days():
 
 
 def _events(rows) -> pa.Table:
-    from jobs.sequences_arrow import EVENT_ROW_SCHEMA
+    from pinrec.core.sequences_arrow import EVENT_ROW_SCHEMA
 
     cols = list(zip(*rows)) if rows else [[] for _ in EVENT_ROW_SCHEMA]
     return pa.table([pa.array(c, f.type) for c, f in zip(cols, EVENT_ROW_SCHEMA)], schema=EVENT_ROW_SCHEMA)
@@ -95,7 +95,7 @@ def test_checkpoint_plus_day_rows_equals_a_rebuild_on_random_data():
     """merge_batches(checkpoint@c, day rows (c, ds]) == rebuild_users(all events) for random
     users, days, duplicates within a day, ties on ts, and caps that bite."""
     from jobs.sequences import window_bounds
-    from jobs.sequences_arrow import day_rows, merge_batches, rebuild_users
+    from pinrec.core.sequences_arrow import day_rows, merge_batches, rebuild_users
 
     rng = random.Random(7)
     first, W, L = "2026-01-01", 6, 5

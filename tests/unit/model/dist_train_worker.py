@@ -13,7 +13,7 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from pinrec.contracts import PINTEREST_ACTIONS
+from pinrec.core.contracts import PINTEREST_ACTIONS
 from pinrec_model import distributed as D
 from pinrec_model.data import Catalog, build_user_seqs, make_examples
 from pinrec_model.model import preset

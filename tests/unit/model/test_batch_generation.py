@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pinrec.budgets import Arms, Budget
-from pinrec.contracts import PINTEREST_ACTIONS
+from pinrec.core.budgets import Arms, Budget
+from pinrec.core.contracts import PINTEREST_ACTIONS
 from pinrec_model.api import History, ItemFeatures, embed_items, history_tensors, load_model, save_model
 from pinrec_model.batch_generation import arrow_history_arrays, device_history, generate_arrays, \
     select_candidates
@@ -162,7 +162,7 @@ def test_preallocated_kv_cache_equals_concatenation_and_rewinds(tiny):
 def test_a_query_unknown_to_the_items_table_embeds_from_its_text(tiny):
     from dataclasses import replace
 
-    from pinrec.features import query_features
+    from pinrec.core.features import query_features
     from pinrec_model.api import embed_items
 
     m, feats, _, _ = tiny

@@ -55,7 +55,7 @@ def test_grouped_keeps_every_value_and_old_configs_still_load():
 
 def test_format_marks_rule_values_with_their_reason_and_explicit_ones_as_given():
     from jobs.train import add_model_args, model_config, train_config
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.contracts import PINTEREST_ACTIONS
 
     p = argparse.ArgumentParser()
     add_model_args(p)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jobs.train import events_from_sequences
-from pinrec.contracts import PINTEREST_ACTIONS, SEQUENCES_SCHEMA
+from pinrec.core.contracts import PINTEREST_ACTIONS, SEQUENCES_SCHEMA
 from pinrec_model.api import ItemFeatures
 from pinrec_model.data import PAD, build_catalog, build_user_seqs, make_examples
 from pinrec_model.model import preset
@@ -144,7 +144,7 @@ def test_item_features_from_items_table_and_unknown_ids():
 
 
 def test_an_unknown_query_is_featurised_from_its_text():
-    from pinrec.features import query_features
+    from pinrec.core.features import query_features
 
     f = ItemFeatures.from_table(pa.table({"item_id": [5, 3], "features": [[1.0] * 32, [2.0] * 32]}))
     out = f.lookup(np.array([3, 77, 78, 5]), ["ignored: 3 is known", "red shoes", None, None])
@@ -184,7 +184,7 @@ def test_wider_feature_dim_keeps_attributes_apart():
 
 def test_training_takes_the_items_tables_vectors_so_queries_match_serving():
     from jobs.train import use_items_features
-    from pinrec.features import query_features
+    from pinrec.core.features import query_features
 
     seq = pa.table({
         "user_id": [7], "event_ids": [["a", "b", "c"]], "item_ids": [[10, 99, 11]],

@@ -86,7 +86,7 @@ def _args(*argv):
 
 def test_explicit_flags_and_set_win_over_the_rules():
     from jobs.train import model_config, train_config
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.contracts import PINTEREST_ACTIONS
 
     rules = default_rules(shape())
     a = _args("--epochs", "3", "--set", "dropout=0.1", "--no-full-softmax")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pinrec.budgets import Budget
-from pinrec.contracts import PINTEREST_ACTIONS
+from pinrec.core.budgets import Budget
+from pinrec.core.contracts import PINTEREST_ACTIONS
 from pinrec_model.api import Candidate, History, ItemFeatures, LoadedModel, embed_items, generate_candidates, \
     load_model, save_model
 from pinrec_model.generation import compress, condition_offsets

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pinrec.budgets import Budget
+from pinrec.core.budgets import Budget
 from pinrec_model.losses import full_softmax_loss, sampled_softmax_loss
 from pinrec_model.model import PinRec, PinRecConfig, hash_ids, preset
 
@@ -135,7 +135,7 @@ def _cyclic(users=40, length=30, period=5, groups=4):
     phase: every transition occurs at many positions, so next-item HR@1 can approach 1."""
     import pyarrow as pa
 
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.data import Catalog, build_user_seqs
 
     u, it, ts = [], [], []
@@ -209,7 +209,7 @@ def test_additive_head_conditions_on_phi_linearly():
 def test_dot_recipe_serves_through_the_api(tmp_path, variant, head):
     """A dot-product model (raw, unnormalised vectors) saves, loads with its recipe, embeds items
     for the inner-product index and generates de-duplicated candidates, compression included."""
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import History, ItemFeatures, embed_items, generate_candidates, load_model, save_model
     from pinrec_model.retrieval import Retriever
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pinrec.contracts import PINTEREST_ACTIONS
+from pinrec.core.contracts import PINTEREST_ACTIONS
 from pinrec_model.data import Catalog, build_user_seqs, make_examples
 from pinrec_model.model import preset
 from pinrec_model.training import TrainConfig, fit, lookahead, lr_at

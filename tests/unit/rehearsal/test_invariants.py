@@ -97,7 +97,7 @@ def test_landing_schema_check_names_each_bad_column():
     import pyarrow as pa
 
     from jobs.landing_check import schema_problems
-    from pinrec.contracts import EVENTS_SCHEMA
+    from pinrec.core.contracts import EVENTS_SCHEMA
 
     good = pa.schema([f for f in EVENTS_SCHEMA if f.name != "ds"])
     assert schema_problems(good, EVENTS_SCHEMA) == []

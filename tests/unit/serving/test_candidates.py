@@ -5,7 +5,7 @@ import json
 
 import pyarrow as pa
 
-from pinrec.contracts import CANDIDATES_SCHEMA
+from pinrec.core.contracts import CANDIDATES_SCHEMA
 from serving.candidates import CandidateStore, most_frequent
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pinrec.budgets import Budget
+from pinrec.core.budgets import Budget
 from serving.candidates import CandidateStore, Rec
 from serving.merge import blend, sources_of
 

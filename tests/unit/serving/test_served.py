@@ -1,13 +1,13 @@
-"""The served message (pinrec/served.py), the traffic flag, and the served log's bounded buffer."""
+"""The served message (pinrec/core/served.py), the traffic flag, and the served log's bounded buffer."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from pinrec.contracts import Rejection, cutoff_us
-from pinrec.experiments import SERVED_SCHEMA, TrafficSplit
-from pinrec.served import NO_ARM, ServedRecord, encode, first_per_request, parse, rows
+from pinrec.core.contracts import Rejection, cutoff_us
+from pinrec.core.experiments import SERVED_SCHEMA, TrafficSplit
+from pinrec.core.served import NO_ARM, ServedRecord, encode, first_per_request, parse, rows
 from serving.served_log import ServedLog, ServedLogConfig, metrics_text
 
 T = cutoff_us("2026-03-01") + 5_000_000  # 2026-03-02 00:00:05 UTC
@@ -77,7 +77,7 @@ def test_first_record_per_request_id_wins():
 
 
 def test_traffic_flag_inline_and_file(tmp_path):
-    from pinrec.cli import UserError
+    from pinrec.core.errors import UserError
     from serving.serve_cmd import traffic_split
 
     assert traffic_split("balanced=0.5, repin=0.5", "s1") == TrafficSplit.of(
@@ -97,8 +97,8 @@ def test_traffic_flag_inline_and_file(tmp_path):
 
 
 def test_arms_file_with_traffic_keys_still_loads_as_arms(tmp_path):
-    from pinrec.budgets import Arms
-    from pinrec.contracts import PINTEREST_ACTIONS
+    from pinrec.core.budgets import Arms
+    from pinrec.core.contracts import PINTEREST_ACTIONS
 
     f = tmp_path / "arms.json"
     f.write_text(json.dumps({"repin": {"repin": 1.0}, "traffic": {"repin": 1.0}, "salt": "x"}))

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from pinrec.contracts import Event, query_item_id
+from pinrec.core.contracts import Event, query_item_id
 from serving.signals import merge_history
 
 CUT = 1_000_000

@@ -1,7 +1,7 @@
 """RealtimeStore on a real RocksDB in a temp folder."""
 from __future__ import annotations
 
-from pinrec.contracts import Event
+from pinrec.core.contracts import Event
 from streaming.metrics import ConsumerMetrics, prometheus_text
 from streaming.store import RealtimeStore
 

@@ -1,49 +1,36 @@
-"""The lake adapter: one narrow interface over the Delta tables.
+"""The delta-rs back end of the lake adapter (`LakeTables`, pinrec/core/lake_tables.py): the
+embedded default, `DeltaRsTables`.
 
-Every job reads and writes tables through `LakeTables`, never through file paths, because a
-Delta folder read as plain Parquet returns files that were logically removed (DESIGN.md §4).
-This module holds the embedded default back end, delta-rs (`deltalake`); `jobs/lake_spark.py`
-holds the delta-spark back end with the same methods, used when the Delta jars are on Spark's
-classpath (`open_tables`). Both offer: replace partitions, append, MERGE upsert with a literal
-partition predicate, read as Arrow or Spark, history, compact, vacuum.
-
-Concurrency: Delta commits are optimistic. A writer that loses a race gets `CommitFailedError`;
-every write here re-reads the table and retries a bounded number of times (`RetryPolicy`), which
-is safe because each write is idempotent (replace a partition, or upsert by key). Writers on
-disjoint partitions do not conflict at all because every predicate names its partitions as
-literals, so the conflict checker can see that the files they touch are disjoint.
-
-Spark output is committed by delta-rs without rewriting the files (`commit_spark_output`): Spark
-writes Parquet (TIMESTAMP_MICROS) into the table folder and one transaction adds those files.
+It offers every method of the interface (replace partitions, append, MERGE upsert with a literal
+partition predicate, read as Arrow or Spark, history, compact, vacuum) and one more: Parquet
+files written by someone else -- Spark (`stage_spark`) or pyarrow (the sequences and scoring
+jobs) -- are committed into a partition without rewriting them (`commit_partition_files`):
+the writer puts them in a staging folder inside the table and one transaction adds them.
 
 A remote lake (`s3://bucket/prefix`, docs/adr/0003): delta-rs opens the tables at their URIs and
-commits with S3 conditional writes (concurrent writers are safe); staged Spark output is written
-to the table's local mirror (`Lake.table`), uploaded under the same relative paths and then
+commits with S3 conditional writes (concurrent writers are safe); staged output is written to
+the table's local mirror (`Lake.table`), uploaded under the same relative paths and then
 committed; Spark reads a snapshot's files from local copies in that mirror (Delta data files are
 immutable, so a copy never goes stale), because these machines have no hadoop-aws jars for s3a.
 """
 from __future__ import annotations
 
 import json
-import logging
-import random
 import shutil
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import ClassVar, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute in partition_stats
 import pyarrow.dataset as pads
 
-from pinrec.contracts import PARTITION_COLUMNS, TABLE_SCHEMAS
-from pinrec.layout import Lake
-
-
-class TableNotFound(FileNotFoundError):
-    pass
+from pinrec.core.contracts import PARTITION_COLUMNS, TABLE_SCHEMAS
+from pinrec.core.lake_tables import (MIN_SAFE_RETENTION_HOURS, RetryPolicy, TableNotFound, check_partitions,
+                                     check_vacuum_retention, conform, ds_predicate, merge_predicate,
+                                     spark_schema, with_retry)
+from pinrec.core.layout import Lake
 
 
 def snapshot_dataset(dt, uri: str, ds: Sequence[str] | None = None) -> pads.Dataset:
@@ -58,7 +45,7 @@ def snapshot_dataset(dt, uri: str, ds: Sequence[str] | None = None) -> pads.Data
     adds = pa.table(dt.get_add_actions(flatten=True))
     schema = pa.schema(dt.schema().to_arrow())
     if uri.startswith("s3://"):
-        from pinrec.lake_store import filesystem
+        from pinrec.core.lake_store import filesystem
 
         fs, base = filesystem(), uri.split("://", 1)[1].rstrip("/")
     else:
@@ -77,85 +64,13 @@ def snapshot_dataset(dt, uri: str, ds: Sequence[str] | None = None) -> pads.Data
                                              filesystem=fs, partitions=parts)
 
 
-T = TypeVar("T")
-log = logging.getLogger(__name__)
-MIN_SAFE_RETENTION_HOURS = 168  # Delta's default: a reader may hold a snapshot for a week
-
-
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries of a whole write when a concurrent writer won the commit race."""
-
-    attempts: int = 8
-    base_delay_s: float = 0.05
-    max_delay_s: float = 2.0
-
-
-def with_retry(op: Callable[[], T], what: str, policy: RetryPolicy = RetryPolicy()) -> T:
-    """Run `op`; on CommitFailedError re-run it (it re-reads the table) up to `policy.attempts`."""
-    from deltalake.exceptions import CommitFailedError
-
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return op()
-        except CommitFailedError as e:
-            if attempt == policy.attempts:
-                raise RuntimeError(
-                    f"{what}: gave up after {attempt} attempts, a concurrent writer kept winning "
-                    f"the commit ({e}); re-run the job, it is idempotent"
-                ) from e
-            # Jitter so two losers do not collide again on the next attempt.
-            delay = min(policy.max_delay_s, policy.base_delay_s * 2 ** (attempt - 1))
-            log.warning("%s: commit conflict on attempt %d, retrying: %s", what, attempt, e)
-            time.sleep(delay * (0.5 + random.random()))
-    raise AssertionError("unreachable")
-
-
-def conform(table: str, data: pa.Table) -> pa.Table:
-    """Cast `data` to the contract schema of `table`, with a clear error on a mismatch."""
-    schema = TABLE_SCHEMAS[table]
-    missing = [f.name for f in schema if f.name not in data.column_names]
-    if missing:
-        raise ValueError(f"cannot write table {table!r}: missing columns {missing}")
-    data = data.select(schema.names)
-    try:
-        return data.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise ValueError(f"cannot write table {table!r}: columns do not fit its schema: {e}") from e
-
-
-def _literal(v: str) -> str:
-    if "'" in v or "\\" in v:
-        raise ValueError(f"bad partition value {v!r}")
-    return f"'{v}'"
-
-
-def _ds_predicate(values: Sequence[str], alias: str | None = None) -> str:
-    col = f"{alias}.ds" if alias else "ds"
-    return f"{col} IN (" + ", ".join(_literal(v) for v in sorted(set(values))) + ")"
-
-
-def merge_predicate(keys: Sequence[str], partitions: Sequence[str]) -> str:
-    """`t.ds IN ('…') AND t.k = s.k …`: the literal partition list keeps disjoint writers apart."""
-    if not keys:
-        raise ValueError("merge needs at least one key column")
-    on = " AND ".join(f"t.{k} = s.{k}" for k in ["ds", *[k for k in keys if k != "ds"]])
-    return f"{_ds_predicate(partitions, 't')} AND {on}"
-
-
-def _check_partitions(table: str, data: pa.Table, parts: Sequence[str]) -> None:
-    stray = set(data.column("ds").unique().to_pylist()) - set(parts)
-    if stray:
-        raise ValueError(f"rows for partitions {sorted(stray)} outside {list(parts)} in {table!r}")
-
-
-@dataclass(frozen=True)
-class LakeTables:
+class DeltaRsTables:
     """Delta tables under `lake.root/tables`, through delta-rs (the embedded default back end)."""
 
     lake: Lake
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    backend = "deltalake"
+    backend: ClassVar[str] = "deltalake"
 
     def uri(self, table: str) -> str:
         return self.lake.table_uri(table)
@@ -188,12 +103,12 @@ class LakeTables:
 
         parts = sorted(set(partitions))
         data = conform(table, data)
-        _check_partitions(table, data, parts)
+        check_partitions(table, data, parts)
 
         def op():
             kwargs = dict(partition_by=PARTITION_COLUMNS[table], mode="overwrite")
             if self.exists(table):
-                kwargs["predicate"] = _ds_predicate(parts)
+                kwargs["predicate"] = ds_predicate(parts)
             write_deltalake(self.uri(table), data, **kwargs)
 
         with_retry(op, f"replace {table} {parts}", self.retry)
@@ -225,7 +140,7 @@ class LakeTables:
 
         parts = sorted(set(partitions))
         data = conform(table, data)
-        _check_partitions(table, data, parts)
+        check_partitions(table, data, parts)
         predicate = merge_predicate(keys, parts)
 
         def op():
@@ -242,10 +157,11 @@ class LakeTables:
         with_retry(op, f"merge into {table} {parts}", self.retry)
         return self._table(table).version()
 
-    def commit_spark_output(self, table: str, files_dir: Path, ds: str) -> int:
-        """Commit the Parquet files Spark wrote under `files_dir` (inside the table folder) as the
-        new content of partition `ds`, without rewriting them. Idempotent: the transaction
-        removes every file the partition had before."""
+    def commit_partition_files(self, table: str, files_dir: Path, ds: str) -> int:
+        """Commit the Parquet files under `files_dir` (a staging folder inside the table, see
+        `staging_dir`), written by Spark or by pyarrow, as the new content of partition `ds`,
+        without rewriting them. Idempotent: the transaction removes every file the partition
+        had before."""
         from deltalake import DeltaTable, Schema
         from deltalake.transaction import create_table_with_add_actions
 
@@ -258,7 +174,7 @@ class LakeTables:
         files = sorted(files_dir.glob("*.parquet"))
         actions = [_add_action(root, f, {"ds": ds}) for f in files]
         if self.lake.remote:  # same relative paths under the table's URI, then one commit
-            from pinrec.lake_store import upload_file
+            from pinrec.core.lake_store import upload_file
 
             try:
                 for f in files:
@@ -283,7 +199,7 @@ class LakeTables:
                 partition_filters=[("ds", "=", ds)])
 
         try:
-            with_retry(op, f"commit spark output to {table} ds={ds}", self.retry)
+            with_retry(op, f"commit files to {table} ds={ds}", self.retry)
         except BaseException:
             shutil.rmtree(files_dir, ignore_errors=True)  # never-committed files: nothing reads them
             raise
@@ -297,12 +213,12 @@ class LakeTables:
         parts = sorted(set(partitions) & set(self.partitions(table)))
         if not parts:
             return None
-        with_retry(lambda: self._table(table).delete(_ds_predicate(parts)),
+        with_retry(lambda: self._table(table).delete(ds_predicate(parts)),
                    f"delete {table} {parts}", self.retry)
         return self._table(table).version()
 
     def staging_dir(self, table: str, ds: str) -> Path:
-        """A fresh folder inside the table for one run's Spark output (unique per run)."""
+        """A fresh folder inside the table for one run's output files (unique per run)."""
         return self.lake.table(table) / f"ds={ds}" / f"run-{uuid.uuid4().hex[:12]}"
 
     # ---------------------------------------------------------------------------- reads
@@ -336,7 +252,7 @@ class LakeTables:
             return files
         from urllib.parse import unquote
 
-        from pinrec.lake_store import download_file
+        from pinrec.core.lake_store import download_file
 
         prefix, root, out = self.uri(table) + "/", self.lake.table(table), []
         for uri in files:
@@ -351,8 +267,6 @@ class LakeTables:
     def read_spark(self, spark, table: str, ds: Sequence[str] | None = None, columns=None):
         """A Spark DataFrame over the live files of the snapshot, without the partition column
         (Parquet files of a partitioned Delta table do not hold it; filter with `ds` instead)."""
-        from jobs.spark import spark_schema
-
         parts = set(PARTITION_COLUMNS[table])
         schema = spark_schema(pa.schema([f for f in TABLE_SCHEMAS[table] if f.name not in parts]))
         files = self.local_files(table, ds)
@@ -362,7 +276,7 @@ class LakeTables:
 
     def stage_spark(self, table: str, df, ds: str, staging: Path | None = None) -> Path:
         """Write a Spark DataFrame as Parquet into a staging folder inside the table (a fresh
-        one unless given; not yet part of the table); `commit_spark_output` makes it partition
+        one unless given; not yet part of the table); `commit_partition_files` makes it partition
         `ds`, together with any other Parquet file put there."""
         staging = staging or self.staging_dir(table, ds)
         cols = [f.name for f in TABLE_SCHEMAS[table] if f.name not in PARTITION_COLUMNS[table]]
@@ -372,7 +286,7 @@ class LakeTables:
     def write_spark_partition(self, table: str, df, ds: str) -> int:
         """Replace partition `ds` with a Spark DataFrame: Spark writes Parquet into the table
         folder, delta-rs commits those files as they are."""
-        return self.commit_spark_output(table, self.stage_spark(table, df, ds), ds)
+        return self.commit_partition_files(table, self.stage_spark(table, df, ds), ds)
 
     def partitions(self, table: str) -> list[str]:
         if not self.exists(table):
@@ -412,11 +326,7 @@ class LakeTables:
                dry_run: bool = False, allow_unsafe: bool = False) -> list[str]:
         """Delete files no live snapshot within `retention_hours` references. Below a week a
         reader holding an older snapshot could lose files mid-read, so that needs `allow_unsafe`."""
-        if retention_hours < MIN_SAFE_RETENTION_HOURS and not allow_unsafe:
-            raise ValueError(
-                f"vacuum retention {retention_hours} h is below the safe {MIN_SAFE_RETENTION_HOURS} h; "
-                f"pass --unsafe-retention only when no reader or writer is running"
-            )
+        check_vacuum_retention(retention_hours, allow_unsafe)
         return self._table(table).vacuum(retention_hours=retention_hours, dry_run=dry_run,
                                          enforce_retention_duration=not allow_unsafe)
 
@@ -430,16 +340,3 @@ def _add_action(root: Path, f: Path, partition_values: dict[str, str]):
     return AddAction(path=str(f.relative_to(root)), size=st.st_size,
                      partition_values=partition_values,
                      modification_time=int(st.st_mtime * 1000), data_change=True, stats=stats)
-
-
-def open_tables(lake: Lake, spark=None):
-    """The back end for this run: delta-spark when a session with the Delta jars is given,
-    else delta-rs. Both expose the same methods, so jobs never branch on the back end."""
-    if spark is not None:
-        from jobs.spark import delta_available
-
-        if delta_available(spark):
-            from jobs.lake_spark import SparkDeltaTables
-
-            return SparkDeltaTables(lake, spark)
-    return LakeTables(lake)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TABLES = ("events", "sequences", "items", "candidates", "item_features", "served", "arm_outcomes",
-          # how `sequences` is stored (jobs/sequences_store.py): read it with read_sequences
+          # how `sequences` is stored (pinrec/core/sequences_store.py): read it with read_sequences
           "sequence_days", "sequence_checkpoints", "sequence_runs")
 ARTIFACT_KINDS = ("models", "index")
 _VERSION = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -101,7 +101,7 @@ class Lake:
             raise ValueError(f"bad version name {version!r}: use letters, digits, '.', '_', '-'")
         local = self.artifacts(kind) / version
         if self.remote and not local.is_dir():
-            from pinrec.lake_store import fetch_version
+            from pinrec.core.lake_store import fetch_version
 
             fetch_version(self, kind, version, local)
         return local
@@ -110,7 +110,7 @@ class Lake:
         """Make a version written into `version_dir` durable: on a remote lake, upload it once
         under its immutable prefix (refused if that version already exists there)."""
         if self.remote:
-            from pinrec.lake_store import push_version
+            from pinrec.core.lake_store import push_version
 
             push_version(self, kind, version, self.artifacts(kind) / version)
 
@@ -128,7 +128,7 @@ class Lake:
 
 
 # Version names: a function of ds and the model kind, so a re-run of a ds (or a backfill) names
-# the same immutable versions. Pure strings: the daily pipeline (pinrec/pipeline.py) builds them.
+# the same immutable versions. Pure strings: the daily pipeline (pinrec/core/pipeline.py) builds them.
 def model_version_name(ds: str, variant: str, preset: str) -> str:
     """The daily model version: d<YYYYMMDD>-<variant>-<preset>."""
     return f"d{ds.replace('-', '')}-{variant}-{preset}"
@@ -178,7 +178,7 @@ def publish(lake: Lake, kind: str, version: str) -> Path:
     if not vdir.is_dir():
         raise FileNotFoundError(f"cannot publish {kind} version {version!r}: {vdir} does not exist")
     if lake.remote:
-        from pinrec.lake_releases import append_release
+        from pinrec.core.lake_releases import append_release
 
         append_release(lake, **{_RELEASE_FIELD[kind]: version})
     else:
@@ -189,7 +189,7 @@ def publish(lake: Lake, kind: str, version: str) -> Path:
 def current(lake: Lake, kind: str) -> Path | None:
     """The folder of the serving version of `kind`, or None when nothing was published yet."""
     if lake.remote:
-        from pinrec.lake_releases import latest_release
+        from pinrec.core.lake_releases import latest_release
 
         rel = latest_release(lake)
         version = getattr(rel, _RELEASE_FIELD[kind]) if rel else None
@@ -202,7 +202,7 @@ def publish_candidates(lake: Lake, ds: str) -> None:
     """Serving reads the candidates partition named here, so a day whose quality gate failed
     (its partition written but not published) never reaches users."""
     if lake.remote:
-        from pinrec.lake_releases import append_release
+        from pinrec.core.lake_releases import append_release
 
         append_release(lake, candidates_ds=ds)
     else:
@@ -211,14 +211,14 @@ def publish_candidates(lake: Lake, ds: str) -> None:
 
 def published_candidates(lake: Lake) -> str | None:
     if lake.remote:
-        from pinrec.lake_releases import latest_release
+        from pinrec.core.lake_releases import latest_release
 
         rel = latest_release(lake)
         return rel.candidates_ds if rel else None
     return read_pointer(lake.root / "candidates" / "CURRENT")
 
 
-# The lake's held-out share (pinrec.contracts.held_out_users), fixed by its first `pinrec train`.
+# The lake's held-out share (pinrec.core.contracts.held_out_users), fixed by its first `pinrec train`.
 def holdout_path(lake: Lake) -> Path:
     return lake.artifacts("models") / "HOLDOUT"
 
@@ -257,7 +257,7 @@ def publish_release(lake: Lake, ds: str, model: str, index: str | None) -> None:
             raise FileNotFoundError(f"cannot publish {kind} version {version!r}: it does not exist "
                                     f"under {lake.location}/{kind}")
     if lake.remote:
-        from pinrec.lake_releases import append_release
+        from pinrec.core.lake_releases import append_release
 
         append_release(lake, model=model, index=index, candidates_ds=ds)
         return
@@ -272,7 +272,7 @@ def serving_set(lake: Lake) -> tuple[str | None, str | None, str | None]:
     lake from one `releases` row, so they always belong to the same publish. Serving should read
     this once per reload rather than `current()` and `published_candidates()` one by one."""
     if lake.remote:
-        from pinrec.lake_releases import latest_release
+        from pinrec.core.lake_releases import latest_release
 
         rel = latest_release(lake)
         return (rel.model, rel.index, rel.candidates_ds) if rel else (None, None, None)

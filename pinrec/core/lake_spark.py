@@ -1,23 +1,27 @@
-"""The delta-spark back end of the lake adapter: same methods as `jobs.lake.LakeTables`.
+"""The delta-spark back end of the lake adapter (`LakeTables`, pinrec/core/lake_tables.py), and
+`open_tables`, which picks the back end for a run.
 
 Used when the Delta Spark jars are on the session's classpath (the compose stack mounts them;
 these machines cannot download them, so CI runs the contract suite against delta-rs only and
 skips this back end with that reason). Writes go through `DeltaTable.forPath` and Spark's Delta
 writer, with the same literal partition predicates, so the two back ends produce the same
-tables and the same conflict behaviour.
+tables and the same conflict behaviour. pyspark and delta-spark are imported inside the methods
+only: a session object is handed in, so importing this module stays light.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import pyarrow as pa
 
-from jobs.lake import (MIN_SAFE_RETENTION_HOURS, LakeTables, RetryPolicy, TableNotFound,
-                       _check_partitions, _ds_predicate, conform, merge_predicate)
-from pinrec.contracts import PARTITION_COLUMNS, TABLE_SCHEMAS
-from pinrec.layout import Lake
+from pinrec.core.contracts import PARTITION_COLUMNS, TABLE_SCHEMAS
+from pinrec.core.lake import DeltaRsTables
+from pinrec.core.lake_tables import (MIN_SAFE_RETENTION_HOURS, LakeTables, RetryPolicy, TableNotFound,
+                                     check_partitions, check_vacuum_retention, conform, ds_predicate,
+                                     merge_predicate, spark_schema)
+from pinrec.core.layout import Lake
 
 
 def _is_conflict(e: Exception) -> bool:
@@ -27,14 +31,16 @@ def _is_conflict(e: Exception) -> bool:
 
 @dataclass(frozen=True)
 class SparkDeltaTables:
+    """Delta tables under `lake.root/tables`, written through delta-spark on `spark`."""
+
     lake: Lake
     spark: object
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    backend = "delta-spark"
+    backend: ClassVar[str] = "delta-spark"
 
     # Reads and metadata are the same files and log, so delta-rs answers them.
-    def _rs(self) -> LakeTables:
-        return LakeTables(self.lake, self.retry)
+    def _rs(self) -> DeltaRsTables:
+        return DeltaRsTables(self.lake, self.retry)
 
     def uri(self, table: str) -> str:
         return str(self.lake.table(table))
@@ -52,14 +58,12 @@ class SparkDeltaTables:
                 time.sleep(min(self.retry.max_delay_s, self.retry.base_delay_s * 2 ** attempt))
 
     def _df(self, table: str, data: pa.Table):
-        from jobs.spark import spark_schema
-
         return self.spark.createDataFrame(data.to_pandas(), spark_schema(TABLE_SCHEMAS[table]))
 
     def replace_partitions(self, table: str, data: pa.Table, partitions: Iterable[str]) -> int:
         parts = sorted(set(partitions))
         data = conform(table, data)
-        _check_partitions(table, data, parts)
+        check_partitions(table, data, parts)
         return self.write_spark_partitions(table, self._df(table, data), parts)
 
     def write_spark_partition(self, table: str, df, ds: str) -> int:
@@ -72,7 +76,7 @@ class SparkDeltaTables:
     def write_spark_partitions(self, table: str, df, parts: Sequence[str]) -> int:
         def op():
             (df.select(*TABLE_SCHEMAS[table].names).write.format("delta").mode("overwrite")
-             .option("replaceWhere", _ds_predicate(parts))
+             .option("replaceWhere", ds_predicate(parts))
              .partitionBy(*PARTITION_COLUMNS[table]).save(self.uri(table)))
 
         self._retry(op, f"replace {table} {list(parts)}")
@@ -96,7 +100,7 @@ class SparkDeltaTables:
 
         parts = sorted(set(partitions))
         data = conform(table, data)
-        _check_partitions(table, data, parts)
+        check_partitions(table, data, parts)
         source = self._df(table, data)
         if not self.exists(table):
             self.append(table, data.slice(0, 0))
@@ -115,14 +119,14 @@ class SparkDeltaTables:
         parts = sorted(set(partitions) & set(self.partitions(table)))
         if not parts:
             return None
-        self._retry(lambda: DeltaTable.forPath(self.spark, self.uri(table)).delete(_ds_predicate(parts)),
+        self._retry(lambda: DeltaTable.forPath(self.spark, self.uri(table)).delete(ds_predicate(parts)),
                     f"delete {table} {parts}")
         return self.version(table)
 
     def read_spark(self, spark, table: str, ds: Sequence[str] | None = None, columns=None):
         df = spark.read.format("delta").load(self.uri(table))
         if ds is not None:
-            df = df.where(_ds_predicate(ds))
+            df = df.where(ds_predicate(ds))
         df = df.drop(*PARTITION_COLUMNS[table])
         return df.select(*columns) if columns else df
 
@@ -131,6 +135,9 @@ class SparkDeltaTables:
 
     def read(self, table: str, ds=None, columns=None, filter=None) -> pa.Table:
         return self._rs().read(table, ds, columns, filter)
+
+    def live_files(self, table: str, ds=None) -> list[str]:
+        return self._rs().live_files(table, ds)
 
     def partitions(self, table: str) -> list[str]:
         return self._rs().partitions(table)
@@ -152,7 +159,7 @@ class SparkDeltaTables:
 
         opt = DeltaTable.forPath(self.spark, self.uri(table)).optimize()
         if ds:
-            opt = opt.where(_ds_predicate(ds))
+            opt = opt.where(ds_predicate(ds))
         rows = opt.executeCompaction().collect()
         return {"metrics": [r.asDict(recursive=True) for r in rows]}
 
@@ -160,10 +167,7 @@ class SparkDeltaTables:
                dry_run: bool = False, allow_unsafe: bool = False) -> list[str]:
         from delta.tables import DeltaTable
 
-        if retention_hours < MIN_SAFE_RETENTION_HOURS and not allow_unsafe:
-            raise ValueError(f"vacuum retention {retention_hours} h is below the safe "
-                             f"{MIN_SAFE_RETENTION_HOURS} h; pass --unsafe-retention only when "
-                             f"no reader or writer is running")
+        check_vacuum_retention(retention_hours, allow_unsafe)
         if allow_unsafe:
             self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
         if not self.exists(table):
@@ -171,3 +175,21 @@ class SparkDeltaTables:
         if not dry_run:
             DeltaTable.forPath(self.spark, self.uri(table)).vacuum(retention_hours)
         return []  # delta-spark's Python vacuum does not report the deleted files
+
+
+def delta_available(spark) -> bool:
+    """True when the Delta Spark classes are on the session's classpath."""
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+        return True
+    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException in its own type
+        return False
+
+
+def open_tables(lake: Lake, spark=None) -> LakeTables:
+    """The back end for this run: delta-spark when a session with the Delta jars is given,
+    else delta-rs. Both implement `LakeTables`; the few callers that need what only delta-rs
+    can do (commit files written by pyarrow) ask with `isinstance(tables, DeltaRsTables)`."""
+    if spark is not None and delta_available(spark):
+        return SparkDeltaTables(lake, spark)
+    return DeltaRsTables(lake)

@@ -70,7 +70,7 @@ def append_release(lake, **changes) -> Release:
     applied, as one Delta commit. Retried when a concurrent publisher took the same `seq`."""
     from deltalake import DeltaTable, write_deltalake
 
-    from jobs.lake import with_retry
+    from pinrec.core.lake_tables import with_retry
 
     uri = releases_uri(lake)
     unknown = set(changes) - {"model", "index", "candidates_ds"}

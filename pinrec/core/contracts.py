@@ -206,7 +206,7 @@ SEQUENCES_SCHEMA = pa.schema(
 # ds, one row per user active that day (that day's events, same columns as SEQUENCES_SCHEMA);
 # `sequence_checkpoints` holds, at some ds, the full sequences as of that ds; `sequence_runs`
 # one row per finished `pinrec sequences --ds` run. Readers call
-# `jobs.sequences_store.read_sequences(tables, ds)`, which merges them into SEQUENCES_SCHEMA.
+# `pinrec.core.sequences_store.read_sequences(tables, ds)`, which merges them into SEQUENCES_SCHEMA.
 SEQUENCE_RUNS_SCHEMA = pa.schema(
     [
         pa.field("window_days", pa.int32(), nullable=False),
@@ -262,7 +262,7 @@ ITEM_FEATURES_SCHEMA = pa.schema(
 
 # What the API served, one row per served item (request_id, rank); written by the speed
 # layer's lander (streaming/served_lander.py) from the `served` topic, partitioned by the UTC day
-# the response was sent. pinrec/experiments.py re-exports it with the closed loop's contracts.
+# the response was sent. pinrec/core/experiments.py re-exports it with the closed loop's contracts.
 SERVED_SCHEMA = pa.schema(
     [
         pa.field("request_id", pa.string(), nullable=False),
@@ -390,7 +390,7 @@ def holdout_fraction_for(n_users: int, fraction: float = HOLDOUT_FRACTION,
                          min_users: int = HOLDOUT_MIN_USERS) -> float:
     """The held-out share a lake fixes when its first model is trained on `n_users` users:
     `fraction`, raised so that about `min_users` users are held out where the lake has them,
-    capped at HOLDOUT_MAX_FRACTION. Computed ONCE per lake and then stored (pinrec.layout
+    capped at HOLDOUT_MAX_FRACTION. Computed ONCE per lake and then stored (pinrec.core.layout
     `fix_holdout_fraction`): a share that followed the user count day by day would move users
     who were trained on into the held-out set whenever the count fell."""
     if not 0 < fraction <= HOLDOUT_MAX_FRACTION:

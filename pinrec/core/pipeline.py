@@ -8,9 +8,9 @@ sensor, pools, retries and branching), `pinrec demo` runs DAILY in order as subp
 `pinrec rehearse` drives the DAG. A new step is added here, once.
 
 A step's command is built from a RunContext: the day, the lake and the run's params (the DAG's
-params, with defaults from DEFAULT_PARAMS). Version names come from pinrec.layout.
+params, with defaults from DEFAULT_PARAMS). Version names come from pinrec.core.layout.
 
-Stdlib only (and pinrec.layout / pinrec.budgets, which are too): the DAG imports this module at
+Stdlib only (and pinrec.core.layout / pinrec.core.budgets, which are too): the DAG imports this module at
 parse time, and Airflow parses DAG files every few seconds.
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ from functools import cached_property
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
-from pinrec.budgets import DEFAULT_ARMS
-from pinrec.layout import index_version_name, model_version_name
+from pinrec.core.budgets import DEFAULT_ARMS
+from pinrec.core.layout import index_version_name, model_version_name
 
 VARIANTS = ("uc", "oc", "mt_oc")  # the daily model kinds (baselines train by hand only)
 PRESETS = ("small", "paper")
-FEATURE_DIM = 32  # = pinrec.features.FEATURE_DIM (numpy-bound, so not imported here; a test holds them equal)
+FEATURE_DIM = 32  # = pinrec.core.features.FEATURE_DIM (numpy-bound, so not imported here; a test holds them equal)
 
 # What ops may set per run (the DAG's params form); a run's params are these overlaid with its own.
 DEFAULT_PARAMS: dict[str, Any] = {

@@ -12,7 +12,7 @@ import hashlib
 
 import numpy as np
 
-from pinrec.contracts import normalise_query
+from pinrec.core.contracts import normalise_query
 
 FEATURE_DIM = 32
 

@@ -10,7 +10,7 @@ smallest (ts, item, type, action, surface) winning, order by (ts, event_id), kee
     window start (arrays are chronological, so that is a prefix); rows left empty are dropped;
   - a day row since the checkpoint: checkpoint events + day events are re-built by
     `rebuild_users`.
-  `jobs.sequences_store.read_sequences` runs it for every reader; the periodic checkpoint
+  `pinrec.core.sequences_store.read_sequences` runs it for every reader; the periodic checkpoint
   writes its output.
 Spark's fixed per-job cost (seconds) is larger than a whole day's update on one machine, so the
 embedded back end skips Spark for these; a cluster runs the Spark twins in `jobs.sequences`.
@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrec.contracts import EVENTS_SCHEMA, SEQUENCES_SCHEMA
+from pinrec.core.contracts import EVENTS_SCHEMA, SEQUENCES_SCHEMA
 
 EVENT_FIELDS = ("ts", "event_id", "item_id", "item_type", "action", "surface")
 ARRAY_COLUMNS = (("event_ids", "event_id"), ("item_ids", "item_id"), ("item_types", "item_type"),

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 # The `served` and `arm_outcomes` schemas live beside the other table schemas (the lake adapter
 # writes through them); they are re-exported here with the rest of the closed loop's contracts.
-from pinrec.contracts import ARM_OUTCOMES_SCHEMA, SERVED_SCHEMA, TS_TYPE  # noqa: F401 (re-export)
+from pinrec.core.contracts import ARM_OUTCOMES_SCHEMA, SERVED_SCHEMA, TS_TYPE  # noqa: F401 (re-export)
 
 SERVED_TOPIC = "served"
 ARM_SOURCES = ("assigned", "requested")

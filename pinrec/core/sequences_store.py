@@ -16,16 +16,21 @@ window and cap as the run of ds, and every day of (C, ds] inside the window has 
 Migration: a lake written before this design has materialised `sequences` partitions; a ds
 with no run row but such a partition is read from it (and the first run after them is a full
 rebuild, logged, because they are no checkpoint). Hand-made fixtures may write that table too.
+
+It sits on the ground floor, with the window every reader and writer shares (`window_bounds`),
+because the batch jobs write sequences while serving and the speed layer's sweeper read them,
+and the speed layer never imports the batch layer (DESIGN.md §2).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
 import pyarrow as pa
 
-from pinrec.contracts import SEQUENCE_RUNS_SCHEMA, SEQUENCES_SCHEMA
+from pinrec.core.contracts import SEQUENCE_RUNS_SCHEMA, SEQUENCES_SCHEMA, cutoff_us, parse_ds
+from pinrec.core.sequences_arrow import DAY_US
 
 DAYS, CHECKPOINTS, RUNS = "sequence_days", "sequence_checkpoints", "sequence_runs"
 
@@ -49,24 +54,34 @@ class ReadPlan:
     days: tuple[str, ...]   # day partitions after the checkpoint, inside the window
 
 
-def _shift(ds: str, days: int) -> str:
-    from jobs.sequences import shift_ds
+# ------------------------------------------------------------------------------- the window
+def shift_ds(ds: str, days: int) -> str:
+    return (parse_ds(ds) + timedelta(days=days)).strftime("%Y-%m-%d")
 
-    return shift_ds(ds, days)
+
+def window_bounds(ds: str, window_days: int) -> tuple[int, int]:
+    """[start, cutoff) in UTC µs: the `window_days` days before the cutoff of `ds`."""
+    cutoff = cutoff_us(ds)
+    return cutoff - window_days * DAY_US, cutoff
+
+
+def window_partitions(ds: str, window_days: int) -> list[str]:
+    """The event partitions (UTC days) that can hold events of the window."""
+    return [shift_ds(ds, -d) for d in range(window_days - 1, -1, -1)]
 
 
 def plan_read(ds: str, run: RunInfo, runs: dict[str, RunInfo], checkpoints: Sequence[str]) -> ReadPlan:
     """Which checkpoint and day partitions give sequences@ds (pure). Raises
     SequencesNotReadable naming the days that are missing."""
-    first = _shift(ds, -(run.window_days - 1))
+    first = shift_ds(ds, -(run.window_days - 1))
     usable = [c for c in checkpoints if c <= ds and runs.get(c) == run]
     base = max(usable) if usable and max(usable) >= first else None
-    after = _shift(base, 1) if base else first
+    after = shift_ds(base, 1) if base else first
     days, missing, d = [], [], after
     while d <= ds:
         r = runs.get(d)
         (days if r is not None and r.max_len >= run.max_len else missing).append(d)
-        d = _shift(d, 1)
+        d = shift_ds(d, 1)
     if missing:
         raise SequencesNotReadable(
             f"sequences for ds={ds} need a run for each day after the last checkpoint "
@@ -128,8 +143,7 @@ def plan_for(tables, ds: str) -> ReadPlan:
 def read_sequences(tables, ds: str, columns: Sequence[str] | None = None) -> pa.Table:
     """Sequences as of `ds` in SEQUENCES_SCHEMA (or `columns` of it), one row per user with an
     event in the window, in user_id order: exactly what a full rebuild for ds writes."""
-    from jobs.sequences import window_bounds
-    from jobs.sequences_arrow import FILE_SCHEMA, merge_batches
+    from pinrec.core.sequences_arrow import FILE_SCHEMA, merge_batches
 
     if ds not in load_runs(tables) and ds in _legacy_partitions(tables):
         t = tables.read(LEGACY, [ds]).sort_by("user_id").cast(SEQUENCES_SCHEMA)

@@ -10,7 +10,7 @@ selection and the serve-time merge. `Budget.quotas(n)` is that rule.
 Where a budget enters: `pinrec gate params` (the DAG's params task), `pinrec score --arms`, and
 serving when it loads a candidates partition. Everything inside trusts the value.
 
-Stdlib only: the DAG file imports DEFAULT_ARMS (through pinrec.pipeline) at parse time.
+Stdlib only: the DAG file imports DEFAULT_ARMS (through pinrec.core.pipeline) at parse time.
 """
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from pinrec.contracts import Rejection, ds_of_us
-from pinrec.experiments import ARM_SOURCES, ITEM_SOURCES, SERVED_SCHEMA
+from pinrec.core.contracts import Rejection, ds_of_us
+from pinrec.core.experiments import ARM_SOURCES, ITEM_SOURCES, SERVED_SCHEMA
 
 NO_ARM = "none"
 MAX_SERVED_BYTES = 256 * 1024   # 1000 items (the API's maximum n) take ~70 kB
