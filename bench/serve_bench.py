@@ -349,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
 
         servers_res = servers_phase(args, work, lake, db,
                                     {"precomputed": (users, None), "regenerate": (mix, fresh)},
-                                    token, load, summarize, server_regen_metrics)
+                                    token, load, summarize, server_regen_metrics, Server, BARS)
         print_servers(servers_res)
 
     result = {"p99_ms": pre["p99_ms"], "p99_ms_regenerate": regen["p99_ms"],

@@ -22,11 +22,11 @@ def spread(values: list[float]) -> dict:
 
 
 def servers_phase(args, work: Path, lake: Path, db: Path, loads: dict, token: str,
-                  load, summarize, server_metrics) -> dict:
+                  load, summarize, server_metrics, Server, bars: dict) -> dict:
     """-> {"legacy": {...}, "fastapi": {...}, "bars_hold": {...}, "rounds": [...]}.
     `loads[name]` is (users to request, users the latency is summarised over or None);
-    `load`, `summarize` and `server_metrics` are serve_bench's."""
-    from bench.serve_bench import BARS, Server
+    `load`, `summarize`, `server_metrics`, `Server` and `bars` are serve_bench's (passed in, so
+    this module does not import serve_bench back)."""
 
     rounds = []
     for r in range(args.server_rounds):
@@ -46,7 +46,7 @@ def servers_phase(args, work: Path, lake: Path, db: Path, loads: dict, token: st
     out: dict = {"rounds": rounds, "bars_hold": {}}
     for name in SERVERS:
         out[name] = {}
-        for mode, bar in zip(LOADS, (BARS["p99_ms"], BARS["p99_ms_regenerate"])):
+        for mode, bar in zip(LOADS, (bars["p99_ms"], bars["p99_ms_regenerate"])):
             runs = [x for x in rounds if x["server"] == name and x["load"] == mode]
             out[name][mode] = {k: spread([x[k] for x in runs])
                                for k in ("p50_ms", "p99_ms", "server_p99_ms", "server_cores")}

@@ -7,7 +7,7 @@ docstring lists the public modules.)
     generate_candidates(m, histories, features, budget: Budget, n, retriever, ...) -> [[Candidate]] per user
 
 Generation is `PinRec.generate`; selection from search results is
-`batch_generation.select_candidates`, the one implementation for both entry points here and
+`selection.select_candidates`, the one implementation for both entry points here and
 `batch_generation.generate_arrays` (the job's exact-search path).
 
 Model versions are folders `<lake>/models/<version>/{model.safetensors, config.json,
@@ -342,9 +342,9 @@ def generate_candidates(m: LoadedModel, histories: Sequence[History], features: 
 
 def select_per_user(plans, scores: np.ndarray, ids: np.ndarray, seen: list, n: int) -> list[list[Candidate]]:
     """Per-user plans and their flat search results -> candidates, through the one selection
-    (batch_generation.select_candidates). scores/ids [R, K]: one row per plan entry of every
+    (selection.select_candidates). scores/ids [R, K]: one row per plan entry of every
     user, in order; seen: per user the item ids to exclude (int64 [T]) or None."""
-    from pinrec_model.batch_generation import select_candidates
+    from pinrec_model.selection import select_candidates
 
     B, K = len(plans), ids.shape[1]
     E = max(len(p) for p in plans)

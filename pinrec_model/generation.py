@@ -8,10 +8,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from pinrec_model.model import GENERATED_SURFACE, KVBuffer, PinRec, time_features
+from pinrec_model.blocks import GENERATED_SURFACE, KVBuffer, time_features
+
+if TYPE_CHECKING:  # a type only: the model's generate() imports this module
+    from pinrec_model.model import PinRec
 
 
 @dataclass
