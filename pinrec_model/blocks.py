@@ -38,7 +38,7 @@ class KVBuffer:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
-_AGE_OFF = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # time_features' column 1 is the age
+AGE_OFF = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # time_features' column 1 is the age
 
 
 def time_features(ts_s: torch.Tensor, valid: torch.Tensor, now_s: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pinrec_model.blocks import GENERATED_SURFACE, KV, KVBuffer, time_features  # noqa: F401 (re-exported)
+from pinrec_model.blocks import AGE_OFF, GENERATED_SURFACE, KV, KVBuffer, time_features  # noqa: F401 (re-exported)
 
 VARIANTS = ("uc", "oc", "mt_oc", "pinnerformer", "sasrec")
 ITEM_TOWERS = ("hashed_mlp", "id", "id_mlp")
@@ -380,7 +380,7 @@ class PinRec(nn.Module):
             # small positional/feature embeddings at initialisation as in SASRec.
             item = item_emb * math.sqrt(self.cfg.d_model)
         if not self.cfg.time_age:
-            time_feats = time_feats * _AGE_OFF.to(time_feats.device, time_feats.dtype)
+            time_feats = time_feats * AGE_OFF.to(time_feats.device, time_feats.dtype)
         x = (item + self.type_in(type_ids) + self.action_in(action_ids)
              + self.surface_in(surface_ids) + self.time_in(time_feats) + self.pos(pos_ids))
         return self.drop(x)
