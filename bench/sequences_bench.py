@@ -85,6 +85,12 @@ def bench_size(spark, args, users: int, root: Path) -> dict:
     if not tables.exists("events"):
         run_synth(synth, str(lake_dir))
     ds = shift_ds(synth.start, args.days - 1)
+    landed = set(tables.partitions("events"))
+    if ds not in landed or len(landed) < args.days:
+        # an interrupted synthesis leaves a partial table: reusing it would time empty days
+        raise SystemExit(f"{lake_dir} holds events for {len(landed)} of {args.days} days (last "
+                         f"{max(landed, default='none')}, want {ds}): an interrupted synthesis? "
+                         f"Delete {lake_dir} and run again.")
     prev = shift_ds(ds, -1)
     kw = dict(lake=str(lake_dir), max_len=args.max_len, window_days=args.window_days)
     if prev not in tables.partitions(CHECKPOINTS):
