@@ -101,7 +101,7 @@ def warm_start_flags(ds: str, full_every_days: int, variant: str, preset: str) -
     """Flags `pinrec train` gets: none on full-retrain days, otherwise a warm start from the
     previous day's model of the same kind, named by ds (never "latest": a backfill of an old
     day must not start from a model that saw later data). `pinrec train` trains from scratch
-    when that version does not exist."""
+    when that version does not exist or its quality gate refused it."""
     if train_mode(ds, full_every_days) == "full":
         return ""
     prev = (datetime.strptime(ds, "%Y-%m-%d") - timedelta(days=1)).strftime("%Y%m%d")

@@ -311,7 +311,7 @@ def run_check(args) -> int:
                   serving_recall_not_compared=(float(np.nanmean(ev.serving.recall)) if note and
                                                ev.serving.recall is not None else None),
                   notes=ev.notes)
-    out = lake.runs / "gate" / f"{args.ds}.json"
+    out = gate_record_path(lake, args.ds)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     if len(ev.users) < HOLDOUT_MIN_USERS:
@@ -322,6 +322,22 @@ def run_check(args) -> int:
     if not d.passed:
         restore_serving_index(lake)
     return 0 if d.passed else EXIT_GATE_FAILED
+
+
+def gate_record_path(lake, ds: str) -> Path:
+    """The gate's decision on the candidate model of ds (JSON; the last run's decision)."""
+    return lake.runs / "gate" / f"{ds}.json"
+
+
+def gate_refusal(lake, version: str) -> str | None:
+    """The gate's reason when its last decision on model `version` was a refusal, else None
+    (passed, or never judged: a model trained outside the DAG)."""
+    folder = lake.runs / "gate"
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = json.loads(path.read_text())
+        if record.get("candidate_model") == version and record.get("passed") is False:
+            return record.get("reason") or "refused"
+    return None
 
 
 def serving_record_path(lake) -> Path:

@@ -215,6 +215,7 @@ def warm_start_state(lake, source: str | None, cfg):
     """(version, state dict) to start from, or (None, None) to train from scratch."""
     from safetensors.torch import load_file
 
+    from jobs.gate import gate_refusal
     from pinrec.layout import current
     from pinrec_model.model import PinRecConfig
 
@@ -224,6 +225,13 @@ def warm_start_state(lake, source: str | None, cfg):
     if vdir is None or not (vdir / "config.json").exists():
         # The first day, or the day after a gap: there is nothing to continue from.
         print(f"warm start: model version {source!r} does not exist under {lake.root / 'models'}; "
+              "training from scratch")
+        return None, None
+    refusal = gate_refusal(lake, vdir.name)
+    if refusal:
+        # A refused model may be broken (NaN weights, a corrupted --set); continuing from it would
+        # carry the fault into every later day. Start clean; the DAG's gate judges the result.
+        print(f"warm start: version {vdir.name} was refused by its quality gate ({refusal}); "
               "training from scratch")
         return None, None
     saved = PinRecConfig.from_json(json.loads((vdir / "config.json").read_text())["model"])
