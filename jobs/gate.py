@@ -280,7 +280,7 @@ def run_params(args) -> int:
 
 def run_check(args) -> int:
     from jobs.gate_eval import GateEvalConfig, compare, run_checks
-    from pinrec.core.layout import Lake, current, published_candidates
+    from pinrec.core.layout import Lake, current, gate_record_path, published_candidates
     from pinrec_model.training import resolve_device
 
     if not 0 <= args.max_drop <= 1:
@@ -310,7 +310,7 @@ def run_check(args) -> int:
                   serving_recall_not_compared=(float(np.nanmean(ev.serving.recall)) if note and
                                                ev.serving.recall is not None else None),
                   notes=ev.notes)
-    out = lake.runs / "gate" / f"{args.ds}.json"
+    out = gate_record_path(lake, args.ds)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     if len(ev.users) < HOLDOUT_MIN_USERS:

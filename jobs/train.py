@@ -282,16 +282,16 @@ def warm_start_state(lake, source: str | None, cfg, rules=None):
 
     from safetensors.torch import load_file
 
-    from pinrec.core.layout import current
+    from pinrec.core.layout import current, gate_refusal
     from pinrec_model.model import PinRecConfig
 
     if not source:
         return None, None, cfg
     vdir = current(lake, "models") if source == "current" else lake.version_dir("models", source)
-    if vdir is None or not (vdir / "config.json").exists():
-        # The first day, or the day after a gap: there is nothing to continue from.
-        print(f"warm start: model version {source!r} does not exist under {lake.root / 'models'}; "
-              "training from scratch")
+    refusal = vdir is not None and gate_refusal(lake, vdir.name)  # a refused model may be broken
+    if vdir is None or not (vdir / "config.json").exists() or refusal:  # or: the first day, a gap
+        why = f"was refused by its quality gate ({refusal})" if refusal else f"does not exist in {lake.root}"
+        print(f"warm start: model version {source!r} {why}; training from scratch")
         return None, None, cfg
     saved = PinRecConfig.from_json(json.loads((vdir / "config.json").read_text())["model"])
     if rules is not None:

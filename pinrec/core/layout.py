@@ -278,3 +278,22 @@ def serving_set(lake: Lake) -> tuple[str | None, str | None, str | None]:
         return (rel.model, rel.index, rel.candidates_ds) if rel else (None, None, None)
     return (read_pointer(lake.artifacts("models") / "CURRENT"),
             read_pointer(lake.artifacts("index") / "CURRENT"), published_candidates(lake))
+
+
+def gate_record_path(lake, ds: str) -> Path:
+    """The quality gate's decision on the candidate model of ds (JSON; the last run's)."""
+    return lake.runs / "gate" / f"{ds}.json"
+
+
+def gate_refusal(lake, version: str) -> str | None:
+    """The gate's reason when its last decision on model `version` was a refusal, else None
+    (passed, or never judged: a model trained outside the DAG). `pinrec train` never warm-starts
+    from a refused model."""
+    import json
+
+    folder = lake.runs / "gate"
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = json.loads(path.read_text())
+        if record.get("candidate_model") == version and record.get("passed") is False:
+            return record.get("reason") or "refused"
+    return None

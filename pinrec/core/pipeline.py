@@ -123,7 +123,8 @@ class RunContext:
     def warm_start_from(self) -> str | None:
         """None on full-retrain days; otherwise the previous day's model of the same kind, named
         by ds (never "latest": a backfill of an old day must not start from a model that saw
-        later data). `pinrec train` trains from scratch when that version does not exist."""
+        later data). `pinrec train` trains from scratch when that version does not exist or
+        its quality gate refused it."""
         if train_mode(self.ds, self.params["full_retrain_every_days"]) == "full":
             return None
         return model_version_name(days_before(self.ds, 1), self.params["variant"], self.params["preset"])

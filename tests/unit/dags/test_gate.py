@@ -397,3 +397,33 @@ def test_a_backfill_of_an_older_day_is_decided_on_the_hard_checks_alone():
     assert "older than the serving ds=2026-01-03" in note
     assert decide(0.08, None, None, 400, 0.05, (), note).passed
     assert not decide(0.08, None, None, 400, 0.05, ("weights not finite",), note).passed
+
+
+def test_a_warm_start_never_continues_a_model_its_gate_refused(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from pinrec.core.layout import gate_record_path
+    from jobs.train import warm_start_state
+    from pinrec_model.model import PinRec, PinRecConfig
+
+    lake = Lake.at(tmp_path / "lake")
+    cfg = PinRecConfig(d_model=16, n_layers=1, n_heads=2)
+    state = {k: v.contiguous() for k, v in PinRec(cfg).state_dict().items()}
+    for version in ("d20260103-uc-small", "d20260104-uc-small", "d20260105-uc-small"):
+        d = lake.version_dir("models", version)
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"model": cfg.to_json()}))
+        save_file(state, str(d / "model.safetensors"))
+    for ds, version, passed in (("2026-01-03", "d20260103-uc-small", True),
+                                ("2026-01-04", "d20260104-uc-small", False)):
+        path = gate_record_path(lake, ds)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"candidate_model": version, "passed": passed,
+                                    "reason": "hard check failed: non-finite weights"}))
+    name, weights, _ = warm_start_state(lake, "d20260103-uc-small", cfg)  # passed: continued
+    assert name == "d20260103-uc-small" and all(torch.equal(weights[k], state[k]) for k in state)
+    assert warm_start_state(lake, "d20260104-uc-small", cfg) == (None, None, cfg)  # refused: scratch
+    assert "refused by its quality gate (hard check failed: non-finite weights)" in capsys.readouterr().out
+    name, _, _ = warm_start_state(lake, "d20260105-uc-small", cfg)  # never judged (trained by hand)
+    assert name == "d20260105-uc-small"
