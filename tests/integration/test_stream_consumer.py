@@ -162,7 +162,7 @@ def test_sigterm_commits_and_exits_cleanly(broker, tmp_path):
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
     assert f"pinrec_stream_events_stored_total {n}" in text
     assert "pinrec_stream_dlq_total 0" in text and "pinrec_stream_commit_ms_p99" in text
-    assert sum(int(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+    assert sum(int(float(ln.rsplit(" ", 1)[1])) for ln in text.splitlines()  # exposition: "989.0"
                if ln.startswith("pinrec_stream_committed_offset{")) == n
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
