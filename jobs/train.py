@@ -1,8 +1,7 @@
 """`pinrec train`: train a PinRec variant (or a baseline) from a lake into models/<version>.
 
-Reads the `sequences` partition for `--ds` when given and present, else the imported `events`
-table; holds out each user's last engagement for validation recall (early stopping); writes an
-immutable version (safetensors + config.json + metrics.json) and publishes it with --publish.
+Reads `sequences` for `--ds` (else the imported `events`), holds out each user's last engagement
+for validation (early stopping), writes an immutable version and publishes it with --publish.
 """
 from __future__ import annotations
 
@@ -282,16 +281,17 @@ def warm_start_state(lake, source: str | None, cfg, rules=None):
 
     from safetensors.torch import load_file
 
-    from pinrec.core.layout import current, gate_refusal
+    from pinrec.core.layout import current, gate_fallback, gate_refusal
     from pinrec_model.model import PinRecConfig
 
     if not source:
         return None, None, cfg
     vdir = current(lake, "models") if source == "current" else lake.version_dir("models", source)
-    refusal = vdir is not None and gate_refusal(lake, vdir.name)  # a refused model may be broken
-    if vdir is None or not (vdir / "config.json").exists() or refusal:  # or: the first day, a gap
-        why = f"was refused by its quality gate ({refusal})" if refusal else f"does not exist in {lake.root}"
-        print(f"warm start: model version {source!r} {why}; training from scratch")
+    if vdir is not None and (refused := gate_refusal(lake, vdir.name)):  # it may be broken (NaN)
+        vdir = gate_fallback(lake, vdir.name)  # what kept serving then, unless it saw later days
+        print(f"warm start: {source!r} was refused by its gate ({refused}); from {vdir and vdir.name}")
+    if vdir is None or not (vdir / "config.json").exists():  # the first day, a gap, no fallback
+        print(f"warm start: no model {source!r} to continue from in {lake.root}; training from scratch")
         return None, None, cfg
     saved = PinRecConfig.from_json(json.loads((vdir / "config.json").read_text())["model"])
     if rules is not None:

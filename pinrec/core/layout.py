@@ -285,15 +285,34 @@ def gate_record_path(lake, ds: str) -> Path:
     return lake.runs / "gate" / f"{ds}.json"
 
 
-def gate_refusal(lake, version: str) -> str | None:
-    """The gate's reason when its last decision on model `version` was a refusal, else None
-    (passed, or never judged: a model trained outside the DAG). `pinrec train` never warm-starts
-    from a refused model."""
+def _refused_record(lake, version: str) -> dict | None:
+    """The gate's record refusing model `version`, if its last decision on it was a refusal."""
     import json
 
     folder = lake.runs / "gate"
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         record = json.loads(path.read_text())
         if record.get("candidate_model") == version and record.get("passed") is False:
-            return record.get("reason") or "refused"
+            return record
+    return None
+
+
+def gate_refusal(lake, version: str) -> str | None:
+    """The gate's reason when its last decision on model `version` was a refusal, else None
+    (passed, or never judged: a model trained outside the DAG). `pinrec train` never warm-starts
+    from a refused model."""
+    record = _refused_record(lake, version)
+    return (record.get("reason") or "refused") if record else None
+
+
+def gate_fallback(lake, version: str) -> Path | None:
+    """What a warm start continues from instead of a refused `version`: the model that kept
+    serving when the gate refused it (it passed its own gate), unless that model is of a later
+    day than `version` (a backfill must not start from a model that saw later data) or its name
+    carries no day (not a DAG version). None: train from scratch."""
+    record = _refused_record(lake, version) or {}
+    serving = record.get("serving_model") or ""
+    day = lambda v: v[1:9] if v[:1] == "d" and v[1:9].isdigit() else None  # noqa: E731
+    if day(serving) and day(version) and day(serving) <= day(version):
+        return lake.version_dir("models", serving)
     return None

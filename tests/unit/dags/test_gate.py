@@ -399,7 +399,7 @@ def test_a_backfill_of_an_older_day_is_decided_on_the_hard_checks_alone():
     assert not decide(0.08, None, None, 400, 0.05, ("weights not finite",), note).passed
 
 
-def test_a_warm_start_never_continues_a_model_its_gate_refused(tmp_path, capsys):
+def test_a_warm_start_never_continues_a_model_its_gate_refused_but_what_kept_serving(tmp_path, capsys):
     import torch
     from safetensors.torch import save_file
 
@@ -420,10 +420,22 @@ def test_a_warm_start_never_continues_a_model_its_gate_refused(tmp_path, capsys)
         path = gate_record_path(lake, ds)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"candidate_model": version, "passed": passed,
+                                    "serving_model": "d20260103-uc-small" if not passed else None,
                                     "reason": "hard check failed: non-finite weights"}))
     name, weights, _ = warm_start_state(lake, "d20260103-uc-small", cfg)  # passed: continued
     assert name == "d20260103-uc-small" and all(torch.equal(weights[k], state[k]) for k in state)
-    assert warm_start_state(lake, "d20260104-uc-small", cfg) == (None, None, cfg)  # refused: scratch
-    assert "refused by its quality gate (hard check failed: non-finite weights)" in capsys.readouterr().out
+    # refused: continue from what kept serving (it passed its gate), never from the refused one
+    name, _, _ = warm_start_state(lake, "d20260104-uc-small", cfg)
+    assert name == "d20260103-uc-small"
+    out = capsys.readouterr().out
+    assert "refused by its gate (hard check failed: non-finite weights)" in out and "d20260103" in out
+    from pinrec.core.layout import gate_fallback
+    # a backfill of an older day must not continue from a model of a later day: scratch
+    path = gate_record_path(lake, "2026-01-02")
+    path.write_text(json.dumps({"candidate_model": "d20260102-uc-small", "passed": False,
+                                "serving_model": "d20260103-uc-small", "reason": "x"}))
+    assert gate_fallback(lake, "d20260102-uc-small") is None
+    assert warm_start_state(lake, "d20260102-uc-small", cfg) == (None, None, cfg)
+    assert gate_fallback(lake, "d20260103-uc-small") is None  # not refused: no fallback needed
     name, _, _ = warm_start_state(lake, "d20260105-uc-small", cfg)  # never judged (trained by hand)
     assert name == "d20260105-uc-small"
