@@ -76,8 +76,20 @@ def lake_key(lake: Path) -> tuple:
             str(current(lk, "models")), str(current(lk, "index")))
 
 
-def load_snapshot(cfg: ServingConfig) -> Snapshot:
-    key = lake_key(cfg.lake)
+def load_snapshot(cfg: ServingConfig, attempts: int = 5) -> Snapshot:
+    """Load the parts, then check the lake's key again: a publish that landed while they loaded
+    (the model read before it, the candidates after) would mix two days in one snapshot, so the
+    load starts over (the week rehearsal caught one such snapshot under load)."""
+    for _ in range(attempts - 1):
+        key = lake_key(cfg.lake)
+        snap = _load_parts(cfg, key)
+        if lake_key(cfg.lake) == key:
+            return snap
+        close_regenerator(snap.regenerator)
+    return _load_parts(cfg, lake_key(cfg.lake))  # publishing that often: the next poll reloads
+
+
+def _load_parts(cfg: ServingConfig, key: tuple) -> Snapshot:
     regen, why = None, "disabled by configuration"
     if cfg.regenerate and cfg.regen_workers > 0:
         from serving.regen_worker import RegenPool
