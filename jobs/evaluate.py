@@ -34,6 +34,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=10, help="unordered: target tokens per eval user")
     p.add_argument("--index-size", type=int, default=1_000_000, help="unordered: random items in the index")
     p.add_argument("--num-embeddings", type=int, default=16, help="unordered: embeddings per user")
+    p.add_argument("--validation-only", action="store_true",
+                   help="loo: train and report the validation figures only; the test item is never "
+                        "read (what a sweep that picks a default may look at)")
     p.add_argument("--json", dest="json_out", help="write the result JSON here (plots beside it)")
 
 
@@ -181,7 +184,8 @@ def _loo_once(args, prep, vocab, seed) -> dict:
         res, config = _train(args, prep, vocab, seed, holdout=2)  # --refit: then on the validation item too
         model, history = res.model, res.history
         ct = CatalogTensors(prep.catalog, resolve_device(args.device))
-    m = loo_eval_model(model, ct, prep.seqs, users, test_pos, model.cfg.max_len)
+    # the test split is read once per reported run, and never by a sweep (--validation-only)
+    m = {} if args.validation_only else loo_eval_model(model, ct, prep.seqs, users, test_pos, model.cfg.max_len)
     m["diversity"] = float("nan")
     if history:  # the epoch validation chose, and the validation figures it was chosen on
         best = max(history, key=lambda h: (h.get("val_ndcg@10", float("nan")), -h["epoch"]))
@@ -277,7 +281,7 @@ def print_table(result: dict) -> None:
                         "recall@10_excl_history", "ndcg@10_excl_history", "recall@10_distinct",
                         "recall@10_new", "diversity", "latency_s", "uc_recall@10", "lift_over_uc",
                         "uc_recall@10_distinct", "lift_over_uc_distinct", "uc_recall@10_new",
-                        "lift_over_uc_new", "val_ndcg@10", "best_epoch", "epochs_run") if k in result]
+                        "lift_over_uc_new", "val_ndcg@10", "val_recall@10", "best_epoch", "epochs_run") if k in result]
     print(f"pinrec eval  protocol={result['protocol']}  variant={result['variant']}  seeds={result['seeds']}")
     for k in keys:
         std = result.get(f"{k}_std")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pinrec.core.cli_args import add_lake_arg
 
 VARIANT_CHOICES = ("uc", "oc", "mt_oc", "sasrec", "pinnerformer")
-EPOCH_CAP_HELP = "cap of 200 with patience 10"
+EPOCH_CAP_HELP = "learning-rate schedule (>= 20 epochs and 2,000 steps, patience a tenth of it)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -45,7 +45,8 @@ def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"epoch cap (default: the data rules' {EPOCH_CAP_HELP}; without rules 20)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per step (default: the rules' 256; without rules 128)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -91,6 +92,8 @@ def model_config(args, vocab, rules=None):
     if args.variant == "sasrec":
         # SASRec: ID embeddings only, next-item, full-softmax cross-entropy.
         over.update(use_features=False, full_softmax=True)
+        if over.get("item_tower") == "id_mlp":  # the same tower without its feature MLP
+            over["item_tower"] = "id"
     if getattr(args, "full_softmax", None) is not None:
         over["full_softmax"] = args.full_softmax
     over.update(parse_overrides(args.set))
@@ -103,7 +106,7 @@ def data_rules(args, prep):
         return None
     from pinrec_model.defaults import data_shape, default_rules
 
-    return default_rules(data_shape(prep.seqs.lengths(), len(prep.catalog)), args.batch_size)
+    return default_rules(data_shape(prep.seqs.lengths(), len(prep.catalog)), args.variant)
 
 
 def effective_config(args, vocab, prep):
@@ -143,7 +146,7 @@ def parse_overrides(pairs) -> dict:
 
 
 # Training defaults without data rules (--rules off, or before the data is read).
-CODE_TRAIN_DEFAULTS = {"epochs": 20, "patience": 5, "warmup_steps": 100, "max_seconds": None}
+CODE_TRAIN_DEFAULTS = {"epochs": 20, "patience": 5, "warmup_steps": 100, "max_seconds": None, "batch_size": 128}
 
 
 def train_config(args, rules=None):
@@ -154,11 +157,11 @@ def train_config(args, rules=None):
         compile_ = args.preset == "paper" and str(resolve_device(args.device)).startswith("cuda")
     base = {**CODE_TRAIN_DEFAULTS, **(rules.train if rules is not None else {})}
     given = {"epochs": args.epochs, "patience": args.patience, "warmup_steps": args.warmup,
-             "max_seconds": args.max_seconds}
+             "max_seconds": args.max_seconds, "batch_size": args.batch_size}
     t = {k: (v if v is not None else base[k]) for k, v in given.items()}
     if t["max_seconds"] == 0:
         t["max_seconds"] = None
-    return TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+    return TrainConfig(lr=args.lr, seed=args.seed, device=args.device,
                        compile=compile_, weight_decay=args.weight_decay,
                        decay_embeddings=args.decay_embeddings, progress=not args.quiet, **t)
 
