@@ -16,8 +16,8 @@ Phase 2 — CPU regeneration: server with regeneration on; a --regen-fraction of
 are for users with fresh events (they regenerate on CPU), the rest for users without.
 Logging (--phases logging) — the precomputed phase with the served log off vs on, alternating
 over --logging-rounds rounds (bench/serve_logging.py).
-Servers (--phases servers) — the precomputed and regenerate loads against the stdlib server and
-FastAPI/uvicorn, alternating over --server-rounds rounds (bench/serve_servers.py).
+Servers (--phases servers) — the precomputed and regenerate loads, each on a fresh server, over
+--server-rounds rounds; the bars judged on the median p99 (bench/serve_servers.py).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phases", default="precomputed,floor,regenerate",
                    help="comma-separated subset of precomputed,floor,regenerate,logging,servers")
     p.add_argument("--server-rounds", type=int, default=2,
-                   help="with the servers phase: legacy/fastapi pairs, alternating order")
+                   help="with the servers phase: rounds of both loads, each on a fresh server")
     p.add_argument("--logging-rounds", type=int, default=3,
                    help="with the logging phase: off/on pairs, alternating order")
 
@@ -86,8 +86,8 @@ def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
 
 
 def trivial_server(port: int, token: str, body_file: str) -> None:
-    """The HTTP layer of `pinrec serve --server legacy` (stdlib, HTTP/1.1 keep-alive, no Nagle,
-    thread per connection, bearer check) answering every request with one fixed body: the floor."""
+    """A minimal stdlib HTTP server (HTTP/1.1 keep-alive, no Nagle, thread per connection,
+    bearer check) answering every request with one fixed body: the floor."""
     import hmac
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -354,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = {"p99_ms": pre["p99_ms"], "p99_ms_regenerate": regen["p99_ms"],
               "served_log": logging_res, "servers": servers_res,
-              # the server of the precomputed/floor/regenerate/logging phases: pinrec serve's default
+              # the server of every phase but the floor: pinrec serve's one server (FastAPI)
               "server": "fastapi",
               "precomputed": pre, "trivial_server_floor": floor, "regenerate": regen,
               "regenerate_phase_others": others,

@@ -6,7 +6,6 @@
 
 Errors are JSON `{"error": ...}` with 400 (bad input), 401 (missing/wrong token), 404 (route) —
 FastAPI's own 422 and `{"detail": ...}` are mapped onto these, which clients already handle.
-`serving/http_api_legacy.py` is the stdlib server this replaced, kept for a side-by-side bench.
 """
 # No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated
 # metadata at definition time, and the token dependency is a local of create_app.
@@ -200,7 +199,7 @@ def create_app(service: "RecommendationService", token: str,
 class ApiServer:
     """uvicorn on a socket bound here, with `http.server`'s surface (`server_port`,
     `serve_forever`, `shutdown`, `server_close`): the port is known (port=0 picks a free one)
-    before serving starts, and callers start either server the same way."""
+    before serving starts, and callers (pinrec serve, tests) start and stop it like one."""
 
     def __init__(self, app: FastAPI, host: str, port: int):
         import uvicorn
