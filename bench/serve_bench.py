@@ -9,8 +9,8 @@ time, so time spent waiting for a free connection is charged to it (no coordinat
 
 Phase 1 — precomputed + RocksDB tail: server with --no-regenerate; every request reads the
 user's fresh events from RocksDB, removes engaged items and blends.
-Floor — the same client against a trivial server (the same stdlib HTTP stack returning a
-fixed response body captured from phase 1): what the client and HTTP layer alone cost on
+Floor — the same client against a trivial server (bench/serve_floor.py: stdlib, returning a
+fixed response body captured from phase 1): what the client and an HTTP layer alone cost on
 this host, so the phase-1 figure can be read against it.
 Phase 2 — CPU regeneration: server with regeneration on; a --regen-fraction of the requests
 are for users with fresh events (they regenerate on CPU), the rest for users without.
@@ -85,38 +85,6 @@ def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
     return cfg.root, work / "db", fresh
 
 
-def trivial_server(port: int, token: str, body_file: str) -> None:
-    """A minimal stdlib HTTP server (HTTP/1.1 keep-alive, no Nagle, thread per connection,
-    bearer check) answering every request with one fixed body: the floor."""
-    import hmac
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    body, expected = Path(body_file).read_bytes(), f"Bearer {token}".encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def do_GET(self):  # noqa: N802
-            ok = hmac.compare_digest((self.headers.get("Authorization") or "").encode(), expected)
-            self.send_response(200 if ok else 401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body) if ok else 2))
-            self.end_headers()
-            self.wfile.write(body if ok else b"{}")
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    srv.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        srv.server_close()
-
-
 class Server:
     def __init__(self, lake: Path, db: Path, token: str, regenerate: bool, log: Path,
                  regen_workers: int = 1, trivial_body: Path | None = None, extra=()):
@@ -127,7 +95,7 @@ class Server:
                str(db), "--port", str(self.port), "--regen-workers", str(regen_workers)]
         cmd += ([] if regenerate else ["--no-regenerate"]) + list(extra)
         if trivial_body is not None:
-            cmd = [sys.executable, "-c", f"from bench.serve_bench import trivial_server; "
+            cmd = [sys.executable, "-c", f"from bench.serve_floor import trivial_server; "
                    f"trivial_server({self.port}, {token!r}, {str(trivial_body)!r})"]
         env = {**os.environ, "PINREC_API_TOKEN": token, "OMP_NUM_THREADS": "1"}
         self.log = open(log, "ab")
