@@ -9,15 +9,15 @@ time, so time spent waiting for a free connection is charged to it (no coordinat
 
 Phase 1 — precomputed + RocksDB tail: server with --no-regenerate; every request reads the
 user's fresh events from RocksDB, removes engaged items and blends.
-Floor — the same client against a trivial server (the same stdlib HTTP stack returning a
-fixed response body captured from phase 1): what the client and HTTP layer alone cost on
+Floor — the same client against a trivial server (bench/serve_floor.py: stdlib, returning a
+fixed response body captured from phase 1): what the client and an HTTP layer alone cost on
 this host, so the phase-1 figure can be read against it.
 Phase 2 — CPU regeneration: server with regeneration on; a --regen-fraction of the requests
 are for users with fresh events (they regenerate on CPU), the rest for users without.
 Logging (--phases logging) — the precomputed phase with the served log off vs on, alternating
 over --logging-rounds rounds (bench/serve_logging.py).
-Servers (--phases servers) — the precomputed and regenerate loads against the stdlib server and
-FastAPI/uvicorn, alternating over --server-rounds rounds (bench/serve_servers.py).
+Servers (--phases servers) — the precomputed and regenerate loads, each on a fresh server, over
+--server-rounds rounds; the bars judged on the median p99 (bench/serve_servers.py).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phases", default="precomputed,floor,regenerate",
                    help="comma-separated subset of precomputed,floor,regenerate,logging,servers")
     p.add_argument("--server-rounds", type=int, default=2,
-                   help="with the servers phase: legacy/fastapi pairs, alternating order")
+                   help="with the servers phase: rounds of both loads, each on a fresh server")
     p.add_argument("--logging-rounds", type=int, default=3,
                    help="with the logging phase: off/on pairs, alternating order")
 
@@ -85,38 +85,6 @@ def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
     return cfg.root, work / "db", fresh
 
 
-def trivial_server(port: int, token: str, body_file: str) -> None:
-    """The HTTP layer of `pinrec serve --server legacy` (stdlib, HTTP/1.1 keep-alive, no Nagle,
-    thread per connection, bearer check) answering every request with one fixed body: the floor."""
-    import hmac
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    body, expected = Path(body_file).read_bytes(), f"Bearer {token}".encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-
-        def do_GET(self):  # noqa: N802
-            ok = hmac.compare_digest((self.headers.get("Authorization") or "").encode(), expected)
-            self.send_response(200 if ok else 401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body) if ok else 2))
-            self.end_headers()
-            self.wfile.write(body if ok else b"{}")
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    srv.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        srv.server_close()
-
-
 class Server:
     def __init__(self, lake: Path, db: Path, token: str, regenerate: bool, log: Path,
                  regen_workers: int = 1, trivial_body: Path | None = None, extra=()):
@@ -127,7 +95,7 @@ class Server:
                str(db), "--port", str(self.port), "--regen-workers", str(regen_workers)]
         cmd += ([] if regenerate else ["--no-regenerate"]) + list(extra)
         if trivial_body is not None:
-            cmd = [sys.executable, "-c", f"from bench.serve_bench import trivial_server; "
+            cmd = [sys.executable, "-c", f"from bench.serve_floor import trivial_server; "
                    f"trivial_server({self.port}, {token!r}, {str(trivial_body)!r})"]
         env = {**os.environ, "PINREC_API_TOKEN": token, "OMP_NUM_THREADS": "1"}
         self.log = open(log, "ab")
@@ -282,8 +250,7 @@ def run(args: argparse.Namespace) -> int:
     mix = [rng.choice(list(fresh)) if i < k else rng.choice(stale) for i in range(1000)]
     rng.shuffle(mix)
     phases = set(args.phases.split(","))
-    nothing = summarize([(0, float("nan"), float("nan"), 0, False)])
-    pre, floor, regen, others = nothing, nothing, nothing, nothing
+    pre = floor = regen = others = None  # a phase not run stays None: no row, null in the JSON
 
     def load(srv, who, of_interest=None):
         """Warm up, then measure; on a shared host, measure again (up to --attempts) while
@@ -352,9 +319,10 @@ def run(args: argparse.Namespace) -> int:
                                     token, load, summarize, server_regen_metrics, Server, BARS)
         print_servers(servers_res)
 
-    result = {"p99_ms": pre["p99_ms"], "p99_ms_regenerate": regen["p99_ms"],
+    result = {"p99_ms": pre["p99_ms"] if pre else None,
+              "p99_ms_regenerate": regen["p99_ms"] if regen else None,
               "served_log": logging_res, "servers": servers_res,
-              # the server of the precomputed/floor/regenerate/logging phases: pinrec serve's default
+              # the server of every phase but the floor: pinrec serve's one server (FastAPI)
               "server": "fastapi",
               "precomputed": pre, "trivial_server_floor": floor, "regenerate": regen,
               "regenerate_phase_others": others,
@@ -362,36 +330,47 @@ def run(args: argparse.Namespace) -> int:
               "regen_fraction": args.regen_fraction, "users": args.users,
               "regen_workers": args.regen_workers, "client_workers": args.workers,
               "host_cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "bars": BARS}
-    print(f"{'phase':<44}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'server p99':>12}  bar")
-    rows = ((f"precomputed + RocksDB tail @ {args.rate:.0f}/s", pre, "p99 <= 5 ms"),
+    print_phases(args, pre, floor, regen, others)
+    print(f"(host: {os.cpu_count()} cpus, 1-min load average {result['load_avg_1m']:.1f})")
+    write_json(args.json, result)
+    return 0
+
+
+def print_phases(args, pre: dict | None, floor: dict | None, regen: dict | None,
+                 others: dict | None) -> None:
+    """The precomputed / floor / regenerate table and its detail lines, for the phases that ran
+    only (None: not run; it prints nothing rather than a blank row)."""
+    rows = [(f"precomputed + RocksDB tail @ {args.rate:.0f}/s", pre, "p99 <= 5 ms"),
             ("floor: same client, trivial server", floor, ""),
             (f"regenerating requests ({args.regen_fraction:.0%} of {args.rate:.0f}/s)", regen,
              "p99 <= 50 ms"),
-            ("other requests in the same phase", others, ""))
+            ("other requests in the same phase", others, "")]
+    rows = [(name, s, bar) for name, s, bar in rows if s is not None]
+    if rows:
+        print(f"{'phase':<44}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'server p99':>12}  bar")
     for name, s, bar in rows:
         server = s["server_p99_ms"] if s["server_p99_ms"] is not None else float("nan")
         print(f"{name:<44}{s['requests']:>9}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}{server:>12.2f}"
               f"  {bar}" + (f"  errors {s['errors']}" if s["errors"] else ""))
-    print(f"HTTP handler p99 inside the server (incl. warm-up): precomputed phase "
-          f"{pre.get('handler_p99_ms_all_requests', float('nan')):.2f} ms, regeneration phase "
-          f"{regen.get('handler_p99_ms_all_requests', float('nan')):.2f} ms")
-    print(f"regeneration inside the server (incl. warm-up): compute p50 "
-          f"{regen.get('regen_compute_p50_ms', float('nan')):.1f} ms, p99 "
-          f"{regen.get('regen_compute_p99_ms', float('nan')):.1f} ms; wait for a slot p99 "
-          f"{regen.get('regen_wait_p99_ms', float('nan')):.1f} ms; model call in the worker p50 "
-          f"{regen.get('regen_worker_p50_ms', float('nan')):.1f} ms, p99 "
-          f"{regen.get('regen_worker_p99_ms', float('nan')):.1f} ms")
-    print(f"requests that carried regenerated candidates: {regen['regenerated']} of "
-          f"{regen['requests']} fresh-user requests (p99 over those "
-          f"{regen['p99_ms_regenerated_only'] or float('nan'):.2f} ms)")
+    handler = [f"{name} phase {s.get('handler_p99_ms_all_requests', float('nan')):.2f} ms"
+               for name, s in (("precomputed", pre), ("regeneration", regen)) if s is not None]
+    if handler:
+        print("HTTP handler p99 inside the server (incl. warm-up): " + ", ".join(handler))
+    if regen is not None:
+        print(f"regeneration inside the server (incl. warm-up): compute p50 "
+              f"{regen.get('regen_compute_p50_ms', float('nan')):.1f} ms, p99 "
+              f"{regen.get('regen_compute_p99_ms', float('nan')):.1f} ms; wait for a slot p99 "
+              f"{regen.get('regen_wait_p99_ms', float('nan')):.1f} ms; model call in the worker p50 "
+              f"{regen.get('regen_worker_p50_ms', float('nan')):.1f} ms, p99 "
+              f"{regen.get('regen_worker_p99_ms', float('nan')):.1f} ms")
+        print(f"requests that carried regenerated candidates: {regen['regenerated']} of "
+              f"{regen['requests']} fresh-user requests (p99 over those "
+              f"{regen['p99_ms_regenerated_only'] or float('nan'):.2f} ms)")
     for name, s in (("precomputed", pre), ("trivial-server", floor), ("regeneration", regen)):
-        if "client_cores" in s:
+        if s is not None and "client_cores" in s:
             print(f"CPU in the {name} phase: client {s['client_cores']:.2f} cores, server "
                   f"{s['server_cores']:.2f} (incl. workers), other processes on the host "
                   f"{s['other_processes_cores']:.2f} cores"
                   + (" (CONTENDED)" if s["contended"] else "")
                   + f"; attempts {len(s['attempts'])}, their p99 "
                   + ", ".join(f"{a['p99_ms']:.1f}" for a in s["attempts"]) + " ms")
-    print(f"(host: {os.cpu_count()} cpus, 1-min load average {result['load_avg_1m']:.1f})")
-    write_json(args.json, result)
-    return 0

@@ -35,13 +35,11 @@ from dataclasses import dataclass
 
 from pinrec.core.contracts import parse_ds
 from pinrec.core.layout import Lake
+# The event fields, the sequence array column <- event field pairs, and the day length: defined
+# once beside the Arrow engine, which must build exactly the rows this Spark path builds.
+from pinrec.core.sequences_arrow import ARRAY_COLUMNS, DAY_US, EVENT_FIELDS
 from pinrec.core.sequences_store import shift_ds, window_bounds, window_partitions  # noqa: F401 (the job's dates)
 
-DAY_US = 86_400_000_000
-EVENT_FIELDS = ("ts", "event_id", "item_id", "item_type", "action", "surface")
-# Sequence array column <- event field, in contract order.
-ARRAY_COLUMNS = (("event_ids", "event_id"), ("item_ids", "item_id"), ("item_types", "item_type"),
-                 ("actions", "action"), ("surfaces", "surface"), ("ts", "ts"))
 MODES = ("auto", "full", "incremental")
 ENGINES = ("auto", "arrow", "spark")
 

@@ -101,7 +101,7 @@ class ServiceCollector:
 
 class ApiMetrics:
     """The registry one API server exports. Its own registry, not the process-wide default, so
-    two servers in one process (tests, the side-by-side bench) never share or clash."""
+    two servers in one process (tests) never share or clash."""
 
     def __init__(self, service: "RecommendationService"):
         self.registry = CollectorRegistry()

@@ -6,7 +6,6 @@
 
 Errors are JSON `{"error": ...}` with 400 (bad input), 401 (missing/wrong token), 404 (route) —
 FastAPI's own 422 and `{"detail": ...}` are mapped onto these, which clients already handle.
-`serving/http_api_legacy.py` is the stdlib server this replaced, kept for a side-by-side bench.
 """
 # No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated
 # metadata at definition time, and the token dependency is a local of create_app.
@@ -88,11 +87,18 @@ def health(service: "RecommendationService") -> dict:
             "candidates_model_version": snap.candidates.model_version}
 
 
+def missing_user_id_message(got: str) -> str:
+    """The 400 message for an empty or whitespace-only user id (`GET /v1/recommendations/`)."""
+    return f"user_id is missing (got {got!r}): send GET {PREFIX}<user_id>, a non-negative integer"
+
+
 def bad_request_message(error: dict) -> str:
     """The 400 message for one pydantic validation error of the recommendations route, in the
     words the API has always used (name the field, what it must be, what came)."""
     field, got, kind = error["loc"][-1], error.get("input"), error["type"]
     if field == "user_id":
+        if isinstance(got, str) and not got.strip():
+            return missing_user_id_message(got)
         if kind.startswith(("greater_than", "less_than")):
             return f"user_id must be non-negative, got {got}"
         return f"user_id must be an integer, got {got!r}"
@@ -184,6 +190,14 @@ def create_app(service: "RecommendationService", token: str,
             return json_response({"error": str(e)}, 400)
         return json_response(body)
 
+    # An empty user id matches no `{user_id}` route; without these it would be a 404 "no route"
+    # (or, without the slash, a redirect to one), yet the route is right and the input is wrong:
+    # a 400 like any other bad user id, after the token check like them.
+    @app.get(PREFIX, include_in_schema=False, dependencies=[Depends(require_token)])
+    @app.get(PREFIX.rstrip("/"), include_in_schema=False, dependencies=[Depends(require_token)])
+    def recommend_without_user():
+        return json_response({"error": missing_user_id_message("")}, 400)
+
     @app.get("/healthz", response_model=Health)
     @app.get("/health", response_model=Health, include_in_schema=False)
     async def healthz():
@@ -200,7 +214,7 @@ def create_app(service: "RecommendationService", token: str,
 class ApiServer:
     """uvicorn on a socket bound here, with `http.server`'s surface (`server_port`,
     `serve_forever`, `shutdown`, `server_close`): the port is known (port=0 picks a free one)
-    before serving starts, and callers start either server the same way."""
+    before serving starts, and callers (pinrec serve, tests) start and stop it like one."""
 
     def __init__(self, app: FastAPI, host: str, port: int):
         import uvicorn

@@ -113,10 +113,6 @@ def read_token(token_file: str | None) -> str:
     return token
 
 
-# --server NAME -> the module whose make_server(service, token, host, port) starts it
-SERVERS = {"fastapi": "serving.http_api", "legacy": "serving.http_api_legacy"}
-
-
 def _interrupt(*_):
     raise KeyboardInterrupt
 
@@ -137,20 +133,15 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="responses buffered while the broker is slow or down; beyond it the "
                         "oldest are dropped (counted in /metrics)")
     p.add_argument("--no-served-log", action="store_true", help="do not log responses to Kafka")
-    p.add_argument("--server", choices=SERVERS, default="fastapi",
-                   help="fastapi: FastAPI on uvicorn (schema at /docs); legacy: the stdlib "
-                        "http.server it replaced, kept until both are benchmarked side by side")
 
 
 def run(args: argparse.Namespace) -> int:
     import gc
-    import importlib
     import signal
     import sys
 
+    from serving.http_api import make_server
     from serving.service import RecommendationService
-
-    make_server = importlib.import_module(SERVERS[args.server]).make_server
 
     token = read_token(args.token_file)
     # Hand the GIL over every 0.5 ms instead of 5 ms: a request thread waiting behind a
@@ -163,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     gc.freeze()
     srv = make_server(svc, token, args.host, args.port)
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: close the store cleanly
-    print(f"serving ({args.server}) on http://{args.host}:{srv.server_port} candidates ds={svc.candidates.ds} "
+    print(f"serving on http://{args.host}:{srv.server_port} candidates ds={svc.candidates.ds} "
           f"arms={sorted(svc.candidates.arms)} regeneration="
           f"{'on' if svc.regenerator else 'off (' + svc.regen_unavailable + ')'} "
           f"traffic={dict(svc.cfg.traffic.shares) if svc.cfg.traffic else 'default arm'} "

@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 from pinrec.core.contracts import EVENTS_SCHEMA, SEQUENCES_SCHEMA
 
 EVENT_FIELDS = ("ts", "event_id", "item_id", "item_type", "action", "surface")
+# Sequence array column <- event field, in contract order. The Spark engine (jobs/sequences.py)
+# imports EVENT_FIELDS, ARRAY_COLUMNS and DAY_US from here: one definition for both engines.
 ARRAY_COLUMNS = (("event_ids", "event_id"), ("item_ids", "item_id"), ("item_types", "item_type"),
                  ("actions", "action"), ("surfaces", "surface"), ("ts", "ts"))
 FILE_SCHEMA = pa.schema([f for f in SEQUENCES_SCHEMA if f.name != "ds"])

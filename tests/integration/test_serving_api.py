@@ -128,6 +128,8 @@ def test_query_regenerates_for_a_user_with_no_events(api):
     ("/v1/recommendations/4", None, 401, "bearer token"),
     ("/v1/recommendations/4", "wrong", 401, "bearer token"),
     ("/v1/recommendations/abc", TOKEN, 400, "user_id must be an integer"),
+    ("/v1/recommendations/", TOKEN, 400, "user_id is missing (got '')"),
+    ("/v1/recommendations/", None, 401, "bearer token"),
     ("/v1/recommendations/4?n=0", TOKEN, 400, "n must be between 1 and 1000"),
     ("/v1/recommendations/4?n=1001", TOKEN, 400, "n must be between 1 and 1000"),
     ("/v1/recommendations/4?arm=nope", TOKEN, 400, "unknown arm 'nope'; known arms: ['control', 'saves']"),

@@ -50,6 +50,23 @@ def test_bad_inputs_are_400_naming_the_field(client, path, msg):
     assert (r.status_code, r.json()) == (400, {"error": msg})
 
 
+@pytest.mark.parametrize("path,got", [
+    ("/v1/recommendations/", ""), ("/v1/recommendations/?n=3", ""), ("/v1/recommendations", ""),
+    ("/v1/recommendations/%20", " "), ("/v1/recommendations/%20%09?n=3", " \t"),
+])
+def test_empty_or_blank_user_id_is_400_json_not_404(client, path, got):
+    # the stdlib server this replaced answered 400 here; FastAPI had answered 404 "no route"
+    r = client.get(path, headers=AUTH, follow_redirects=False)
+    assert (r.status_code, r.headers["content-type"]) == (400, "application/json")
+    assert r.json() == {"error": f"user_id is missing (got {got!r}): send GET "
+                                 "/v1/recommendations/<user_id>, a non-negative integer"}
+
+
+def test_empty_user_id_without_the_token_is_401_like_any_request(client):
+    r = client.get("/v1/recommendations/")
+    assert r.status_code == 401 and "missing or wrong bearer token" in r.json()["error"]
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
                                      {"Authorization": f"Basic {TOKEN}"}])
 def test_missing_or_wrong_token_is_401_before_validation(client, headers):
