@@ -1,8 +1,9 @@
 """The `releases` table: what serving uses, published atomically on object storage.
 
-Object stores have no atomic rename, so a remote lake has no CURRENT files. Publishing appends
-one row to a small Delta table, `<lake>/releases`, and that row names the model version, the
-index version and the candidates `ds` together: one Delta commit (an S3 conditional write of the
+A local lake publishes by replacing one file, its release record (`RELEASE.json`,
+pinrec/core/layout.py); object stores have no atomic rename, so a remote lake appends one row
+to a small Delta table, `<lake>/releases`, and that row names the model version, the index
+version and the candidates `ds` together: one Delta commit (an S3 conditional write of the
 next log entry) makes all three visible at once, so a reader that takes the latest row never
 pairs a model of one day with the candidates of another. A publish that fails before its commit
 leaves no row: the previous release keeps serving.
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 
 import pyarrow as pa
+
+from pinrec.core.layout import Release
 
 RELEASES_SCHEMA = pa.schema([
     pa.field("seq", pa.int64(), nullable=False),
@@ -27,15 +29,6 @@ RELEASES_SCHEMA = pa.schema([
     pa.field("released_at", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("release_id", pa.string(), nullable=False),
 ])
-
-
-@dataclass(frozen=True)
-class Release:
-    seq: int
-    model: str | None
-    index: str | None
-    candidates_ds: str | None
-    release_id: str
 
 
 def releases_uri(lake) -> str:
