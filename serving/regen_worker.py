@@ -102,7 +102,7 @@ def _spawn(lake_root: Path, release, threads: int,
 @dataclass
 class RegenPool:
     lake_root: Path
-    # The release (pinrec.core.layout.Release) whose model and index every worker loads, a
+    # The release (pinrec.core.lake_releases.Release) whose model and index every worker loads, a
     # replacement too: a worker respawned after a publish must still match the snapshot's
     # candidates; the next reload starts a new pool for the new release.
     release: object

@@ -91,7 +91,7 @@ def split_history(history: Sequence[Event], max_len: int) -> tuple[tuple, frozen
 
 def load_regenerator(lake_root, release, threads: int = 1) -> tuple[Regenerator | None, str]:
     """(regenerator, why-not) for the model and index `release` names (a
-    pinrec.core.layout.Release, read once by the caller so they match the candidates it
+    pinrec.core.lake_releases.Release, read once by the caller so they match the candidates it
     serves): None with the reason when nothing is published to regenerate with."""
     import torch
 

@@ -22,7 +22,7 @@ from serving.regen_worker import RegenerationFailed
 from serving.signals import BatchSequences, load_batch_sequences, merge_history
 
 if TYPE_CHECKING:
-    from pinrec.core.layout import Release
+    from pinrec.core.lake_releases import Release
     from serving.served_log import ServedLogConfig
 
 MAX_N = 1000

@@ -17,9 +17,9 @@ from __future__ import annotations
 import time
 import uuid
 
-import pyarrow as pa
+from dataclasses import dataclass
 
-from pinrec.core.layout import Release
+import pyarrow as pa
 
 RELEASES_SCHEMA = pa.schema([
     pa.field("seq", pa.int64(), nullable=False),
@@ -29,6 +29,20 @@ RELEASES_SCHEMA = pa.schema([
     pa.field("released_at", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("release_id", pa.string(), nullable=False),
 ])
+
+
+@dataclass(frozen=True)
+class Release:
+    """What serves, published together: a model version, an index version and the candidates
+    `ds`, on a remote lake (a `releases` row) and a local one (its release record,
+    pinrec/core/layout.py). `seq` orders a lake's releases; -1 marks one read from the per-kind
+    pointers of a local lake published before release records existed."""
+
+    seq: int
+    model: str | None
+    index: str | None
+    candidates_ds: str | None
+    release_id: str
 
 
 def releases_uri(lake) -> str:

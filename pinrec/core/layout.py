@@ -22,7 +22,7 @@ The lake may also live on object storage: `Lake.at("s3://bucket/prefix")` (docs/
 Then the tables are Delta tables at `s3://bucket/prefix/tables/<name>` (delta-rs commits them
 with S3 conditional writes, so concurrent writers are safe), model and index versions are
 immutable prefixes `s3://bucket/prefix/<kind>/<version>/` written once (`push_version`, with a
-`_COMPLETE` marker last), and there are no CURRENT files -- object stores have no atomic rename.
+`_COMPLETE` marker last), and there is no release file -- object stores have no atomic rename.
 Publishing appends one row to the `releases` Delta table (`lake_releases.py`) naming the model,
 the index and the candidates `ds` together, so a reader that reads one release never pairs a
 model of one day with candidates of another. `root` is then a local working folder (the
@@ -41,6 +41,10 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pinrec.core.lake_releases import Release
 
 TABLES = ("events", "sequences", "items", "candidates", "item_features", "served", "arm_outcomes",
           # how `sequences` is stored (pinrec/core/sequences_store.py): read it with read_sequences
@@ -176,19 +180,6 @@ def read_pointer(path: Path) -> str | None:
     return value or None
 
 
-@dataclass(frozen=True)
-class Release:
-    """What serves, published together: a model version, an index version and the candidates
-    `ds`. `seq` orders a lake's releases; -1 marks one read from the per-kind pointers of a
-    local lake published before release records existed."""
-
-    seq: int
-    model: str | None
-    index: str | None
-    candidates_ds: str | None
-    release_id: str
-
-
 RELEASE_FILE = "RELEASE.json"
 _RELEASE_FIELD = {"models": "model", "index": "index"}
 
@@ -208,6 +199,8 @@ def pointer_paths(lake: Lake) -> dict[str, Path]:
 
 
 def _read_local_release(lake: Lake) -> Release | None:
+    from pinrec.core.lake_releases import Release
+
     path = release_path(lake)
     try:
         text = path.read_text()
@@ -225,12 +218,14 @@ def _read_local_release(lake: Lake) -> Release | None:
 def _append_local_release(lake: Lake, changes: dict) -> Release:
     """The latest release with `changes` applied and `seq` bumped, as one atomic replace of the
     release record, then mirrored to the per-kind pointers."""
+    from pinrec.core.lake_releases import Release
+
     path = release_path(lake)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The DAG runs one publishing task at a time per lake, but a hand-run `pinrec index` or
     # `gate publish` may overlap it: the lock makes the read-modify-write one step, so no
     # publish is lost. Readers take no lock: they read one file that is replaced whole.
-    with open(path.with_name(f".{RELEASE_FILE}.lock"), "a") as lock:
+    with open(path.with_name(".RELEASE.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         base = _read_local_release(lake) or Release(-1, None, None, None, "")
         rel = replace(base, seq=base.seq + 1, release_id=uuid.uuid4().hex, **changes)
