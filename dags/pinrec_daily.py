@@ -184,7 +184,7 @@ with DAG(
 
     @task(task_id="serving_health", retries=1)
     def serving_health() -> str:
-        """Read the serving API's health after publishing (it reloads CURRENT on its own);
+        """Read the serving API's health after publishing (it reloads the release on its own);
         skipped when no PINREC_SERVING_URL is configured (a batch-only deployment)."""
         import json
         import urllib.request

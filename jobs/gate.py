@@ -9,7 +9,7 @@
               held-out users (never trained on) of the same ds, each with its own config, and
               fail (exit 1) on a hard check or when the candidate's unordered recall@10 is more
               than `--max-drop` below the serving one's and the paired 95 % interval excludes 0
-    publish   point models/CURRENT, index/CURRENT and candidates/CURRENT at this run's outputs
+    publish   publish this run's model, index and candidates as one release (layout.publish_release)
 
 A failed gate publishes nothing, so the previous model, index and candidates keep serving.
 The decision logic is pure (`decide`); the evaluation is jobs/gate_eval.py.
@@ -224,7 +224,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_ds_arg(pub)
     add_lake_arg(pub)
     pub.add_argument("--model-version", required=True)
-    pub.add_argument("--index-version", help="index version (default: the one index/CURRENT names)")
+    pub.add_argument("--index-version", help="index version (default: the published one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -329,7 +329,7 @@ def serving_record_path(lake) -> Path:
 
 def restore_serving_index(lake) -> None:
     """`pinrec index` publishes the index it built for the candidate model; when the gate
-    rejects that model, point index/CURRENT back at the index published with the serving one."""
+    rejects that model, publish the index published with the serving one again."""
     from pinrec.core.layout import current, publish
 
     path = serving_record_path(lake)
@@ -339,7 +339,7 @@ def restore_serving_index(lake) -> None:
     cur = current(lake, "index")
     if index and (cur is None or cur.name != index) and lake.version_dir("index", index).is_dir():
         publish(lake, "index", index)
-        print(f"index/CURRENT restored to {index}, the index of the serving model")
+        print(f"serving index restored to {index}, the index of the serving model")
 
 
 def run_publish(args) -> int:
@@ -358,7 +358,7 @@ def run_publish(args) -> int:
     if index_version is None:
         cur = current(lake, "index")
         index_version = cur.name if cur else None
-    # One step: on a remote lake one `releases` row names all three (pinrec/core/lake_releases.py).
+    # One step: one release names all three (local: RELEASE.json; remote: a `releases` row).
     publish_release(lake, args.ds, args.model_version, index_version)
     record = {"ds": args.ds, "model": args.model_version, "index": index_version}
     serving_record_path(lake).parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@ check it against exact search, and publish it only if it is good enough.
 
 read (items@ds, model version) -> pure (embed, build, measure recall) -> write:
 the build goes to a temporary folder, becomes `index/<version>/` (immutable) by one rename,
-and `index/CURRENT` is replaced atomically after that. A build that fails or whose
-recall@10 against exact inner-product search on a sample is below `--min-recall` (0.95) never
+and is published after that (a new release naming it: pinrec.core.layout). A build that fails or
+whose recall@10 against exact inner-product search on a sample is below `--min-recall` (0.95) never
 reaches either, so the previous index keeps serving. The version is named by ds and model
 version, so a re-run of a day re-publishes the index it already built instead of rebuilding.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pinrec.core.contracts import parse_ds
-from pinrec.core.layout import Lake, current, index_version_name, publish, read_pointer
+from pinrec.core.layout import Lake, current, index_version_name, publish
 
 
 class IndexRejected(Exception):
@@ -32,7 +32,7 @@ class IndexRejected(Exception):
 class IndexConfig:
     ds: str
     lake: str
-    model_version: str | None = None  # default: models/CURRENT
+    model_version: str | None = None  # default: the published model
     kind: str = "auto"  # auto | flat | ivf_hnsw (Retriever.build)
     nprobe: int = 8
     min_recall: float = 0.95
@@ -53,7 +53,7 @@ def resolve_model(lake: Lake, version: str | None):
     if version is None:
         vdir = current(lake, "models")
         if vdir is None:
-            raise ValueError(f"no --model-version given and {lake.root}/models/CURRENT is not set; "
+            raise ValueError(f"no --model-version given and {lake.location} has no published model; "
                              f"train one with `pinrec train --publish` or pass --model-version")
         return vdir.name, vdir
     vdir = lake.version_dir("models", version)
@@ -117,10 +117,11 @@ def run_job(cfg: IndexConfig) -> dict:
               "sample": int(min(cfg.sample, len(ids)))}
     if recall < cfg.min_recall:
         _record(lake, cfg.ds, report | {"published": False})
+        serving = current(lake, "index")
         raise IndexRejected(
             f"index for ds={cfg.ds} has recall@{cfg.k} {recall:.4f} against exact search, below "
-            f"{cfg.min_recall}; not published, index/CURRENT still points at "
-            f"{read_pointer(lake.artifacts('index') / 'CURRENT')!r}. Raise --nprobe or use --kind flat")
+            f"{cfg.min_recall}; not published, the serving index is still "
+            f"{serving.name if serving else None!r}. Raise --nprobe or use --kind flat")
     tmp = lake.artifacts("index") / f".{version}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         retriever.save(tmp)
@@ -147,7 +148,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_lake_arg(p)
     add_ds_arg(p)
     d = IndexConfig(ds="2000-01-01", lake="")
-    p.add_argument("--model-version", help="model version to embed with (default: models/CURRENT)")
+    p.add_argument("--model-version", help="model version to embed with (default: the published one)")
     p.add_argument("--kind", choices=("auto", "flat", "ivf_hnsw"), default=d.kind,
                    help="flat (exact) for small catalogs, IVF-HNSW for large; auto picks by size")
     p.add_argument("--nprobe", type=int, default=d.nprobe)
@@ -156,7 +157,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", type=int, default=d.sample, help="queries in the recall check")
     p.add_argument("--device", default=d.device, help="cpu | cuda | auto")
     p.add_argument("--no-publish", dest="publish", action="store_false",
-                   help="build and check the version but leave index/CURRENT alone "
+                   help="build and check the version but do not publish it "
                         "(the quality gate publishes it with its model)")
 
 

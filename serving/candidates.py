@@ -1,7 +1,7 @@
 """The serving store: the published `candidates` partition, loaded once into memory by user.
 
-Reading a Delta table per request is far too slow for a 5 ms budget, so the partition named
-by `candidates/CURRENT` is read once at start (and on reload) into flat numpy arrays with a
+Reading a Delta table per request is far too slow for a 5 ms budget, so the partition the
+lake's release names is read once at start (and on reload) into flat numpy arrays with a
 (user, arm) -> row-range index. A production deployment would bulk-load the same rows into a
 key-value store; the lookup interface stays the same.
 """
@@ -120,15 +120,15 @@ def popular_items(tables, k: int = 1000) -> list[int] | None:
     return [int(x) for x in ids[order]]
 
 
-def load_candidate_store(lake_root) -> CandidateStore:
-    """The published candidates partition (or an empty store: everyone gets popularity)."""
+def load_candidate_store(lake_root, ds: str | None) -> CandidateStore:
+    """The candidates partition `ds` -- the one the release being loaded names (serving reads
+    the release once: pinrec.core.layout.current_release) -- or, when None or not written, an
+    empty store: everyone gets popularity."""
     from pinrec.core.lake import DeltaRsTables
-    from pinrec.core.layout import Lake, published_candidates
+    from pinrec.core.layout import Lake
 
-    lake = Lake.at(lake_root)
-    tables = DeltaRsTables(lake)
+    tables = DeltaRsTables(Lake.at(lake_root))
     popular = popular_items(tables)
-    ds = published_candidates(lake)
     if ds is None or not tables.exists("candidates"):
         return CandidateStore.empty(popular)
     cols = ["user_id", "arm", "rank", "item_id", "score", "outcome", "model_version", "budget"]

@@ -34,8 +34,8 @@ class RegenerationFailed(RuntimeError):
     """This request could not regenerate (worker busy past the deadline, or died)."""
 
 
-def _worker_main(conn, lake_root: str, threads: int) -> None:
-    """Worker process: load the published model + index, then answer requests until None."""
+def _worker_main(conn, lake_root: str, release, threads: int) -> None:
+    """Worker process: load the model + index `release` names, then answer requests until None."""
     # Before torch/Faiss are imported: one OpenMP thread (2 cores shared with the server).
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import gc
@@ -43,7 +43,7 @@ def _worker_main(conn, lake_root: str, threads: int) -> None:
     from serving.regenerate import load_regenerator
 
     try:
-        regen, why = load_regenerator(lake_root, threads)
+        regen, why = load_regenerator(lake_root, release, threads)
     except Exception as e:  # the parent reports it; nothing to serve
         conn.send(("unavailable", f"worker failed to load: {type(e).__name__}: {e}"))
         return
@@ -74,13 +74,14 @@ class _Worker:
     conn: object
 
 
-def _spawn(lake_root: Path, threads: int, start_timeout_s: float) -> tuple[_Worker | None, tuple]:
+def _spawn(lake_root: Path, release, threads: int,
+           start_timeout_s: float) -> tuple[_Worker | None, tuple]:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # never fork a process that runs threads and RocksDB
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_worker_main, args=(child, str(lake_root), threads), daemon=True,
-                       name="pinrec-regen")
+    proc = ctx.Process(target=_worker_main, args=(child, str(lake_root), release, threads),
+                       daemon=True, name="pinrec-regen")
     proc.start()
     child.close()
     if not parent.poll(start_timeout_s):
@@ -101,6 +102,10 @@ def _spawn(lake_root: Path, threads: int, start_timeout_s: float) -> tuple[_Work
 @dataclass
 class RegenPool:
     lake_root: Path
+    # The release (pinrec.core.lake_releases.Release) whose model and index every worker loads, a
+    # replacement too: a worker respawned after a publish must still match the snapshot's
+    # candidates; the next reload starts a new pool for the new release.
+    release: object
     version: str
     max_len: int
     threads: int = 1
@@ -119,14 +124,14 @@ class RegenPool:
         self.failures = 0
 
     @staticmethod
-    def start(lake_root, workers: int = 1, threads: int = 1,
+    def start(lake_root, release, workers: int = 1, threads: int = 1,
               start_timeout_s: float = 300.0) -> tuple["RegenPool | None", str]:
-        """(pool, why-not): workers started in parallel; None with the reason when nothing is
-        published to regenerate with."""
+        """(pool, why-not): workers for the model and index of `release`, started in parallel;
+        None with the reason when nothing is published to regenerate with."""
         results: list = [None] * workers
 
         def one(i):
-            results[i] = _spawn(Path(lake_root), threads, start_timeout_s)
+            results[i] = _spawn(Path(lake_root), release, threads, start_timeout_s)
 
         ths = [threading.Thread(target=one, args=(i,)) for i in range(workers)]
         for t in ths:
@@ -139,7 +144,8 @@ class RegenPool:
                 _stop(w)
             return None, next(hello[1] for w, hello in results if w is None)
         _, version, max_len = ready[0][1]
-        pool = RegenPool(Path(lake_root), version, max_len, threads, start_timeout_s=start_timeout_s)
+        pool = RegenPool(Path(lake_root), release, version, max_len, threads,
+                         start_timeout_s=start_timeout_s)
         for w, _ in ready:
             pool._all.append(w)
             pool._idle.put(w)
@@ -186,7 +192,7 @@ class RegenPool:
         _stop(dead, grace_s=0.0)  # dead or hung: no goodbye; this runs on a request's thread
 
         def respawn():
-            w, _ = _spawn(self.lake_root, self.threads, self.start_timeout_s)
+            w, _ = _spawn(self.lake_root, self.release, self.threads, self.start_timeout_s)
             if w is None:
                 return
             with self._lock:

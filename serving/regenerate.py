@@ -1,16 +1,15 @@
 """CPU regeneration: candidates generated at request time from the fresh (merged) sequence.
 
-Loads the published model (`models/CURRENT`), the item features (newest `items` partition)
-and the published Faiss index (`index/CURRENT`), then calls `pinrec_model.api` — the only
-model surface serving uses. When no model is published, regeneration is unavailable and the
-service says so in each response instead of failing.
+Loads the published model and Faiss index (both named by one release record) and the item
+features (newest `items` partition), then calls `pinrec_model.api` — the only model surface
+serving uses. When no model is published, regeneration is unavailable and the service says
+so in each response instead of failing.
 """
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -90,12 +89,14 @@ def split_history(history: Sequence[Event], max_len: int) -> tuple[tuple, frozen
     return cols, seen_before
 
 
-def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, str]:
-    """(regenerator, why-not): None with the reason when nothing is published to regenerate with."""
+def load_regenerator(lake_root, release, threads: int = 1) -> tuple[Regenerator | None, str]:
+    """(regenerator, why-not) for the model and index `release` names (a
+    pinrec.core.lake_releases.Release, read once by the caller so they match the candidates it
+    serves): None with the reason when nothing is published to regenerate with."""
     import torch
 
     from pinrec.core.lake import DeltaRsTables
-    from pinrec.core.layout import Lake, current
+    from pinrec.core.layout import Lake
     from pinrec_model.api import ItemFeatures, embed_items, load_model
     from pinrec_model.retrieval import Retriever
 
@@ -110,9 +111,11 @@ def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, s
     except ImportError:
         pass
     lake = Lake.at(lake_root)
-    mdir = current(lake, "models")
-    if mdir is None or not Path(mdir).exists():
-        return None, "no published model (models/CURRENT); run `pinrec train --publish`"
+    if release is None or release.model is None:
+        return None, "no published model (the lake's release names none); run `pinrec train --publish`"
+    mdir = lake.version_dir("models", release.model)
+    if not mdir.exists():
+        return None, f"the published model {release.model!r} is missing at {mdir}; publish another"
     tables = DeltaRsTables(lake)
     ds = tables.latest_partition("items")
     if ds is None:
@@ -120,8 +123,8 @@ def load_regenerator(lake_root, threads: int = 1) -> tuple[Regenerator | None, s
     items = tables.read("items", [ds], columns=["item_id", "item_type", "features"])
     m = load_model(mdir, device="cpu")
     features = ItemFeatures.from_table(items, m.config.feature_dim)
-    idir = current(lake, "index")
-    if idir is not None and Path(idir).exists():
+    idir = lake.version_dir("index", release.index) if release.index else None
+    if idir is not None and idir.exists():
         retriever = Retriever.load(idir)
     else:  # no published index: embed the catalogue once at start (small catalogues only)
         pins = items.filter(items.column("item_type").to_numpy(zero_copy_only=False) == "pin")

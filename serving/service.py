@@ -22,6 +22,7 @@ from serving.regen_worker import RegenerationFailed
 from serving.signals import BatchSequences, load_batch_sequences, merge_history
 
 if TYPE_CHECKING:
+    from pinrec.core.lake_releases import Release
     from serving.served_log import ServedLogConfig
 
 MAX_N = 1000
@@ -65,41 +66,52 @@ class Snapshot:
     regen_unavailable: str
 
 
-def lake_key(lake: Path) -> tuple:
-    """What serving depends on: published candidates ds, newest sequences ds, model and index."""
+def lake_state(lake: Path) -> tuple[tuple, "Release | None"]:
+    """(key, release): what serving depends on. The release (model, index, candidates ds) is
+    one read of the lake's release record, so its parts always belong to the same publish; the
+    key adds the newest sequences ds. Key: (candidates ds, sequences ds, model version, index
+    version), the versions as strings ("None" when unpublished): serving/http_api.py's health
+    reads them at [2] and [3]."""
     from pinrec.core.lake import DeltaRsTables
     from pinrec.core.sequences_store import latest_sequences_ds
-    from pinrec.core.layout import Lake, current, published_candidates
+    from pinrec.core.layout import Lake, current_release
 
     lk = Lake.at(lake)
-    return (published_candidates(lk), latest_sequences_ds(DeltaRsTables(lk)),
-            str(current(lk, "models")), str(current(lk, "index")))
+    rel = current_release(lk)
+    model, index, cands = (rel.model, rel.index, rel.candidates_ds) if rel else (None, None, None)
+    return (cands, latest_sequences_ds(DeltaRsTables(lk)), str(model), str(index)), rel
+
+
+def lake_key(lake: Path) -> tuple:
+    return lake_state(lake)[0]
 
 
 def load_snapshot(cfg: ServingConfig, attempts: int = 5) -> Snapshot:
-    """Load the parts, then check the lake's key again: a publish that landed while they loaded
-    (the model read before it, the candidates after) would mix two days in one snapshot, so the
-    load starts over (the week rehearsal caught one such snapshot under load)."""
+    """Load the parts one release names, then check the lake's key again: the release's model,
+    index and candidates belong together by construction, but the sequences are read as the
+    newest partition, and a publish that landed meanwhile should be served at once, so the load
+    starts over while the key moves."""
     for _ in range(attempts - 1):
-        key = lake_key(cfg.lake)
-        snap = _load_parts(cfg, key)
+        key, release = lake_state(cfg.lake)
+        snap = _load_parts(cfg, key, release)
         if lake_key(cfg.lake) == key:
             return snap
         close_regenerator(snap.regenerator)
-    return _load_parts(cfg, lake_key(cfg.lake))  # publishing that often: the next poll reloads
+    return _load_parts(cfg, *lake_state(cfg.lake))  # publishing that often: the next poll reloads
 
 
-def _load_parts(cfg: ServingConfig, key: tuple) -> Snapshot:
+def _load_parts(cfg: ServingConfig, key: tuple, release: "Release | None") -> Snapshot:
     regen, why = None, "disabled by configuration"
     if cfg.regenerate and cfg.regen_workers > 0:
         from serving.regen_worker import RegenPool
 
-        regen, why = RegenPool.start(cfg.lake, cfg.regen_workers, cfg.torch_threads)
+        regen, why = RegenPool.start(cfg.lake, release, cfg.regen_workers, cfg.torch_threads)
     elif cfg.regenerate:
         from serving.regenerate import load_regenerator
 
-        regen, why = load_regenerator(cfg.lake, cfg.torch_threads)
-    return Snapshot(key, load_candidate_store(cfg.lake), load_batch_sequences(cfg.lake), regen,
+        regen, why = load_regenerator(cfg.lake, release, cfg.torch_threads)
+    candidates = load_candidate_store(cfg.lake, release.candidates_ds if release else None)
+    return Snapshot(key, candidates, load_batch_sequences(cfg.lake), regen,
                     "" if regen is not None else why)
 
 

@@ -1,8 +1,9 @@
 """The `releases` table: what serving uses, published atomically on object storage.
 
-Object stores have no atomic rename, so a remote lake has no CURRENT files. Publishing appends
-one row to a small Delta table, `<lake>/releases`, and that row names the model version, the
-index version and the candidates `ds` together: one Delta commit (an S3 conditional write of the
+A local lake publishes by replacing one file, its release record (`RELEASE.json`,
+pinrec/core/layout.py); object stores have no atomic rename, so a remote lake appends one row
+to a small Delta table, `<lake>/releases`, and that row names the model version, the index
+version and the candidates `ds` together: one Delta commit (an S3 conditional write of the
 next log entry) makes all three visible at once, so a reader that takes the latest row never
 pairs a model of one day with the candidates of another. A publish that fails before its commit
 leaves no row: the previous release keeps serving.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
+
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -31,6 +33,11 @@ RELEASES_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class Release:
+    """What serves, published together: a model version, an index version and the candidates
+    `ds`, on a remote lake (a `releases` row) and a local one (its release record,
+    pinrec/core/layout.py). `seq` orders a lake's releases; -1 marks one read from the per-kind
+    pointers of a local lake published before release records existed."""
+
     seq: int
     model: str | None
     index: str | None

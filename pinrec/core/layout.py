@@ -1,24 +1,28 @@
-"""Where things live under one lake root, and the atomic CURRENT pointers.
+"""Where things live under one lake root, and the atomic release record that says what serves.
 
     <lake>/tables/<name>/          Delta tables: events, sequences, items, candidates, served,
                                    arm_outcomes
     <lake>/models/<version>/       immutable model versions (safetensors + config.json + metrics.json)
-    <lake>/models/CURRENT          the serving model version (one line)
     <lake>/index/<version>/        immutable Faiss index versions (index.faiss + ids.npy + meta.json)
-    <lake>/index/CURRENT           the serving index version
-    <lake>/candidates/CURRENT      the `ds` of the candidates partition serving reads
+    <lake>/RELEASE.json            the release record: the model version, the index version and the
+                                   candidates `ds` that serve, with a `seq` (docs/adr/0012)
+    <lake>/models/CURRENT          per-kind mirrors of the release record, for ops and for
+    <lake>/index/CURRENT           servers of older code; read only on a lake published before
+    <lake>/candidates/CURRENT      the release record existed (then they are the release)
     <lake>/runs/                   reports, plots, bench output
     <lake>/runs/params/<ds>/       a run's validated params and arms (`pinrec gate params`)
 
-Versions are never modified after they are published; serving follows CURRENT, which is
-replaced atomically (write temp, fsync, rename), so a reader sees the old or the new version,
-never half of one. A failed job never touches CURRENT, so the previous version keeps serving.
+Versions are never modified after they are published; serving follows the release record, which
+is replaced atomically (write temp, fsync, rename), so a reader sees the old or the new release,
+never half of one, and never the model of one publish with the candidates of another (three
+files replaced one after the other allowed that). A failed job never publishes, so the previous
+release keeps serving.
 
 The lake may also live on object storage: `Lake.at("s3://bucket/prefix")` (docs/adr/0003).
 Then the tables are Delta tables at `s3://bucket/prefix/tables/<name>` (delta-rs commits them
 with S3 conditional writes, so concurrent writers are safe), model and index versions are
 immutable prefixes `s3://bucket/prefix/<kind>/<version>/` written once (`push_version`, with a
-`_COMPLETE` marker last), and there are no CURRENT files -- object stores have no atomic rename.
+`_COMPLETE` marker last), and there is no release file -- object stores have no atomic rename.
 Publishing appends one row to the `releases` Delta table (`lake_releases.py`) naming the model,
 the index and the candidates `ds` together, so a reader that reads one release never pairs a
 model of one day with candidates of another. `root` is then a local working folder (the
@@ -28,11 +32,19 @@ fetches a published version there on first use, so jobs keep opening local folde
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+import uuid
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pinrec.core.lake_releases import Release
 
 TABLES = ("events", "sequences", "items", "candidates", "item_features", "served", "arm_outcomes",
           # how `sequences` is stored (pinrec/core/sequences_store.py): read it with read_sequences
@@ -168,54 +180,108 @@ def read_pointer(path: Path) -> str | None:
     return value or None
 
 
+RELEASE_FILE = "RELEASE.json"
 _RELEASE_FIELD = {"models": "model", "index": "index"}
 
 
-def publish(lake: Lake, kind: str, version: str) -> Path:
-    """Point `<kind>/CURRENT` at an existing, complete version folder (remote lake: a new
-    release that changes only this kind)."""
-    vdir = lake.version_dir(kind, version)
-    if not vdir.is_dir():
-        raise FileNotFoundError(f"cannot publish {kind} version {version!r}: {vdir} does not exist")
+def release_path(lake: Lake) -> Path:
+    """A local lake's release record (JSON), replaced atomically on every publish."""
+    return lake.root / RELEASE_FILE
+
+
+def pointer_paths(lake: Lake) -> dict[str, Path]:
+    """The per-kind CURRENT files of a local lake, by release field: the release of a lake
+    published before the release record existed; after it, mirrors written for ops and for
+    servers of older code, never read while the release record exists."""
+    return {"model": lake.artifacts("models") / "CURRENT",
+            "index": lake.artifacts("index") / "CURRENT",
+            "candidates_ds": lake.root / "candidates" / "CURRENT"}
+
+
+def _read_local_release(lake: Lake) -> Release | None:
+    from pinrec.core.lake_releases import Release
+
+    path = release_path(lake)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:  # a lake published before release records: its pointers
+        fields = {f: read_pointer(p) for f, p in pointer_paths(lake).items()}
+        return Release(-1, release_id="", **fields) if any(fields.values()) else None
+    try:
+        record = json.loads(text)
+        return Release(**{f: record[f] for f in Release.__dataclass_fields__})
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a release record ({type(e).__name__}: {e}); restore it "
+                         f"from a backup or publish again with `pinrec gate publish`") from None
+
+
+def _append_local_release(lake: Lake, changes: dict) -> Release:
+    """The latest release with `changes` applied and `seq` bumped, as one atomic replace of the
+    release record, then mirrored to the per-kind pointers."""
+    from pinrec.core.lake_releases import Release
+
+    path = release_path(lake)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The DAG runs one publishing task at a time per lake, but a hand-run `pinrec index` or
+    # `gate publish` may overlap it: the lock makes the read-modify-write one step, so no
+    # publish is lost. Readers take no lock: they read one file that is replaced whole.
+    with open(path.with_name(".RELEASE.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        base = _read_local_release(lake) or Release(-1, None, None, None, "")
+        rel = replace(base, seq=base.seq + 1, release_id=uuid.uuid4().hex, **changes)
+        record = asdict(rel) | {"released_at": datetime.now(timezone.utc).isoformat()}
+        write_pointer(path, json.dumps(record, sort_keys=True))
+        for field, pointer in pointer_paths(lake).items():
+            value = getattr(rel, field)
+            if value is not None and read_pointer(pointer) != value:
+                write_pointer(pointer, value)
+    return rel
+
+
+def _append_release(lake: Lake, **changes) -> Release:
     if lake.remote:
         from pinrec.core.lake_releases import append_release
 
-        append_release(lake, **{_RELEASE_FIELD[kind]: version})
-    else:
-        write_pointer(lake.artifacts(kind) / "CURRENT", version)
+        return append_release(lake, **changes)
+    return _append_local_release(lake, changes)
+
+
+def current_release(lake: Lake) -> Release | None:
+    """What serves now, read in one step (local lake: the release record; remote lake: the
+    latest `releases` row), or None before the first publish. Read this once per load rather
+    than `current()` and `published_candidates()` one by one: a publish may land in between."""
+    if lake.remote:
+        from pinrec.core.lake_releases import latest_release
+
+        return latest_release(lake)
+    return _read_local_release(lake)
+
+
+def publish(lake: Lake, kind: str, version: str) -> Path:
+    """Publish an existing, complete version of `kind`: a new release that changes only it."""
+    vdir = lake.version_dir(kind, version)
+    if not vdir.is_dir():
+        raise FileNotFoundError(f"cannot publish {kind} version {version!r}: {vdir} does not exist")
+    _append_release(lake, **{_RELEASE_FIELD[kind]: version})
     return vdir
 
 
 def current(lake: Lake, kind: str) -> Path | None:
     """The folder of the serving version of `kind`, or None when nothing was published yet."""
-    if lake.remote:
-        from pinrec.core.lake_releases import latest_release
-
-        rel = latest_release(lake)
-        version = getattr(rel, _RELEASE_FIELD[kind]) if rel else None
-    else:
-        version = read_pointer(lake.artifacts(kind) / "CURRENT")
+    rel = current_release(lake)
+    version = getattr(rel, _RELEASE_FIELD[kind]) if rel else None
     return lake.version_dir(kind, version) if version else None
 
 
 def publish_candidates(lake: Lake, ds: str) -> None:
     """Serving reads the candidates partition named here, so a day whose quality gate failed
     (its partition written but not published) never reaches users."""
-    if lake.remote:
-        from pinrec.core.lake_releases import append_release
-
-        append_release(lake, candidates_ds=ds)
-    else:
-        write_pointer(lake.root / "candidates" / "CURRENT", ds)
+    _append_release(lake, candidates_ds=ds)
 
 
 def published_candidates(lake: Lake) -> str | None:
-    if lake.remote:
-        from pinrec.core.lake_releases import latest_release
-
-        rel = latest_release(lake)
-        return rel.candidates_ds if rel else None
-    return read_pointer(lake.root / "candidates" / "CURRENT")
+    rel = current_release(lake)
+    return rel.candidates_ds if rel else None
 
 
 # The lake's held-out share (pinrec.core.contracts.held_out_users), fixed by its first `pinrec train`.
@@ -248,36 +314,16 @@ def fix_holdout_fraction(lake: Lake, fraction: float) -> float:
     return read_holdout_fraction(lake)
 
 
-def publish_release(lake: Lake, ds: str, model: str, index: str | None) -> None:
-    """Publish a day's model, index and candidates together. Remote lake: one `releases` row,
-    one Delta commit, so they become visible at once. Local lake: the three CURRENT files, each
-    replaced atomically (a reader that wants them as one set reads `releases` on a remote lake)."""
+def publish_release(lake: Lake, ds: str, model: str, index: str | None) -> Release:
+    """Publish a day's model, index and candidates together, as one release: remote lake, one
+    `releases` row (one Delta commit); local lake, one atomic replace of the release record. A
+    reader sees all three of the new day or all three of the old one."""
     for kind, version in (("models", model), ("index", index)):
         if version is not None and not lake.version_dir(kind, version).is_dir():
             raise FileNotFoundError(f"cannot publish {kind} version {version!r}: it does not exist "
                                     f"under {lake.location}/{kind}")
-    if lake.remote:
-        from pinrec.core.lake_releases import append_release
-
-        append_release(lake, model=model, index=index, candidates_ds=ds)
-        return
-    write_pointer(lake.artifacts("models") / "CURRENT", model)
-    if index is not None:
-        write_pointer(lake.artifacts("index") / "CURRENT", index)
-    publish_candidates(lake, ds)
-
-
-def serving_set(lake: Lake) -> tuple[str | None, str | None, str | None]:
-    """(model version, index version, candidates ds) that serve now, read together: on a remote
-    lake from one `releases` row, so they always belong to the same publish. Serving should read
-    this once per reload rather than `current()` and `published_candidates()` one by one."""
-    if lake.remote:
-        from pinrec.core.lake_releases import latest_release
-
-        rel = latest_release(lake)
-        return (rel.model, rel.index, rel.candidates_ds) if rel else (None, None, None)
-    return (read_pointer(lake.artifacts("models") / "CURRENT"),
-            read_pointer(lake.artifacts("index") / "CURRENT"), published_candidates(lake))
+    changes = dict(model=model, candidates_ds=ds) | ({"index": index} if index is not None else {})
+    return _append_release(lake, **changes)
 
 
 def gate_record_path(lake, ds: str) -> Path:

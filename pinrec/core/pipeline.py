@@ -165,7 +165,7 @@ ITEMS = Step("items", lambda c: ["items", *_on_day(c), "--window-days", str(c.pa
 TRAIN = Step("train", _train, gpu=True,
              reuse_if=lambda c: f"{c.lake}/models/{c.model_version}/config.json")
 INDEX = Step("index", lambda c: ["index", *_on_day(c), "--model-version", c.model_version, "--no-publish"])
-# The index of this run by name, not index/CURRENT: runs of a parallel backfill each build their
+# The index of this run by name, not the published one: runs of a parallel backfill each build their
 # own, and a model is scored against its own item embeddings. The arms: the run's params file.
 SCORE = Step("score", lambda c: ["score", *_on_day(c), "--model-version", c.model_version,
                                  "--index-version", c.index_version, "--nproc", str(c.params["gpus"])],

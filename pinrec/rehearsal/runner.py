@@ -200,7 +200,7 @@ def check_day(day: Day, fault: Fault, state: str, tasks: dict, published_before:
     checks = [inv.outcome(fault.expect_published, state, published, day.ds, published_before,
                           tasks.get("publish"))]
     if s.serve.popen is not None:
-        health = day.wait_serving(published, 240)  # what the CURRENT pointers name
+        health = day.wait_serving(published, 240)  # what the release names
         active, sample = day.sample_users(published, cfg.sample_users) if published else (set(), [])
         probe = day.probe(sample)
         checks.append(inv.served_consistency(health, published, {p[4] for p in probe}))

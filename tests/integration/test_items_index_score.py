@@ -23,7 +23,7 @@ from jobs.score import run_job as run_score
 from jobs.sequences import SequencesConfig
 from jobs.sequences import run_job as run_sequences
 from pinrec.core.sequences_store import read_sequences
-from pinrec.core.layout import Lake, current, read_pointer
+from pinrec.core.layout import Lake, current, published_candidates
 
 DAY1, DAY2 = "2026-01-14", "2026-01-15"
 ARMS = {"balanced": {"repin": 0.5, "grid_click": 0.3, "outbound_click": 0.2},
@@ -88,20 +88,20 @@ def test_index_publishes_reuses_and_rejects_without_touching_current(lake):
     # Re-run of the day: same version re-published, nothing rebuilt.
     assert run_index(IndexConfig(ds=DAY1, lake=str(lake.root), model_version="m1"))["reused"]
 
-    # A build below the recall bar is rejected: no new version, CURRENT unchanged.
+    # A build below the recall bar is rejected: no new version, the published index unchanged.
     with pytest.raises(IndexRejected):
         run_index(IndexConfig(ds=DAY2, lake=str(lake.root), model_version="m1", min_recall=1.01))
     assert not lake.version_dir("index", index_version(DAY2, "m1")).exists()
-    assert read_pointer(lake.artifacts("index") / "CURRENT") == good
+    assert current(lake, "index").name == good
     assert not list(lake.artifacts("index").glob(".*tmp*"))
     # A failed build (unknown model) leaves it too.
     with pytest.raises(FileNotFoundError, match="nope"):
         run_index(IndexConfig(ds=DAY2, lake=str(lake.root), model_version="nope"))
-    assert read_pointer(lake.artifacts("index") / "CURRENT") == good
-    # --no-publish (what the DAG runs before its quality gate): a complete new version, CURRENT untouched.
+    assert current(lake, "index").name == good
+    # --no-publish (what the DAG runs before its quality gate): a complete new version, unpublished.
     built = run_index(IndexConfig(ds=DAY2, lake=str(lake.root), model_version="m1", publish=False))
     assert (lake.version_dir("index", built["version"]) / "build.json").exists()
-    assert read_pointer(lake.artifacts("index") / "CURRENT") == good
+    assert current(lake, "index").name == good
 
 
 @pytest.mark.parametrize("retrieval", ["faiss", "exact"])  # exact: the GPU path's arrays, on CPU
@@ -130,7 +130,7 @@ def test_score_writes_contract_rows_idempotently(lake, tmp_path, retrieval):
 
     run_score(cfg, progress=False)  # re-run: the same rows, not twice as many
     assert rows(lake, "candidates", DAY1) == first
-    assert read_pointer(lake.root / "candidates" / "CURRENT") is None  # the gate publishes
+    assert published_candidates(lake) is None  # the gate publishes
 
 
 def test_score_refuses_an_index_of_another_model_and_bad_arms(lake, tmp_path):

@@ -93,7 +93,7 @@ def batch_day(s3: dict, ds: str, concurrent_rerun: str | None = None) -> None:
 def test_batch_chain_on_s3_two_days_concurrent_writers_failed_publish_and_sql(s3, capsys):
     from pinrec.core.lake import DeltaRsTables
     from pinrec.core.lake_releases import append_release, latest_release
-    from pinrec.core.layout import Lake, current, published_candidates, serving_set
+    from pinrec.core.layout import Lake, current, current_release, published_candidates
 
     lake = Lake.at(LAKE)
     pinrec(s3, "data", "synth", "--users", "150", "--days", "10", "--items", "300",
@@ -133,7 +133,7 @@ def test_batch_chain_on_s3_two_days_concurrent_writers_failed_publish_and_sql(s3
     assert (second.model, second.index, second.candidates_ds) == (
         _version(DAYS[1]), f"{DAYS[1]}.{_version(DAYS[1])}", DAYS[1])
     assert published_candidates(lake) == DAYS[1]
-    assert serving_set(lake) == (second.model, second.index, second.candidates_ds)
+    assert current_release(lake) == second
     assert current(lake, "models").name == _version(DAYS[1])
     assert (current(lake, "index") / "_COMPLETE").is_file()
 

@@ -6,8 +6,8 @@ import threading
 import pytest
 
 from pinrec.core.lake_releases import append_release, latest_release
-from pinrec.core.layout import (Lake, current, publish_release, published_candidates, read_pointer,
-                                serving_set)
+from pinrec.core.layout import (Lake, current, current_release, publish_release,
+                                published_candidates, read_pointer)
 
 
 def test_an_s3_lake_keeps_tables_remote_and_works_in_a_local_folder(monkeypatch, tmp_path):
@@ -61,4 +61,5 @@ def test_publish_release_checks_every_version_before_touching_a_pointer(tmp_path
     publish_release(lake, "2026-01-02", "m1", "i1")
     assert current(lake, "models").name == "m1" and current(lake, "index").name == "i1"
     assert read_pointer(lake.root / "candidates" / "CURRENT") == "2026-01-02"
-    assert serving_set(lake) == ("m1", "i1", "2026-01-02")
+    rel = current_release(lake)
+    assert (rel.model, rel.index, rel.candidates_ds) == ("m1", "i1", "2026-01-02")

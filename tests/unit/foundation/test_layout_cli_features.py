@@ -15,7 +15,7 @@ from pinrec.cli import GROUPS, main
 from pinrec.core.features import FEATURE_DIM, feature_matrix, pin_features, query_features
 
 
-def test_pointer_is_replaced_atomically_and_readers_never_see_partial(tmp_path):
+def test_release_is_replaced_atomically_and_readers_never_see_partial(tmp_path):
     lake = layout.Lake.at(tmp_path)
     for v in ("v1", "v2"):
         lake.version_dir("models", v).mkdir(parents=True)
@@ -25,7 +25,8 @@ def test_pointer_is_replaced_atomically_and_readers_never_see_partial(tmp_path):
 
     def reader():
         while not stop.is_set():
-            seen.add(layout.read_pointer(lake.artifacts("models") / "CURRENT"))
+            seen.add(layout.current_release(lake).model)
+            seen.add(layout.read_pointer(lake.artifacts("models") / "CURRENT"))  # the mirror
 
     t = threading.Thread(target=reader)
     t.start()
@@ -35,6 +36,7 @@ def test_pointer_is_replaced_atomically_and_readers_never_see_partial(tmp_path):
     t.join()
     assert seen <= {"v1", "v2"}, f"a reader saw a partial pointer: {seen}"
     assert not [p for p in os.listdir(lake.artifacts("models")) if p.startswith(".CURRENT")]
+    assert not [p for p in os.listdir(lake.root) if p.startswith(".RELEASE.json.")]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         layout.publish(lake, "models", "v3")
     with pytest.raises(ValueError, match="bad version name"):
