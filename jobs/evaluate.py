@@ -51,7 +51,7 @@ def load_events(args):
 
 def model_feature_dim(args, vocab) -> int:
     from jobs.train import model_config
-    from pinrec_model.model import PinRecConfig
+    from pinrec_model.config import PinRecConfig
 
     if args.model:
         saved = json.loads((Path(args.model) / "config.json").read_text())["model"]

@@ -17,7 +17,9 @@ from pinrec_model import distributed as D
 from pinrec_model.data import Catalog, Examples
 from pinrec_model.losses import CountMinSketch, full_softmax_loss, sampled_softmax_loss
 from pinrec_model.negatives import SampledSoftmaxLoss, Targets, logq_correction, negatives_sampler
-from pinrec_model.model import PinRec, PinRecConfig, time_features
+from pinrec_model.blocks import time_features
+from pinrec_model.config import PinRecConfig
+from pinrec_model.model import PinRec
 
 
 # What a validation closure returns and every epoch's history records (`val_<metric>`);

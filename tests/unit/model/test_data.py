@@ -12,7 +12,7 @@ from jobs.train import events_from_sequences
 from pinrec.core.contracts import PINTEREST_ACTIONS, SEQUENCES_SCHEMA
 from pinrec_model.api import ItemFeatures
 from pinrec_model.data import PAD, build_catalog, build_user_seqs, make_examples
-from pinrec_model.model import preset
+from pinrec_model.config import preset
 from pinrec_model.training import sample_targets
 
 T0 = 1_767_225_600_000_000

@@ -10,7 +10,9 @@ import torch
 
 from pinrec.core.budgets import Budget
 from pinrec_model.losses import full_softmax_loss, sampled_softmax_loss
-from pinrec_model.model import PinRec, PinRecConfig, hash_ids, preset
+from pinrec_model.config import PinRecConfig, preset
+from pinrec_model.item_tower import hash_ids
+from pinrec_model.model import PinRec
 
 SASREC = dict(item_tower="id", id_hash="direct", logits="dot", head="none", input_proj=False)
 SMALL = dict(d_model=16, n_heads=2, d_ff=32, emb_dim=16, id_dim=16, id_buckets=256, dropout=0.0)

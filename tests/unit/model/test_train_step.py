@@ -8,7 +8,8 @@ import torch
 
 from pinrec_model.data import Catalog
 from pinrec_model.losses import CountMinSketch
-from pinrec_model.model import PinRec, preset
+from pinrec_model.config import preset
+from pinrec_model.model import PinRec
 from pinrec_model.training import (CatalogTensors, TrainConfig, embed_tokens, lookahead, make_optimizer,
                                    right_align, train_step, training_loss)
 

@@ -6,7 +6,7 @@ import torch
 
 from pinrec.core.contracts import PINTEREST_ACTIONS
 from pinrec_model.data import Catalog, build_user_seqs, make_examples
-from pinrec_model.model import preset
+from pinrec_model.config import preset
 from pinrec_model.training import TrainConfig, fit, lookahead, lr_at
 
 
