@@ -63,7 +63,7 @@ def _synthetic(args, cfg, dev):
     import numpy as np
 
     from pinrec_model.data import Catalog
-    from pinrec_model.training import CatalogTensors
+    from pinrec_model.training_loss import CatalogTensors
 
     rng = np.random.default_rng(0)
     n = args.items

@@ -10,6 +10,7 @@ to its module):
     batch_generation  arrow_history_arrays, generate_arrays, select_candidates (the one selection)
     retrieval   Retriever (Faiss), ExactIndex
     training    TrainConfig, fit, train_step;  negatives: the sampled softmax's swappable parts
+    training_loss  CatalogTensors, training_loss (one batch);  targets: sample_targets (Eq. 5)
     data, offline, metrics, plots   training data, offline protocols, metrics, figures
     distributed data-parallel helpers
 """
