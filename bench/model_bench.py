@@ -49,7 +49,7 @@ def _sync(dev):
 
 
 def _cfg(args):
-    from pinrec_model.model import preset
+    from pinrec_model.config import preset
 
     over = dict(variant=args.variant, max_len=args.seq)
     if args.dropout is not None:
@@ -63,7 +63,7 @@ def _synthetic(args, cfg, dev):
     import numpy as np
 
     from pinrec_model.data import Catalog
-    from pinrec_model.training import CatalogTensors
+    from pinrec_model.training_loss import CatalogTensors
 
     rng = np.random.default_rng(0)
     n = args.items
@@ -229,7 +229,8 @@ def bench_prefill(args, cfg, dev) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pinrec_model.model import PinRec, time_features
+    from pinrec_model.blocks import time_features
+    from pinrec_model.model import PinRec
 
     B, T = args.prefill_batch, args.seq
     model = PinRec(cfg).to(dev).eval().to(torch.bfloat16 if dev.startswith("cuda") else torch.float32)

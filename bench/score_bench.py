@@ -205,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
     from pinrec.core.budgets import DEFAULT_ARMS, Arms
     from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import ItemFeatures, embed_items, load_model, save_model
-    from pinrec_model.model import PinRec, preset
+    from pinrec_model.config import preset
+    from pinrec_model.model import PinRec
     from pinrec_model.retrieval import ExactIndex, Retriever
 
     torch.manual_seed(args.seed)

@@ -64,7 +64,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def build_world(work: Path, users: int) -> tuple[Path, Path, set[int]]:
-    from pinrec.core.contracts import Event, cutoff_us
+    from pinrec.core.contracts import cutoff_us
+    from pinrec.core.events import Event
     from serving.sample_lake import SampleLakeConfig, build
     from streaming.store import RealtimeStore
     import numpy as np

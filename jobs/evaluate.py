@@ -54,7 +54,7 @@ def load_events(args):
 
 def model_feature_dim(args, vocab) -> int:
     from jobs.train import model_config
-    from pinrec_model.model import PinRecConfig
+    from pinrec_model.config import PinRecConfig
 
     if args.model:
         saved = json.loads((Path(args.model) / "config.json").read_text())["model"]
@@ -164,7 +164,7 @@ def _train(args, prep, vocab, seed, holdout, users=None, variant=None):
 
 def _load(args, prep):
     from pinrec_model.api import load_model
-    from pinrec_model.training import CatalogTensors
+    from pinrec_model.training_loss import CatalogTensors
 
     m = load_model(args.model, args.device)
     return m.model, CatalogTensors(prep.catalog, m.device)
@@ -172,7 +172,8 @@ def _load(args, prep):
 
 def _loo_once(args, prep, vocab, seed) -> dict:
     from pinrec_model.offline import loo_eval_model, loo_eval_popularity, loo_split
-    from pinrec_model.training import CatalogTensors, resolve_device
+    from pinrec_model.training import resolve_device
+    from pinrec_model.training_loss import CatalogTensors
 
     users, test_pos = loo_split(prep.seqs, prep.catalog)
     if args.variant == "pop":
@@ -211,7 +212,8 @@ def _unordered_once(args, prep, vocab, seed) -> dict:
     from pinrec_model.offline import (controllability_matrix, eval_targets, generate_for_users, history_rows,
                                       index_rows, target_conditions, unordered_scores, unordered_split,
                                       unordered_summary)
-    from pinrec_model.training import CatalogTensors, resolve_device
+    from pinrec_model.training import resolve_device
+    from pinrec_model.training_loss import CatalogTensors
 
     split = model_split(args, prep.seqs, prep.catalog) or unordered_split(prep.seqs, args.window, seed=0)
     hist, t_rows, t_acts = eval_targets(prep.seqs, prep.catalog, split)

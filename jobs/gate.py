@@ -64,7 +64,7 @@ def validate_model_set(raw, variant: str, preset_name: str) -> tuple:
     """The `model_set` param (PinRecConfig field -> value) -> ("KEY=VALUE", ...), checked by
     building the very config `pinrec train` will build, so a bad field or value fails here."""
     from jobs.train import parse_overrides
-    from pinrec_model.model import preset
+    from pinrec_model.config import preset
 
     if isinstance(raw, str):
         try:

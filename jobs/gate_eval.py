@@ -173,7 +173,7 @@ def evaluate_model(vdir: Path, events, item_features, items, seqs, users: np.nda
     from pinrec_model.api import load_model
     from pinrec_model.offline import (UnorderedSplit, eval_targets, generate_for_users, index_rows,
                                       target_conditions, unordered_scores)
-    from pinrec_model.training import CatalogTensors
+    from pinrec_model.training_loss import CatalogTensors
 
     out = ModelEval(vdir.name)
     metrics = vdir / "metrics.json"

@@ -84,7 +84,7 @@ def add_model_args(p: argparse.ArgumentParser, variants=VARIANT_CHOICES) -> None
 def model_config(args, vocab, rules=None):
     """The effective PinRecConfig: preset, then the data rules (`rules`, when given), then the
     variant's needs, then explicit flags and --set (the user always wins)."""
-    from pinrec_model.model import preset
+    from pinrec_model.config import preset
 
     over = {"variant": args.variant, "n_actions": len(vocab.actions)}
     if rules is not None:
@@ -125,7 +125,7 @@ def config_report(cfg, tc, rules) -> dict:
 def parse_overrides(pairs) -> dict:
     """["KEY=VALUE", ...] -> PinRecConfig field overrides, each value cast to its field's type
     (`pinrec train --set`, and the DAG's `model_set` param through `pinrec gate params`)."""
-    from pinrec_model.model import PinRecConfig
+    from pinrec_model.config import PinRecConfig
 
     types = {f.name: f.type for f in fields(PinRecConfig)}
     over = {}
@@ -285,7 +285,7 @@ def warm_start_state(lake, source: str | None, cfg, rules=None):
     from safetensors.torch import load_file
 
     from pinrec.core.layout import current, gate_fallback, gate_refusal
-    from pinrec_model.model import PinRecConfig
+    from pinrec_model.config import PinRecConfig
 
     if not source:
         return None, None, cfg

@@ -28,9 +28,10 @@ import torch
 from pinrec.core.budgets import Budget, largest_remainder
 from pinrec.core.contracts import ITEM_TYPES, SURFACES, ActionVocab
 from pinrec.core.features import FEATURE_DIM, query_features
+from pinrec_model.config import PinRecConfig
 from pinrec_model.generation import compress
 from pinrec_model.losses import CountMinSketch
-from pinrec_model.model import PinRec, PinRecConfig
+from pinrec_model.model import PinRec
 from pinrec_model.retrieval import Retriever
 
 UNCONDITIONED = "any"  # the `outcome` of candidates from a model that cannot condition

@@ -11,7 +11,7 @@ Pure: dictionaries in, text out.
 """
 from __future__ import annotations
 
-from pinrec_model.model import PinRecConfig
+from pinrec_model.config import PinRecConfig
 
 # PinRecConfig field -> group, in the order the groups are printed.
 CONFIG_GROUPS: dict[str, str] = {

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from pinrec_model.distributed import BatchPart, gather_rows
-from pinrec_model.model import hash_ids
+from pinrec_model.item_tower import hash_ids
 
 NEG_INF = -1e9
 

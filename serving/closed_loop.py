@@ -34,7 +34,8 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.synth import ACTION_PROBS, SynthConfig, World, _day_events, build_world
-from pinrec.core.contracts import EVENTS_SCHEMA, PINTEREST_ACTIONS, Event, ds_of_us, parse_ds
+from pinrec.core.contracts import EVENTS_SCHEMA, PINTEREST_ACTIONS, ds_of_us, parse_ds
+from pinrec.core.events import Event
 from pinrec.core.experiments import DEFAULT_SALT, TrafficSplit
 from pinrec.core.served import record, rows
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pinrec.core.budgets import Budget
-from pinrec.core.contracts import Event
+from pinrec.core.events import Event
 from serving.candidates import Rec
 from serving.regenerate import split_history
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from pinrec.core.budgets import Budget
-from pinrec.core.contracts import Event
+from pinrec.core.events import Event
 from serving.candidates import Rec
 
 

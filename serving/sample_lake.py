@@ -97,7 +97,8 @@ def publish_random_model(lake, items: pa.Table, version: str = "sample", seed: i
 
     from pinrec.core.layout import publish
     from pinrec_model.api import ItemFeatures, embed_items, load_model, save_model
-    from pinrec_model.model import PinRec, preset
+    from pinrec_model.config import preset
+    from pinrec_model.model import PinRec
     from pinrec_model.retrieval import Retriever
 
     torch.manual_seed(seed)

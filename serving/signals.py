@@ -16,7 +16,8 @@ from typing import Iterable
 
 import numpy as np
 
-from pinrec.core.contracts import QUERY_ACTION, Event, query_item_id
+from pinrec.core.contracts import QUERY_ACTION, query_item_id
+from pinrec.core.events import Event
 
 
 def merge_history(batch: Iterable[Event], tail: Iterable[Event], cutoff_us: int | None,

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pinrec.core.contracts import Event, vocab as vocab_by_name
+from pinrec.core.contracts import vocab as vocab_by_name
+from pinrec.core.events import Event
 from streaming.deadletter import Source, dead_letter, fit_limit
 from streaming.events import MAX_MESSAGE_BYTES, parse
 from streaming.isolate import isolate

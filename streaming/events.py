@@ -17,8 +17,8 @@ import json
 import struct
 from typing import Iterable
 
-from pinrec.core.contracts import (ITEM_TYPES, SURFACES, ActionVocab, Event, Rejection,
-                                   validate_event_fields)
+from pinrec.core.contracts import ITEM_TYPES, SURFACES, ActionVocab, Rejection
+from pinrec.core.events import Event, validate_event_fields
 
 from streaming.limits import MAX_EVENT_BYTES as MAX_MESSAGE_BYTES
 

@@ -14,7 +14,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pinrec.core.contracts import PINTEREST_ACTIONS, Event, stable_event_id
+from pinrec.core.contracts import PINTEREST_ACTIONS, stable_event_id
+from pinrec.core.events import Event
 from streaming.limits import PRODUCER_MAX_REQUEST_SIZE
 
 Message = tuple[bytes | None, bytes]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pinrec.core.contracts import Event
+from pinrec.core.events import Event
 from streaming.events import decode, encode_key, encode_value, key_bounds, key_ts
 
 

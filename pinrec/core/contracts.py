@@ -2,11 +2,11 @@
 
 One source of truth (DESIGN.md §3). Pure: no I/O, no clock, no environment. The batch layer,
 the speed layer and serving all import from here, so a field added here is added everywhere.
+The engagement event's value type and its validation live beside it in events.py.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -114,36 +114,7 @@ EVENTS_SCHEMA = pa.schema(
         pa.field("ds", pa.string(), nullable=False),  # partition: UTC date of ts, YYYY-MM-DD
     ]
 )
-EVENT_REQUIRED = ("event_id", "user_id", "item_id", "item_type", "action", "surface", "ts")
-
-
-@dataclass(frozen=True)
-class Event:
-    event_id: str
-    user_id: int
-    item_id: int
-    item_type: str
-    action: str
-    surface: str
-    ts_us: int  # UTC microseconds since the epoch
-    query_text: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d = {
-            "event_id": self.event_id,
-            "user_id": self.user_id,
-            "item_id": self.item_id,
-            "item_type": self.item_type,
-            "action": self.action,
-            "surface": self.surface,
-            "ts": self.ts_us,
-        }
-        if self.query_text is not None:
-            d["query_text"] = self.query_text
-        return d
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":")).encode("utf-8")
+# The value type `Event` and the one validation of an event dict: pinrec/core/events.py.
 
 
 @dataclass(frozen=True)
@@ -152,35 +123,6 @@ class Rejection:
 
     reason: str
     raw: bytes = field(repr=False, default=b"")
-
-
-def validate_event_fields(d: Mapping[str, Any], vocab_: ActionVocab, max_ts_us: int) -> str | None:
-    """Return the reason an event dict is invalid, or None. Pure; `max_ts_us` is 'now + skew'."""
-    for name in EVENT_REQUIRED:
-        if name not in d or d[name] is None:
-            return f"missing required field {name!r}"
-    if not isinstance(d["event_id"], str) or not d["event_id"]:
-        return "field 'event_id' must be a non-empty string"
-    for name in ("user_id", "item_id", "ts"):
-        v = d[name]
-        if not isinstance(v, int) or isinstance(v, bool):
-            return f"field {name!r} must be an integer, got {type(v).__name__}"
-        if v < 0 or v > MAX_ID:
-            return f"field {name!r} out of range: {v}"
-    if d["item_type"] not in ITEM_TYPES:
-        return f"unknown item_type {d['item_type']!r}; expected one of {list(ITEM_TYPES)}"
-    if d["surface"] not in SURFACES:
-        return f"unknown surface {d['surface']!r}; expected one of {list(SURFACES)}"
-    if d["action"] not in vocab_.actions:
-        return f"unknown action {d['action']!r}; expected one of {list(vocab_.actions)}"
-    if (d["item_type"] == "query") != (d["action"] == QUERY_ACTION):
-        return "item_type 'query' goes with action 'search' and only with it"
-    qt = d.get("query_text")
-    if qt is not None and not isinstance(qt, str):
-        return "field 'query_text' must be a string"
-    if d["ts"] > max_ts_us:
-        return f"timestamp {d['ts']} is in the future (after {max_ts_us})"
-    return None
 
 
 # --------------------------------------------------------------------------------------------

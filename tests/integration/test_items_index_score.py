@@ -39,7 +39,8 @@ def lake(spark, tmp_path_factory):
     from jobs.synth import SynthConfig
     from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import save_model
-    from pinrec_model.model import PinRec, preset
+    from pinrec_model.config import preset
+    from pinrec_model.model import PinRec
 
     root = tmp_path_factory.mktemp("iis") / "lake"
     run_synth(SynthConfig(users=80, days=15, seed=5, items=600, clusters=10, p_active=0.5,

@@ -45,7 +45,8 @@ def lake(tmp_path_factory):
     from jobs.index import run_job as run_index
     from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import save_model
-    from pinrec_model.model import PinRec, preset
+    from pinrec_model.config import preset
+    from pinrec_model.model import PinRec
 
     root = tmp_path_factory.mktemp("sharded") / "lake"
     lake = Lake.at(root)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pinrec.core.contracts import Event, cutoff_us
+from pinrec.core.contracts import cutoff_us
+from pinrec.core.events import Event
 from serving.http_api import make_server
 from serving.sample_lake import ARMS, SampleLakeConfig, build
 from serving.service import RecommendationService, ServingConfig

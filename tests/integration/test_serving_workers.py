@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from pinrec.core.contracts import Event, cutoff_us
+from pinrec.core.contracts import cutoff_us
+from pinrec.core.events import Event
 from serving.sample_lake import SampleLakeConfig, build
 from serving.service import RecommendationService, ServingConfig
 from streaming.store import RealtimeStore

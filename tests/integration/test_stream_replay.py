@@ -75,7 +75,8 @@ def test_replay_file_sends_lines_as_is_and_paces_to_the_rate(broker, tmp_path):
 def test_sweep_command_uses_the_newest_sequences_cutoff(tmp_path):
     import pyarrow as pa
 
-    from pinrec.core.contracts import SEQUENCES_SCHEMA, Event, cutoff_us
+    from pinrec.core.contracts import SEQUENCES_SCHEMA, cutoff_us
+    from pinrec.core.events import Event
     from streaming.store import RealtimeStore
 
     lake = tmp_path / "lake"

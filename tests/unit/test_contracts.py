@@ -2,6 +2,7 @@ import pyarrow as pa
 import pytest
 
 from pinrec.core import contracts as c
+from pinrec.core.events import validate_event_fields
 
 
 def test_query_ids_are_stable_and_normalised():
@@ -44,15 +45,15 @@ def _event(**kw):
     ],
 )
 def test_validate_event_rejects_with_reason(kw, reason):
-    got = c.validate_event_fields(_event(**kw), c.PINTEREST_ACTIONS, max_ts_us=2_000_000_000_000_000)
+    got = validate_event_fields(_event(**kw), c.PINTEREST_ACTIONS, max_ts_us=2_000_000_000_000_000)
     assert got is not None and reason in got
 
 
 def test_validate_event_missing_field():
     d = _event()
     del d["surface"]
-    assert c.validate_event_fields(d, c.PINTEREST_ACTIONS, 2**62) == "missing required field 'surface'"
-    assert c.validate_event_fields(_event(), c.PINTEREST_ACTIONS, 2**62) is None
+    assert validate_event_fields(d, c.PINTEREST_ACTIONS, 2**62) == "missing required field 'surface'"
+    assert validate_event_fields(_event(), c.PINTEREST_ACTIONS, 2**62) is None
 
 
 def test_ds_cutoff_and_validation():

@@ -20,7 +20,8 @@ from jobs.train import model_config, prepare, train_config, train_refit
 from pinrec.core.contracts import PINTEREST_ACTIONS
 from pinrec_model.offline import (eval_targets, generate_for_users, index_rows, target_conditions,
                                   unordered_scores, unordered_split)
-from pinrec_model.training import CatalogTensors, resolve_device
+from pinrec_model.training import resolve_device
+from pinrec_model.training_loss import CatalogTensors
 
 
 def kinds(prep, split, t_rows) -> list[np.ndarray]:

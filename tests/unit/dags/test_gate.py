@@ -405,7 +405,8 @@ def test_a_warm_start_never_continues_a_model_its_gate_refused_but_what_kept_ser
 
     from pinrec.core.layout import gate_record_path
     from jobs.train import warm_start_state
-    from pinrec_model.model import PinRec, PinRecConfig
+    from pinrec_model.config import PinRecConfig
+    from pinrec_model.model import PinRec
 
     lake = Lake.at(tmp_path / "lake")
     cfg = PinRecConfig(d_model=16, n_layers=1, n_heads=2)

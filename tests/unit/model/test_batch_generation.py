@@ -12,8 +12,9 @@ from pinrec.core.contracts import PINTEREST_ACTIONS
 from pinrec_model.api import History, ItemFeatures, embed_items, history_tensors, load_model, save_model
 from pinrec_model.batch_generation import arrow_history_arrays, device_history, generate_arrays, \
     select_candidates
+from pinrec_model.config import preset
 from pinrec_model.generation import generate, prefill
-from pinrec_model.model import PinRec, preset
+from pinrec_model.model import PinRec
 from pinrec_model.retrieval import ExactIndex, Retriever
 from tests.unit.model.walk_oracle import select_walk
 

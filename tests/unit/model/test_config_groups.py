@@ -6,9 +6,9 @@ import argparse
 import re
 from pathlib import Path
 
+from pinrec_model.config import PinRecConfig, preset
 from pinrec_model.config_groups import CONFIG_GROUPS, TRAINING_GROUP, format_config, grouped, missing_groups
 from pinrec_model.defaults import DataShape, default_rules
-from pinrec_model.model import PinRecConfig, preset
 from pinrec_model.training import TrainConfig
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "model.md"

@@ -11,9 +11,9 @@ import torch
 from jobs.train import events_from_sequences
 from pinrec.core.contracts import PINTEREST_ACTIONS, SEQUENCES_SCHEMA
 from pinrec_model.api import ItemFeatures
+from pinrec_model.config import preset
 from pinrec_model.data import PAD, build_catalog, build_user_seqs, make_examples
-from pinrec_model.model import preset
-from pinrec_model.training import sample_targets
+from pinrec_model.targets import sample_targets
 
 T0 = 1_767_225_600_000_000
 
@@ -99,7 +99,7 @@ def test_multi_token_targets_stay_in_window_and_skip_queries():
 
 
 def test_t_prime_in_time_is_the_first_token_past_the_drawn_time():
-    from pinrec_model.training import time_offsets
+    from pinrec_model.targets import time_offsets
 
     # a burst (0, 0, 0, 1 s), a pause, then 100 s and an hour later; t_lim_s 200 in 4 buckets of 50 s
     ts = torch.tensor([[0, 0, 0, 1, 100, 3600, 0]])

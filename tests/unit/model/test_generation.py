@@ -12,8 +12,9 @@ from pinrec.core.budgets import Budget
 from pinrec.core.contracts import PINTEREST_ACTIONS
 from pinrec_model.api import Candidate, History, ItemFeatures, LoadedModel, embed_items, generate_candidates, \
     load_model, save_model
+from pinrec_model.config import preset
 from pinrec_model.generation import compress, condition_offsets
-from pinrec_model.model import PinRec, preset
+from pinrec_model.model import PinRec
 from pinrec_model.retrieval import Retriever
 
 

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from pinrec_model.blocks import GENERATED_SURFACE, time_features
+from pinrec_model.config import preset
 from pinrec_model.generation import condition_offsets, decode, generate, prefill
-from pinrec_model.model import GENERATED_SURFACE, PinRec, hash_ids, preset, time_features
+from pinrec_model.item_tower import hash_ids
+from pinrec_model.model import PinRec
 
 
 def _model(variant="mt_oc", **kw):

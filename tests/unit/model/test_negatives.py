@@ -13,7 +13,7 @@ from pinrec_model.losses import CountMinSketch
 from pinrec_model.model import PinRec
 from pinrec_model.negatives import (InBatchNegatives, LogQCorrection, MixedNegatives, NoCorrection, RandomNegatives,
                                     Targets, logq_correction, negatives_sampler)
-from pinrec_model.training import CatalogTensors, training_loss
+from pinrec_model.training_loss import CatalogTensors, training_loss
 
 # Recorded by running the inlined loss at commit 25e89f4 (before the parts), with
 # `three_steps` below: per step (loss, sum of squared gradients), then the generator's next draw.

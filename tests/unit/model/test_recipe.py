@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from pinrec.core.budgets import Budget
+from pinrec_model.config import PinRecConfig, preset
+from pinrec_model.item_tower import hash_ids
 from pinrec_model.losses import full_softmax_loss, sampled_softmax_loss
-from pinrec_model.model import PinRec, PinRecConfig, hash_ids, preset
+from pinrec_model.model import PinRec
 
 SASREC = dict(item_tower="id", id_hash="direct", logits="dot", head="none", input_proj=False)
 SMALL = dict(d_model=16, n_heads=2, d_ff=32, emb_dim=16, id_dim=16, id_buckets=256, dropout=0.0)
@@ -160,7 +162,8 @@ def test_sasrec_recipe_learns_a_next_item_pattern(tower):
     far above chance (1/20) after a few epochs: the recipe trains end to end, not just constructs."""
     from pinrec_model.data import make_examples
     from pinrec_model.metrics import hit_rate, next_item_ranks
-    from pinrec_model.training import CatalogTensors, TrainConfig, fit, lookahead
+    from pinrec_model.training import TrainConfig, fit, lookahead
+    from pinrec_model.training_loss import CatalogTensors
 
     cat, seqs = _cyclic()
     cfg = preset("small", variant="uc", full_softmax=True, max_len=8, **{**SMALL, "id_buckets": 64},

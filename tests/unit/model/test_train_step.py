@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pinrec_model.config import preset
 from pinrec_model.data import Catalog
 from pinrec_model.losses import CountMinSketch
-from pinrec_model.model import PinRec, preset
-from pinrec_model.training import (CatalogTensors, TrainConfig, embed_tokens, lookahead, make_optimizer,
-                                   right_align, train_step, training_loss)
+from pinrec_model.model import PinRec
+from pinrec_model.training import TrainConfig, lookahead, make_optimizer, train_step
+from pinrec_model.training_loss import CatalogTensors, embed_tokens, right_align, training_loss
 
 CFG = dict(d_model=32, n_heads=2, d_ff=64, emb_dim=16, id_dim=16, id_buckets=1024, max_len=12,
            n_random_negatives=16, max_in_batch_negatives=64, dropout=0.0)

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from pinrec.core.contracts import PINTEREST_ACTIONS
+from pinrec_model.config import preset
 from pinrec_model.data import Catalog, build_user_seqs, make_examples
-from pinrec_model.model import preset
 from pinrec_model.training import TrainConfig, fit, lookahead, lr_at
 
 
@@ -99,9 +99,9 @@ def test_stop_after_replays_the_first_epochs_of_the_longer_schedule():
 
 def test_a_batch_without_pin_targets_gives_zero_loss_not_an_error():
     """A last batch of search queries only has no pin target: nothing to learn, no log(0)."""
-    from pinrec_model.model import PinRec
-    from pinrec_model.training import CatalogTensors, training_loss
     from pinrec_model.losses import CountMinSketch
+    from pinrec_model.model import PinRec
+    from pinrec_model.training_loss import CatalogTensors, training_loss
 
     cat, seqs = _data()
     types = np.full(len(cat.ids), 2)  # every item a query but the last (a pin no batch row holds)
@@ -137,7 +137,7 @@ def test_generation_from_a_precomputed_item_table_equals_the_tower_path():
     """pinrec eval looks history items up in one table of every catalog embedding (as the scoring
     job does) instead of running the item tower per batch: the embeddings must not change."""
     from pinrec_model.offline import generate_for_users
-    from pinrec_model.training import CatalogTensors
+    from pinrec_model.training_loss import CatalogTensors
 
     cat, seqs = _data()
     cfg = preset("small", variant="mt_oc", d_model=32, n_heads=2, d_ff=64, emb_dim=16, id_dim=16,

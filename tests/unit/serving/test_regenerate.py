@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-from pinrec.core.contracts import Event
+from pinrec.core.events import Event
 from serving.regenerate import split_history
 
 HISTORY = [Event(f"e{i}", 7, 100 + i, "pin", "repin" if i % 2 else "grid_click", "homefeed", 1000 + i)

@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from pinrec.core.contracts import Event, query_item_id
+from pinrec.core.contracts import query_item_id
+from pinrec.core.events import Event
 from serving.signals import merge_history
 
 CUT = 1_000_000

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from pinrec.core.contracts import PINTEREST_ACTIONS, Event, Rejection
+from pinrec.core.contracts import PINTEREST_ACTIONS, Rejection
+from pinrec.core.events import Event
 from streaming.corpus import good_event, malformed_messages
 from streaming.events import decode, encode_key, encode_value, key_bounds, key_ts, parse
 

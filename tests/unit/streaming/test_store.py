@@ -1,7 +1,7 @@
 """RealtimeStore on a real RocksDB in a temp folder."""
 from __future__ import annotations
 
-from pinrec.core.contracts import Event
+from pinrec.core.events import Event
 from streaming.metrics import ConsumerMetrics, prometheus_text
 from streaming.store import RealtimeStore
 
