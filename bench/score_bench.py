@@ -98,7 +98,7 @@ def profile_phases(m, tables_batches, features, retriever, budget, cfg, hist_len
 
     import torch
 
-    from jobs.score import histories_from_batch
+    from jobs.score_retrieval import histories_from_batch
     from pinrec_model.api import generate_candidates, history_tensors
 
     dev = str(m.device)
@@ -136,12 +136,12 @@ def profile_phases(m, tables_batches, features, retriever, budget, cfg, hist_len
 
 
 def profile_exact(m, tables_batches, features, index, arms, cfg, hist_len: int) -> dict:
-    """Seconds per phase of the array path (jobs.score._score_exact), each phase synchronised."""
+    """Seconds per phase of the array path (jobs.score_retrieval.ExactRetrieval), each phase synchronised."""
     import contextlib
 
     import torch
 
-    from jobs.score import candidate_rows_from_arrays
+    from jobs.score import candidate_rows
     from pinrec_model.api import generation_plan, uniform_plan
     from pinrec_model.batch_generation import ArmResult, arrow_history_arrays, device_history, search_depth, \
         select_candidates
@@ -177,7 +177,7 @@ def profile_exact(m, tables_batches, features, index, arms, cfg, hist_len: int) 
                 items, sc, entry = select_candidates(s, i, quotas, cfg.n)
                 lap()
                 res = ArmResult(items.cpu().numpy(), sc.cpu().numpy(), entry.cpu().numpy(), [p[0] for p in plan])
-                candidate_rows_from_arrays(h.user_ids, res, arm, "{}", "bench", 0)
+                candidate_rows(h.user_ids, res, arm, "{}", "bench", 0)
                 lap()
             d = np.diff(marks)
             t[names[0]] += d[0]
@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from jobs.score import ScoreConfig, SpoolWriter, Timings, compile_prefill, inference_dtype, score_batches
+    from jobs.score_retrieval import ExactRetrieval, FaissRetrieval
     from pinrec.core.budgets import DEFAULT_ARMS, Arms
     from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.api import ItemFeatures, embed_items, load_model, save_model
@@ -230,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     exact = args.retrieval == "exact" or (args.retrieval == "auto" and dev.startswith("cuda"))
     _say(f"{len(ids):,} items embedded; building the {'exact' if exact else args.index} index")
     retriever = ExactIndex(ids, item_emb, dev) if exact else Retriever.build(ids, item_emb, kind=args.index)
+    retrieval = ExactRetrieval(m, features, retriever) if exact else FaissRetrieval(m, features, retriever)
     index_s = time.perf_counter() - t0
     _say(f"index built in {index_s:.1f} s")
     pq.write_table(synthetic_sequences(args.users, args.hist_len, args.items, args.seed),
@@ -247,13 +249,13 @@ def run(args: argparse.Namespace) -> int:
 
     _say(f"{args.users:,} synthetic histories written; warm-up batch")
     warm = SpoolWriter(work / "warm")  # CUDA context, kernels, allocator: not part of the rate
-    for _ in score_batches(m, batches(1), features, retriever, arms, cfg, "bench", warm, Timings()):
+    for _ in score_batches(retrieval, batches(1), arms, cfg, "bench", warm, Timings()):
         pass
     warm.close()
     _say("timed run")
     spool, timings = SpoolWriter(work / "candidates"), Timings()
     t0 = time.perf_counter()
-    for _ in score_batches(m, batches(), features, retriever, arms, cfg, "bench", spool, timings):
+    for _ in score_batches(retrieval, batches(), arms, cfg, "bench", spool, timings):
         pass
     spool.close()
     _sync(dev)
@@ -293,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'prefill':28}{out['prefill_users_per_s']:>12,.1f} users/s, {prefill_tflops:.1f} TFLOP/s "
           f"= {100 * out['prefill_share_of_peak']:.1f}% of {H100_BF16_PEAK_TFLOPS:.0f}")
     if args.sharded:
-        out["sharded"] = compare_sharded(args, m, batches, features, retriever, arms, cfg, work,
+        out["sharded"] = compare_sharded(args, retrieval, batches, arms, cfg, work,
                                          first=(timings.users / secs, spool.rows))
         sh = out["sharded"]
         print(f"{'sharded, 1 rank of 1':28}{sh['median_users_per_s']['sharded_1_rank']:>12,.1f} users/s "
@@ -302,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_sharded(args, m, batches, features, retriever, arms, cfg, work: Path, first) -> dict:
+def compare_sharded(args, retrieval, batches, arms, cfg, work: Path, first) -> dict:
     """users/s of today's loop vs the sharded worker's loop (rank 0 of 1), alternating runs;
     `first`: (users/s, rows) of the timed run above, today's path's first run."""
     import statistics
@@ -313,10 +315,10 @@ def compare_sharded(args, m, batches, features, retriever, arms, cfg, work: Path
     def timed(batch_iter, spool) -> tuple[float, int]:
         t = Timings()
         t0 = time.perf_counter()
-        for _ in score_batches(m, batch_iter, features, retriever, arms, cfg, "bench", spool, t):
+        for _ in score_batches(retrieval, batch_iter, arms, cfg, "bench", spool, t):
             pass
         spool.close()
-        _sync(str(m.device))
+        _sync(str(retrieval.model.device))
         return t.users / (time.perf_counter() - t0), spool.rows
 
     runs: dict[str, list] = {"today": [first], "sharded_1_rank": []}

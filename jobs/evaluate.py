@@ -43,7 +43,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def load_events(args):
     import pyarrow.parquet as pq
 
-    from jobs.train import read_training_data
+    from jobs.train_data import read_training_data
     from pinrec.core.layout import Lake
 
     if args.events:
@@ -103,7 +103,7 @@ def eval_config(args, vocab, prep) -> dict:
 
 
 def run(args) -> int:
-    from jobs.train import prepare
+    from jobs.train_data import prepare
     from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec_model.config_groups import format_config
 

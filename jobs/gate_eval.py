@@ -154,7 +154,7 @@ def compare(ev: Evidence, cfg: GateEvalConfig):
 def catalog_for(events, item_features, items, width: int):
     """The catalog a model of feature width `width` reads: items@ds vectors where the table has
     that width (what index, score and serving give it), else item_features featurised at it."""
-    from jobs.train import use_items_features
+    from jobs.train_data import use_items_features
     from pinrec_model.data import build_catalog
 
     cat = build_catalog(events, item_features, width)
@@ -247,7 +247,7 @@ def run_checks(lake, ds: str, cand_dir: Path, serving_dir: Path | None, cfg: Gat
     """Evaluate both models on the same held-out users of sequences@ds and run the hard checks."""
     from safetensors.torch import load_file
 
-    from jobs.train import items_table_features, read_training_data
+    from jobs.train_data import items_table_features, read_training_data
     from pinrec.core.contracts import PINTEREST_ACTIONS
     from pinrec.core.layout import read_holdout_fraction
     from pinrec_model.data import build_catalog, build_user_seqs

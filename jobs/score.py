@@ -5,11 +5,12 @@ read (sequences@ds, items@ds, model version, its index) -> generate -> write can
 An arm is a named budget over engagement actions (an experiment group). The arms are the run's
 (`pinrec gate params` wrote them to the lake's params file of ds), else `--arms`, else
 pinrec.core.budgets.DEFAULT_ARMS; they are parsed once, here, into `Arms`. For each batch of
-users the model prefills their histories once per arm, generates conditioned embeddings with
-multi-token steps, compresses near-duplicates, allocates the budget and retrieves from Faiss,
-excluding items already in the history (`pinrec_model.api.generate_candidates`). Users stream
-through in batches (bounded memory) with a progress bar; rows are spooled as Parquet into the
-table folder and committed in one transaction that replaces the partition, so a re-run leaves
+users the model prefills their histories, generates conditioned embeddings per arm with
+multi-token steps, allocates the budget and retrieves, excluding items already in the history:
+exact search on the device, or the published Faiss index (which can also compress near-duplicate
+embeddings), one interface chosen when the job is configured (`jobs.score_retrieval`). Users
+stream through in batches (bounded memory) with a progress bar; rows are spooled as Parquet into
+the table folder and committed in one transaction that replaces the partition, so a re-run leaves
 exactly the rows one run leaves. `generated_at` is the data cutoff of ds (the as-of time of the
 histories), not the wall clock, for the same reason. Publishing candidates to serving is not
 this job's business: the quality gate does it (`pinrec gate publish`).
@@ -25,14 +26,14 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pinrec.core.budgets import DEFAULT_ARMS, Arms
 from pinrec.core.contracts import CANDIDATES_SCHEMA, TS_TYPE, ActionVocab, cutoff_us, parse_ds
 from pinrec.core.layout import Lake
 
+from jobs.score_retrieval import BatchRetrieval, build_retrieval, resolve_index
+
 ROWS_PER_FILE = 2_000_000
-EXACT_MAX_ITEMS = 5_000_000  # 5M x 256 bf16 = 2.6 GB of GPU memory; beyond, a Faiss index
 FILE_SCHEMA = pa.schema([f for f in CANDIDATES_SCHEMA if f.name != "ds"])
 
 
@@ -52,7 +53,8 @@ class ScoreConfig:
     bf16: bool = True  # bfloat16 weights on CUDA (inference; CPU stays fp32)
     # faiss: the published index, per-user selection. exact: one matmul per batch on the model's
     # device against the pins of items@ds embedded by the same model, vectorised selection (the
-    # GPU path). auto: exact on CUDA up to EXACT_MAX_ITEMS pins without compression, else faiss.
+    # GPU path). auto: exact on CUDA up to 5M pins without compression, else faiss
+    # (jobs.score_retrieval.build_retrieval).
     retrieval: str = "auto"
     compile: bool = True  # torch.compile the prefill on CUDA (fuses LayerNorm/GELU/residuals)
 
@@ -94,43 +96,11 @@ def resolve_arms(cfg: ScoreConfig, lake: Lake, vocab: ActionVocab) -> Arms:
     return Arms.parse(DEFAULT_ARMS, vocab.engagement_actions, "DEFAULT_ARMS")
 
 
-def histories_from_batch(batch: pa.RecordBatch) -> list:
-    """sequences rows -> api.History (arrays via offsets, no per-element Python objects for ids)."""
-    from pinrec_model.api import History
-
-    users = batch.column("user_id").to_numpy()
-    item_col, ts_col = batch.column("item_ids"), batch.column("ts")
-    offs = item_col.offsets.to_numpy()
-    items = item_col.values.to_numpy(zero_copy_only=False)
-    ts = ts_col.values.cast(pa.int64()).to_numpy(zero_copy_only=False)
-    ts_offs = ts_col.offsets.to_numpy()
-    types, acts, surfs = (batch.column(c).to_pylist() for c in ("item_types", "actions", "surfaces"))
-    return [History(int(users[i]), items[offs[i]:offs[i + 1]], types[i], acts[i], surfs[i],
-                    ts[ts_offs[i]:ts_offs[i + 1]]) for i in range(len(users))]
-
-
-def candidate_rows(histories, results, arm: str, budget_json: str, model_version: str,
+def candidate_rows(user_ids: np.ndarray, res, arm: str, budget_json: str, model_version: str,
                    generated_at_us: int) -> pa.RecordBatch:
-    """Generated candidates of one arm for a batch of users -> rows of the candidates file."""
-    users, ranks, items, scores, outcomes = [], [], [], [], []
-    for h, cands in zip(histories, results):
-        for r, c in enumerate(cands, start=1):
-            users.append(h.user_id)
-            ranks.append(r)
-            items.append(c.item_id)
-            scores.append(c.score)
-            outcomes.append(c.outcome)
-    n = len(users)
-    return pa.RecordBatch.from_arrays([
-        pa.array(users, pa.int64()), pa.array([arm] * n, pa.string()), pa.array(ranks, pa.int32()),
-        pa.array(items, pa.int64()), pa.array(scores, pa.float32()), pa.array(outcomes, pa.string()),
-        pa.array([model_version] * n, pa.string()), pa.array([budget_json] * n, pa.string()),
-        pa.array(np.full(n, generated_at_us, np.int64), pa.int64()).cast(TS_TYPE)], schema=FILE_SCHEMA)
-
-
-def candidate_rows_from_arrays(user_ids: np.ndarray, res, arm: str, budget_json: str,
-                               model_version: str, generated_at_us: int) -> pa.RecordBatch:
-    """batch_generation.ArmResult [B, n] -> rows of the candidates file (no per-row Python)."""
+    """One arm's candidates for a batch of users -> rows of the candidates file (no per-row
+    Python). user_ids [B] int64; res: a batch_generation.ArmResult on the host, [B, n], id -1 =
+    no candidate: a user's rows are its candidates in order, ranked from 1."""
     B, n = res.item_ids.shape
     keep = res.item_ids.reshape(-1) >= 0
     rows = int(keep.sum())
@@ -184,51 +154,72 @@ class Timings:
     users: int = 0
 
 
-def score_batches(m, batches: Iterable[pa.RecordBatch], features, retriever, arms: Arms,
+def score_batches(retrieval: BatchRetrieval, batches: Iterable[pa.RecordBatch], arms: Arms,
                   cfg: ScoreConfig, model_version: str, spool: SpoolWriter,
-                  timings: Timings, progress=None) -> Iterator[int]:
-    """The scoring loop shared by the job and the bench: yields users done per batch."""
+                  timings: Timings) -> Iterator[int]:
+    """The scoring loop of the job and the bench, either retrieval: yields users done per batch.
+
+    Three stages overlap: a prefetch thread prepares the next batches (`retrieval.prepare`),
+    this thread generates, a writer thread waits for the results, makes rows and writes Parquet.
+    Why threads: on CUDA the exact path launches a batch's device work and returns before it
+    is done (results copy back into pinned memory behind a CUDA event); waiting for them here
+    would idle the GPU while the host builds grids and writes rows. Overlapping them took the
+    job past its 5k users/s bar on the H100 (772fe16). Arrow, numpy and Parquet release the GIL,
+    so on the Faiss path the same stages overlap the host work with the search for free."""
     import contextlib
+    import queue
+    import threading
 
     import torch
 
-    from pinrec_model.api import generate_candidates
-
+    m = retrieval.model
     on_cuda = str(m.device).startswith("cuda")
     fp32_weights = next(m.model.parameters()).dtype == torch.float32
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda and cfg.bf16 and fp32_weights \
         else contextlib.nullcontext
     generated_at = cutoff_us(cfg.ds)
     budgets = {a: b.to_json() for a, b in arms.items()}
-    if getattr(retriever, "kind", None) == "exact":
-        yield from _score_exact(m, batches, features, retriever, arms, cfg, model_version, spool,
-                                timings, amp, budgets, generated_at)
-        return
-    t0 = time.perf_counter()
-    for batch in batches:
-        histories = histories_from_batch(batch)
-        t1 = time.perf_counter()
-        timings.read += t1 - t0
-        out = []
-        for arm, budget in arms.items():
-            with amp():
-                res = generate_candidates(m, histories, features, budget, cfg.n, retriever,
-                                          tokens_per_step=cfg.tokens_per_step,
-                                          compression_threshold=cfg.compression_threshold)
-            out.append(candidate_rows(histories, res, arm, budgets[arm], model_version, generated_at))
-        t2 = time.perf_counter()
-        timings.generate += t2 - t1
-        for rows in out:
-            spool.write(rows)
+    prepared = _prefetch(retrieval.prepare(b) for b in batches)
+    todo: queue.Queue = queue.Queue(maxsize=2)
+    failed: list[BaseException] = []
+
+    def writer():
+        while (item := todo.get()) is not None:
+            try:
+                user_ids, res = item
+                t_w = time.perf_counter()
+                for arm, r in res.items():
+                    spool.write(candidate_rows(user_ids, r.host(), arm, budgets[arm], model_version,
+                                               generated_at))
+                timings.write += time.perf_counter() - t_w
+            except BaseException as e:  # surfaced on the main thread; keep draining
+                failed.append(e)
+
+    w = threading.Thread(target=writer, daemon=True, name="score-writer")
+    w.start()
+    try:
         t0 = time.perf_counter()
-        timings.write += t0 - t2
-        timings.users += len(histories)
-        yield len(histories)
+        for batch in prepared:
+            t1 = time.perf_counter()
+            timings.read += t1 - t0
+            with amp():
+                user_ids, res = retrieval.generate(batch, arms, cfg.n, cfg.tokens_per_step)
+            todo.put((user_ids, res))
+            if failed:
+                raise failed[0]
+            t0 = time.perf_counter()
+            timings.generate += t0 - t1
+            timings.users += len(user_ids)
+            yield len(user_ids)
+    finally:
+        todo.put(None)
+        w.join()
+    if failed:
+        raise failed[0]
 
 
 def _prefetch(it, depth: int = 2):
-    """Run an iterator on a thread, `depth` items ahead (Arrow and numpy release the GIL, so
-    reading and gridding the next batches overlaps the device work on this one)."""
+    """Run an iterator on a thread, `depth` items ahead (see score_batches for why)."""
     import queue
     import threading
 
@@ -248,102 +239,6 @@ def _prefetch(it, depth: int = 2):
         if isinstance(x, BaseException):
             raise x
         yield x
-
-
-def _score_exact(m, batches, features, index, arms, cfg, model_version, spool, timings, amp,
-                 budgets, generated_at) -> Iterator[int]:
-    """The array path (pinrec_model.batch_generation), three stages that overlap:
-    prefetch thread (Arrow -> grids -> catalog rows -> pinned memory) -> this thread (device
-    work, launched without waiting) -> writer thread (wait for the copies, rows, Parquet)."""
-    import queue
-    import threading
-
-    from pinrec_model.batch_generation import arrow_history_arrays, generate_arrays, locate
-
-    n_emb = m.config.num_embeddings
-    hist_len = min(m.config.max_len, m.config.max_positions - n_emb - 1)
-    actions = list(m.vocab.actions)
-    on_cuda = str(m.device).startswith("cuda")
-    grids = _prefetch(locate(arrow_history_arrays(b, actions, hist_len), index.host_ids, pin=on_cuda)
-                      for b in batches)
-    todo: queue.Queue = queue.Queue(maxsize=2)
-    failed: list[BaseException] = []
-
-    def writer():
-        while (item := todo.get()) is not None:
-            try:
-                user_ids, res = item
-                t_w = time.perf_counter()
-                for arm, r in res.items():
-                    spool.write(candidate_rows_from_arrays(user_ids, r.host(), arm, budgets[arm],
-                                                           model_version, generated_at))
-                timings.write += time.perf_counter() - t_w
-            except BaseException as e:  # surfaced on the main thread; keep draining
-                failed.append(e)
-
-    w = threading.Thread(target=writer, daemon=True, name="score-writer")
-    w.start()
-    try:
-        t0 = time.perf_counter()
-        for h in grids:
-            t1 = time.perf_counter()
-            timings.read += t1 - t0
-            with amp():
-                res = generate_arrays(m, h, index, features, arms, cfg.n,
-                                      tokens_per_step=cfg.tokens_per_step, asynchronous=True)
-            todo.put((h.user_ids, res))
-            if failed:
-                raise failed[0]
-            t0 = time.perf_counter()
-            timings.generate += t0 - t1
-            timings.users += len(h.user_ids)
-            yield len(h.user_ids)
-    finally:
-        todo.put(None)
-        w.join()
-    if failed:
-        raise failed[0]
-
-
-def build_retriever(cfg: ScoreConfig, m, index_dir: Path, items: pa.Table, features):
-    """The retriever the config asks for: the published Faiss index, or an ExactIndex of the
-    pins of items@ds embedded by the scoring model (the index was built from the same two)."""
-    from pinrec_model.api import embed_items
-    from pinrec_model.retrieval import ExactIndex, Retriever
-
-    pins = items.filter(pc.equal(items.column("item_type"), "pin"))
-    mode = cfg.retrieval
-    if mode == "auto":
-        exact_ok = str(m.device).startswith("cuda") and cfg.compression_threshold is None
-        mode = "exact" if exact_ok and 0 < pins.num_rows <= EXACT_MAX_ITEMS else "faiss"
-    if mode == "faiss":
-        return Retriever.load(index_dir)
-    ids = pins.column("item_id").to_numpy()
-    return ExactIndex(ids, embed_items(m, ids, ["pin"] * len(ids), features.lookup(ids)), m.device)
-
-
-def resolve_index(lake: Lake, ds: str, model_version: str, requested: str | None) -> Path:
-    """The index folder to retrieve from; it must have been built with the scoring model."""
-    from jobs.index import index_version
-    from pinrec.core.layout import current
-
-    if requested:
-        vdir = lake.version_dir("index", requested)
-    elif lake.version_dir("index", index_version(ds, model_version)).is_dir():
-        vdir = lake.version_dir("index", index_version(ds, model_version))
-    else:
-        vdir = current(lake, "index")
-    if vdir is None or not (vdir / "meta.json").exists():
-        raise FileNotFoundError(f"no Faiss index for ds={ds} and model {model_version!r} under "
-                                f"{lake.artifacts('index')}; run `pinrec index --ds {ds} "
-                                f"--model-version {model_version}` first")
-    build = vdir / "build.json"
-    built_with = json.loads(build.read_text()).get("model_version") if build.exists() else None
-    if built_with is not None and built_with != model_version:
-        raise ValueError(f"index {vdir.name} was built with model {built_with!r}, not "
-                         f"{model_version!r}: its embeddings are not comparable; run `pinrec "
-                         f"index --ds {ds} --model-version {model_version}`")
-    return vdir
 
 
 def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
@@ -369,7 +264,7 @@ def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
     arms = resolve_arms(cfg, lake, m.vocab)
     items = tables.read("items", [cfg.ds], columns=["item_id", "item_type", "features"])
     features = ItemFeatures.from_table(items, m.config.feature_dim)
-    retriever = build_retriever(cfg, m, resolve_index(lake, cfg.ds, model_version, cfg.index_version),
+    retrieval = build_retrieval(cfg, m, resolve_index(lake, cfg.ds, model_version, cfg.index_version),
                                 items, features)
     load_s = time.perf_counter() - t_load
 
@@ -387,8 +282,7 @@ def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
     t0 = time.perf_counter()
     try:
         with tqdm(total=total, unit="user", desc=f"score {cfg.ds}", disable=not progress or None) as bar:
-            for done in score_batches(m, batches, features, retriever, arms, cfg, model_version,
-                                      spool, timings):
+            for done in score_batches(retrieval, batches, arms, cfg, model_version, spool, timings):
                 bar.update(done)
         spool.close()
         t_commit = time.perf_counter()
@@ -405,7 +299,7 @@ def run_job(cfg: ScoreConfig, progress: bool = True, shard=None) -> dict:
     return {"ds": cfg.ds, "model_version": model_version, "arms": sorted(arms), "users": timings.users,
             "rows": spool.rows, "device": m.device, "seconds": round(secs, 3),
             "users_per_s": round(timings.users / max(secs, 1e-9), 1), "load_s": round(load_s, 3),
-            "retrieval": getattr(retriever, "kind", "?"),
+            "retrieval": retrieval.kind,
             "read_s": round(timings.read, 3), "generate_s": round(timings.generate, 3),
             "write_s": round(timings.write, 3), "table_version": version}
 

@@ -16,7 +16,8 @@ import sys
 import numpy as np
 
 from jobs.evaluate import _item_table, configure, load_events
-from jobs.train import model_config, prepare, train_config, train_refit
+from jobs.train import model_config, train_config, train_refit
+from jobs.train_data import prepare
 from pinrec.core.contracts import PINTEREST_ACTIONS
 from pinrec_model.offline import (eval_targets, generate_for_users, index_rows, target_conditions,
                                   unordered_scores, unordered_split)

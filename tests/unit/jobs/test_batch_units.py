@@ -128,17 +128,57 @@ def test_rebuild_users_dedups_orders_and_caps_like_the_contract():
 
 def test_candidate_rows_ranks_from_one_per_user():
     from jobs.score import FILE_SCHEMA, candidate_rows
-    from pinrec_model.api import Candidate, History
+    from jobs.score_retrieval import arrays_from_candidates
+    from pinrec_model.api import Candidate
 
-    h = [History(7, np.array([1]), ["pin"], ["repin"], ["homefeed"], np.array([0])),
-         History(8, np.array([2]), ["pin"], ["repin"], ["homefeed"], np.array([0]))]
     res = [[Candidate(10, 0.9, "repin"), Candidate(11, 0.5, "other")], [Candidate(12, 0.7, "repin")]]
-    b = candidate_rows(h, res, "arm1", '{"repin": 1.0}', "m1", 1_000_000)
+    b = candidate_rows(np.array([7, 8]), arrays_from_candidates(res, 3), "arm1", '{"repin": 1.0}', "m1",
+                       1_000_000)
     assert b.schema == FILE_SCHEMA
     assert b.column("user_id").to_pylist() == [7, 7, 8]
     assert b.column("rank").to_pylist() == [1, 2, 1]
     assert b.column("item_id").to_pylist() == [10, 11, 12]
+    assert b.column("outcome").to_pylist() == ["repin", "other", "repin"]
     assert b.column("generated_at").to_pylist()[0] == datetime(1970, 1, 1, 0, 0, 1, tzinfo=timezone.utc)
+
+
+def _per_user_rows_oracle(user_ids, results, arm, budget_json, model_version, generated_at_us):
+    """The per-user row builder the Faiss path used before the one scoring path (issue 14)."""
+    from jobs.score import FILE_SCHEMA
+    from pinrec.core.contracts import TS_TYPE
+
+    cols = {k: [] for k in ("user_id", "rank", "item_id", "score", "outcome")}
+    for u, cands in zip(user_ids, results):
+        for r, c in enumerate(cands, start=1):
+            for k, v in zip(cols, (int(u), r, c.item_id, c.score, c.outcome)):
+                cols[k].append(v)
+    n = len(cols["user_id"])
+    return pa.RecordBatch.from_arrays([
+        pa.array(cols["user_id"], pa.int64()), pa.array([arm] * n, pa.string()),
+        pa.array(cols["rank"], pa.int32()), pa.array(cols["item_id"], pa.int64()),
+        pa.array(cols["score"], pa.float32()), pa.array(cols["outcome"], pa.string()),
+        pa.array([model_version] * n, pa.string()), pa.array([budget_json] * n, pa.string()),
+        pa.array(np.full(n, generated_at_us, np.int64), pa.int64()).cast(TS_TYPE)], schema=FILE_SCHEMA)
+
+
+def test_faiss_candidates_as_arrays_give_the_per_user_rows():
+    """Per-user Candidate lists (the Faiss path) through arrays_from_candidates + candidate_rows
+    equal the rows the per-user builder made: short and empty lists, several outcomes."""
+    from jobs.score import candidate_rows
+    from jobs.score_retrieval import arrays_from_candidates
+    from pinrec_model.api import Candidate
+
+    rng = np.random.default_rng(3)
+    outcomes = ["repin", "grid_click", "outbound_click"]
+    n = 6
+    results = [[Candidate(int(rng.integers(1, 1 << 62)), float(np.float32(rng.normal())),
+                          outcomes[rng.integers(0, 3)]) for _ in range(rng.integers(0, n + 1))]
+               for _ in range(40)]
+    users = rng.integers(1, 1 << 62, 40)
+    args = ("arm", '{"repin": 1.0}', "m1", 1_767_225_600_000_000)
+    got = candidate_rows(users, arrays_from_candidates(results, n), *args)
+    assert got.num_rows == sum(map(len, results)) > 0
+    assert got.equals(_per_user_rows_oracle(users, results, *args))
 
 
 def test_recall_vs_exact_counts_overlap_with_brute_force():

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from jobs.train import events_from_sequences
+from jobs.train_data import events_from_sequences
 from pinrec.core.contracts import PINTEREST_ACTIONS, SEQUENCES_SCHEMA
 from pinrec_model.api import ItemFeatures
 from pinrec_model.config import preset
@@ -183,7 +183,7 @@ def test_wider_feature_dim_keeps_attributes_apart():
 
 
 def test_training_takes_the_items_tables_vectors_so_queries_match_serving():
-    from jobs.train import use_items_features
+    from jobs.train_data import use_items_features
     from pinrec.core.features import query_features
 
     seq = pa.table({
