@@ -28,6 +28,7 @@ SUITE = {"beauty": ("beauty", "amazon_beauty"), "sports": ("sports", "amazon_spo
          "toys": ("toys", "amazon_toys"), "yelp": ("yelp", "yelp"), "lastfm": ("lastfm", "lastfm"),
          "movielens100k": ("movielens100k", "movielens100k")}
 BARRED = ("beauty", "sports", "toys", "yelp")  # the issue's bars: >= 1.05 x reference on each
+BASELINES = ("sasrec", "pinnerformer")  # variants of ours that are baselines, not PinRec
 # The reference's own settings (DESIGN §5): what its published H200 figures were run with.
 REFERENCE_ARGS = ["--max-len", "50", "--hidden", "128", "--heads", "2", "--dropout", "0.5"]
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@10_excl_history", "ndcg@10_excl_history")
@@ -51,6 +52,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, default=None,
                    help="override the rules' training budget (testing only: the published run uses none)")
     p.add_argument("--extra", default="", help="extra `pinrec eval` flags for every PinRec run (testing only)")
+    p.add_argument("--from-runs", metavar="DIR",
+                   help="launch nothing: summarise the per-run JSONs already in DIR (named "
+                        "<dataset>_<variant>_s<seed>.json), e.g. a suite split over several device calls")
     p.add_argument("--json", help="write the summary here (a bar plot beside it)")
 
 
@@ -189,7 +193,9 @@ def bars(table: dict) -> dict:
     out, ratios = {}, []
     for ds in BARRED:
         by_v = table.get(ds, {})
-        cands = {v: a["ratio_to_reference"] for v, a in by_v.items() if "ratio_to_reference" in a}
+        # PinRec's variants only: the SASRec and PinnerFormer variants are the project's baselines
+        cands = {v: a["ratio_to_reference"] for v, a in by_v.items()
+                 if "ratio_to_reference" in a and v not in BASELINES}
         if not cands:
             continue
         best_v = max(cands, key=lambda v: min(cands[v].values()))
@@ -244,18 +250,37 @@ def plot(summary: dict, path: Path) -> Path | None:
     return path
 
 
+def runs_in(folder: Path) -> list[Run]:
+    """The runs whose JSONs lie in `folder` (<dataset>_<variant>_s<seed>.json), for --from-runs."""
+    runs = []
+    for out in sorted(folder.glob("*_s*.json")):
+        head, _, seed = out.stem.rpartition("_s")
+        ds = next((d for d in SUITE if head.startswith(d + "_")), None)
+        if ds is None or not seed.isdigit():
+            continue
+        runs.append(Run(out.stem, ds, head[len(ds) + 1:], int(seed), (), out))
+    if not runs:
+        raise SystemExit(f"--from-runs {folder}: no <dataset>_<variant>_s<seed>.json files there")
+    return runs
+
+
 def run(args) -> int:
     from bench.cli import write_json
 
     t0 = time.perf_counter()
-    wd = Path(args.workdir)
-    files = {d: import_dataset(d, Path(args.data_root), wd) for d in args.datasets.split(",")}
-    runs = plan_runs(args, files)
-    print(f"{len(runs)} runs, {args.parallel} at a time, work in {wd}")
-    status = launch(runs, args.parallel)
+    if args.from_runs:
+        runs = runs_in(Path(args.from_runs))
+        status = {r.name: {"rc": 0} for r in runs}
+    else:
+        wd = Path(args.workdir)
+        files = {d: import_dataset(d, Path(args.data_root), wd) for d in args.datasets.split(",")}
+        runs = plan_runs(args, files)
+        print(f"{len(runs)} runs, {args.parallel} at a time, work in {wd}")
+        status = launch(runs, args.parallel)
     summary = summarise(runs, status)
+    where = (f"the machine each run's log under {args.from_runs} names" if args.from_runs else machine())
     summary.update({"command": " ".join(sys.argv), "device": args.device, "seeds": args.seeds,
-                    "wall_s": round(time.perf_counter() - t0, 1), "machine": machine()})
+                    "wall_s": round(time.perf_counter() - t0, 1), "machine": where})
     print_table(summary)
     write_json(args.json, summary)
     if args.json:
