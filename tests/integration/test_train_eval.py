@@ -155,4 +155,7 @@ def test_print_config_shows_the_rules_config_grouped_and_trains_nothing(lake, tm
     for group in ("[item tower]", "[sequence model]", "[head]", "[objective]", "[training]"):
         assert group in train_out
     assert "  dropout = 0.3  # given explicitly (the rule would give" in train_out
-    assert "  patience = 10  # rule: " in train_out and "  max_len = " in train_out
+    # 1,000 users: 4 steps an epoch at batch 256, so the 2,000-step schedule is capped at 400 epochs,
+    # run to its end (patience = the schedule)
+    assert "  epochs = 400  # rule: " in train_out and "  patience = 400  # rule: " in train_out
+    assert "  d_model = 128  # rule: " in train_out and "  max_len = " in train_out
