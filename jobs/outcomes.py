@@ -35,10 +35,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 
-from pinrec.core.contracts import PINTEREST_ACTIONS, cutoff_us, parse_ds
+from pinrec.core.contracts import DAY_US, PINTEREST_ACTIONS, cutoff_us, parse_ds
 from pinrec.core.experiments import ARM_OUTCOMES_SCHEMA, DEFAULT_SALT, TrafficSplit
 
-DAY_US = 86_400_000_000
 ACTIONS = PINTEREST_ACTIONS.engagement_actions
 OUTCOMES = (*ACTIONS, "all")
 

@@ -33,11 +33,11 @@ import logging
 import shutil
 from dataclasses import dataclass
 
-from pinrec.core.contracts import parse_ds
+from pinrec.core.contracts import DAY_US, parse_ds
 from pinrec.core.layout import Lake
 # The event fields, the sequence array column <- event field pairs, and the day length: defined
 # once beside the Arrow engine, which must build exactly the rows this Spark path builds.
-from pinrec.core.sequences_arrow import ARRAY_COLUMNS, DAY_US, EVENT_FIELDS
+from pinrec.core.sequences_arrow import ARRAY_COLUMNS, EVENT_FIELDS
 from pinrec.core.sequences_store import shift_ds, window_bounds, window_partitions  # noqa: F401 (the job's dates)
 
 MODES = ("auto", "full", "incremental")

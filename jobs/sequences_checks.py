@@ -18,9 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrec.core.contracts import EVENTS_SCHEMA, cutoff_us
+from pinrec.core.contracts import DAY_US, EVENTS_SCHEMA, cutoff_us
 
-DAY_US = 86_400_000_000
 REQUIRED = [f for f in EVENTS_SCHEMA if f.name != "ds"]
 FIX_RELAND = ("Fix: land the partition again with the contract's columns "
               "(`pinrec data import ...`, or `LakeTables.replace_partitions('events', table, "

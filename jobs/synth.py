@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrec.core.contracts import EVENTS_SCHEMA, PINTEREST_ACTIONS, query_item_id
+from pinrec.core.contracts import DAY_US, EVENTS_SCHEMA, PINTEREST_ACTIONS, query_item_id
 
 FORMATS = ("visual", "long_form", "product", "video")
 # P(action | format) over PINTEREST_ACTIONS.engagement_actions:
@@ -34,7 +34,6 @@ ACTION_PROBS = np.array([
     [0.07, 0.20, 0.08, 0.60, 0.05],  # product
     [0.12, 0.55, 0.08, 0.05, 0.20],  # video
 ])
-DAY_US = 86_400_000_000
 
 
 @dataclass(frozen=True)

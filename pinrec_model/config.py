@@ -1,9 +1,15 @@
-"""The model's configuration: `PinRecConfig`, one flat frozen dataclass whose field names are
-the keys of every saved `config.json` and of `--set key=value` (config_groups.py says which part
-of the model each field configures), and the `small` / `paper` presets."""
+"""The model's configuration: `PinRecConfig` and the `small` / `paper` presets.
+
+The settings are defined in one small frozen dataclass per part of the model (`VariantSettings`,
+`ItemTowerSettings`, `SequenceModelSettings`, `HeadSettings`, `ObjectiveSettings`,
+`GenerationSettings`), each naming its group for `--print-config` in GROUP. `PinRecConfig` inherits
+them all, so it stays one flat frozen dataclass: its field names are the keys of every saved
+`config.json` and of `--set key=value`, and `cfg.d_model` reads as it always did; `cfg.groups()`
+gives the grouped view."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from typing import ClassVar
 
 VARIANTS = ("uc", "oc", "mt_oc", "pinnerformer", "sasrec")
 ITEM_TOWERS = ("hashed_mlp", "id", "id_mlp")
@@ -13,25 +19,65 @@ HEADS = ("mlp", "none", "add")
 
 
 @dataclass(frozen=True)
-class PinRecConfig:
+class VariantSettings:
+    """Which paper variant: conditioning of the head (OC) and the multi-token objective (MT)."""
+    GROUP: ClassVar[str] = "variant"
     variant: str = "uc"  # uc | oc | mt_oc | pinnerformer | sasrec (the last two are baselines)
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    d_ff: int = 256
-    dropout: float = 0.1
-    emb_dim: int = 64  # D: the shared item / output representation space
-    max_len: int = 50  # history tokens the model reads
-    max_positions: int = 128  # history + generated tokens
+
+
+@dataclass(frozen=True)
+class ItemTowerSettings:
+    """f_T: item features + hashed IDs -> the shared item space (paper 4.1)."""
+    GROUP: ClassVar[str] = "item tower"
+    # Recipe options (docs/model.md, Beauty). The defaults are the first recipe, unchanged.
+    # item_tower: hashed_mlp = f_T([features, hashed ID]) (paper 4.1); id = the ID embedding
+    # alone (SASRec); id_mlp = ID embedding + f_T(features), the ID part kept outside the MLP.
+    item_tower: str = "hashed_mlp"
     feature_dim: int = 32
     use_features: bool = True
     id_dim: int = 64
     id_buckets: int = 1 << 16  # rows of the shared hashed-ID table
     id_hashes: int = 2  # k hash functions into that table, summed
-    n_actions: int = 6  # engagement actions + search (ids are 1..n_actions, 0 = none)
+    id_hash: str = "universal"  # universal (k hashes) | direct (row = id % id_buckets: exact for dense ids)
+    emb_dim: int = 64  # D: the shared item / output representation space
     n_item_types: int = 2  # pin, query
+
+
+@dataclass(frozen=True)
+class SequenceModelSettings:
+    """The causal transformer over the history tokens (4.2)."""
+    GROUP: ClassVar[str] = "sequence model"
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    d_ff: int = 256
+    dropout: float = 0.1
+    max_len: int = 50  # history tokens the model reads
+    max_positions: int = 128  # history + generated tokens
+    input_proj: bool = True  # False: the item embedding * sqrt(d) is the token (tied, SASRec-style)
+    # The age feature (time since the NEWEST history token) is not causal in training: at input
+    # position i it tells how many tokens of the window come after i, and the age-0 regime of
+    # serving is seen at one position per window only. False zeroes it (gap + phases remain).
+    time_age: bool = True
+    n_actions: int = 6  # engagement actions + search (ids are 1..n_actions, 0 = none)
     n_surfaces: int = 3
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """The output head: h (+ action / offset condition Phi) -> a query in the item space (4.3)."""
+    GROUP: ClassVar[str] = "head"
+    # head: mlp = MLP([h, Phi]) | none = h itself (unconditioned only) | add = h + E_a + E_t',
+    # a linear O([h, Phi]); none and add need d_model == emb_dim
+    head: str = "mlp"
+    logits: str = "cosine"  # cosine: lambda * <unit, unit> | dot: plain inner product, no normalisation
     logit_scale: float = 20.0  # lambda in s = lambda * <i_hat, i> - Q(i)
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """The loss: full or sampled softmax, negatives, logQ (Eq. 2-3), multi-token targets (Eq. 5)."""
+    GROUP: ClassVar[str] = "objective"
     full_softmax: bool = False  # score against every catalog item instead of sampled negatives
     logq_correction: bool = True
     # Eq. 2 read literally also subtracts Q from the positive. With accidental hits masked that
@@ -43,34 +89,34 @@ class PinRecConfig:
     cms_depth: int = 4
     # t_lim 4 and window 2 beat 8/4 and 16/4 on synthetic unordered recall (docs/model.md)
     t_lim: int = 4  # multi-token: target offsets t' - t are drawn from [1, t_lim] steps
-    window: int = 2  # Delta: the target window [t', t' + Delta]
-    window_unit: str = "steps"  # steps | seconds (coarse real timestamps need steps)
-    window_max_tokens: int = 16  # cap on targets per window when window_unit == seconds
     # t' in time (4.3.2: "t_lim in steps or in time"): with t_lim_unit "seconds", t' is the first
     # token at or after t's time + U(0, t_lim_s) seconds, seen within lookahead_tokens; the offset
     # condition is then the time bucket ceil(t_lim * (ts(t') - ts(t)) / t_lim_s) in [1, t_lim].
     t_lim_unit: str = "steps"  # steps | seconds
     t_lim_s: int = 300
     lookahead_tokens: int = 32
+    window: int = 2  # Delta: the target window [t', t' + Delta]
+    window_unit: str = "steps"  # steps | seconds (coarse real timestamps need steps)
+    window_max_tokens: int = 16  # cap on targets per window when window_unit == seconds
     # min: Eq. 5, the loss of the easiest target in the window. mean: the mean over the window's
     # distinct items -- NOT the paper, an ablation (on trivago the min always picks the current hotel)
     window_loss: str = "min"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Serving-time generation defaults (4.4)."""
+    GROUP: ClassVar[str] = "generation"
     tokens_per_step: int = 4  # default embeddings per generation step (MT variants)
     num_embeddings: int = 16  # default embeddings generated per user
-    # Recipe options (docs/model.md, Beauty). The defaults are the first recipe, unchanged.
-    # item_tower: hashed_mlp = f_T([features, hashed ID]) (paper 4.1); id = the ID embedding
-    # alone (SASRec); id_mlp = ID embedding + f_T(features), the ID part kept outside the MLP.
-    item_tower: str = "hashed_mlp"
-    id_hash: str = "universal"  # universal (k hashes) | direct (row = id % id_buckets: exact for dense ids)
-    logits: str = "cosine"  # cosine: lambda * <unit, unit> | dot: plain inner product, no normalisation
-    # head: mlp = MLP([h, Phi]) | none = h itself (unconditioned only) | add = h + E_a + E_t',
-    # a linear O([h, Phi]); none and add need d_model == emb_dim
-    head: str = "mlp"
-    input_proj: bool = True  # False: the item embedding * sqrt(d) is the token (tied, SASRec-style)
-    # The age feature (time since the NEWEST history token) is not causal in training: at input
-    # position i it tells how many tokens of the window come after i, and the age-0 regime of
-    # serving is seen at one position per window only. False zeroes it (gap + phases remain).
-    time_age: bool = True
+
+
+# A dataclass takes its bases' fields last base first: the groups are listed here in reverse
+# print order, so to_json writes variant's fields first and generation's last.
+@dataclass(frozen=True)
+class PinRecConfig(GenerationSettings, ObjectiveSettings, HeadSettings, SequenceModelSettings,
+                   ItemTowerSettings, VariantSettings):
+    """Every setting of the model, flat (see the group classes above for what each one does)."""
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -122,13 +168,22 @@ class PinRecConfig:
     def offset_conditioned(self) -> bool:
         return self.variant == "mt_oc"
 
+    def groups(self) -> dict[str, object]:
+        """The grouped view: {group name: that group's settings (a VariantSettings, ...)}, in
+        print order; PinRecConfig(**the groups' fields merged) == self."""
+        return {g.GROUP: g(**{f.name: getattr(self, f.name) for f in fields(g)}) for g in SETTINGS_GROUPS}
+
     def to_json(self) -> dict:
         return asdict(self)
 
     @staticmethod
     def from_json(d: dict) -> "PinRecConfig":
-        known = PinRecConfig.__dataclass_fields__
+        known = {f.name for f in fields(PinRecConfig)}  # not __dataclass_fields__: it holds GROUP too
         return PinRecConfig(**{k: v for k, v in d.items() if k in known})
+
+
+# The groups in the order --print-config prints them (and to_json writes their fields).
+SETTINGS_GROUPS = tuple(reversed(PinRecConfig.__bases__))
 
 
 PRESETS = {

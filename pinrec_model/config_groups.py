@@ -1,38 +1,24 @@
 """Which part of the model each setting configures, and the effective configuration as a person
 reads it (issue 14 point 6: "config you can see").
 
-`PinRecConfig` stays one flat dataclass, so every saved `config.json` loads and every `--set
-key=value` keeps its key; CONFIG_GROUPS is the one place that says which part of the model a
-field belongs to. `pinrec train --print-config` and `pinrec eval --print-config` print through
-`format_config`; docs/model.md lists the same groups, and a unit test fails when a field of
-PinRecConfig has no group here.
+The groups are part of the definition: pinrec_model/config.py defines each group's settings in
+its own dataclass (`ItemTowerSettings`, ...) with its GROUP name, and `PinRecConfig` inherits them
+all, staying one flat dataclass so every saved `config.json` loads and every `--set key=value`
+keeps its key. CONFIG_GROUPS here is derived from those classes, never spelled out.
+`pinrec train --print-config` and `pinrec eval --print-config` print through `format_config`;
+docs/model.md lists the same groups, and a unit test fails when that table and the code disagree.
 
 Pure: dictionaries in, text out.
 """
 from __future__ import annotations
 
-from pinrec_model.config import PinRecConfig
+import dataclasses
 
-# PinRecConfig field -> group, in the order the groups are printed.
-CONFIG_GROUPS: dict[str, str] = {
-    # which paper variant: conditioning of the head (OC) and the multi-token objective (MT)
-    "variant": "variant",
-    # f_T: item features + hashed IDs -> the shared item space (paper 4.1)
-    **dict.fromkeys(("item_tower", "feature_dim", "use_features", "id_dim", "id_buckets", "id_hashes",
-                     "id_hash", "emb_dim", "n_item_types"), "item tower"),
-    # the causal transformer over the history tokens (4.2)
-    **dict.fromkeys(("d_model", "n_layers", "n_heads", "d_ff", "dropout", "max_len", "max_positions",
-                     "input_proj", "time_age", "n_actions", "n_surfaces"), "sequence model"),
-    # the output head: h (+ action / offset condition Phi) -> a query in the item space (4.3)
-    **dict.fromkeys(("head", "logits", "logit_scale"), "head"),
-    # the loss: full or sampled softmax, negatives, logQ (Eq. 2-3), multi-token targets (Eq. 5)
-    **dict.fromkeys(("full_softmax", "logq_correction", "logq_on_positive", "n_random_negatives",
-                     "max_in_batch_negatives", "cms_width", "cms_depth", "t_lim", "t_lim_unit", "t_lim_s",
-                     "lookahead_tokens", "window", "window_unit", "window_max_tokens", "window_loss"),
-                    "objective"),
-    # serving-time generation defaults (4.4)
-    **dict.fromkeys(("tokens_per_step", "num_embeddings"), "generation"),
-}
+from pinrec_model.config import SETTINGS_GROUPS
+
+# PinRecConfig field -> group, groups in print order, fields in their class's order.
+CONFIG_GROUPS: dict[str, str] = {f.name: g.GROUP for g in SETTINGS_GROUPS
+                                 for f in dataclasses.fields(g)}
 # TrainConfig's fields (pinrec_model/training.py) all print under this group.
 TRAINING_GROUP = "training"
 
@@ -43,18 +29,13 @@ WHY_KEY = {"max_positions": "max_len", "epochs": "training", "patience": "traini
                                           "input_proj", "head")}}
 
 
-def missing_groups() -> list[str]:
-    """PinRecConfig fields without a group (a unit test keeps this empty)."""
-    return [f for f in PinRecConfig.__dataclass_fields__ if f not in CONFIG_GROUPS]
-
-
 def grouped(report: dict) -> dict[str, dict]:
     """A config report ({"model": flat PinRecConfig dict, "train": TrainConfig dict, ...}, as
     saved in config.json and eval JSONs) -> {group: {field: value}}, groups in print order.
     A field this code does not know (a newer config) is kept, under "other"."""
     model = report.get("model", {})
     out: dict[str, dict] = {g: {} for g in dict.fromkeys(CONFIG_GROUPS.values())}
-    for k, g in CONFIG_GROUPS.items():  # in this file's order, whatever order the report has
+    for k, g in CONFIG_GROUPS.items():  # in the groups' order, whatever order the report has
         if k in model:
             out[g][k] = model[k]
     for k in model.keys() - CONFIG_GROUPS.keys():

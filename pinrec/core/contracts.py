@@ -282,6 +282,7 @@ PARTITION_COLUMNS: dict[str, list[str]] = {
 # --------------------------------------------------------------------------------------------
 
 _DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DAY_US = 86_400_000_000  # microseconds per day: event timestamps (`ts`) are UTC microseconds
 
 
 def parse_ds(ds: str) -> datetime:
@@ -295,7 +296,7 @@ def parse_ds(ds: str) -> datetime:
 
 def cutoff_us(ds: str) -> int:
     """Exclusive upper bound (UTC µs) of the events a daily run for `ds` may see."""
-    return int(parse_ds(ds).timestamp() + 86400) * 1_000_000
+    return int(parse_ds(ds).timestamp()) * 1_000_000 + DAY_US
 
 
 def ds_of_us(ts_us: int) -> str:

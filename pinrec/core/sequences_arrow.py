@@ -24,17 +24,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pinrec.core.contracts import EVENTS_SCHEMA, SEQUENCES_SCHEMA
+from pinrec.core.contracts import DAY_US, EVENTS_SCHEMA, SEQUENCES_SCHEMA
 
 EVENT_FIELDS = ("ts", "event_id", "item_id", "item_type", "action", "surface")
 # Sequence array column <- event field, in contract order. The Spark engine (jobs/sequences.py)
-# imports EVENT_FIELDS, ARRAY_COLUMNS and DAY_US from here: one definition for both engines.
+# imports EVENT_FIELDS and ARRAY_COLUMNS from here: one definition for both engines.
 ARRAY_COLUMNS = (("event_ids", "event_id"), ("item_ids", "item_id"), ("item_types", "item_type"),
                  ("actions", "action"), ("surfaces", "surface"), ("ts", "ts"))
 FILE_SCHEMA = pa.schema([f for f in SEQUENCES_SCHEMA if f.name != "ds"])
 EVENT_ROW_SCHEMA = pa.schema([EVENTS_SCHEMA.field(n) for n in ("user_id", *EVENT_FIELDS)])
 TS = pa.timestamp("us", tz="UTC")
-DAY_US = 86_400_000_000
 
 
 def _lists(offsets: np.ndarray, values: dict[str, pa.Array], users, cutoff_us: int) -> pa.RecordBatch:

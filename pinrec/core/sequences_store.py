@@ -29,8 +29,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from pinrec.core.contracts import SEQUENCE_RUNS_SCHEMA, SEQUENCES_SCHEMA, cutoff_us, parse_ds
-from pinrec.core.sequences_arrow import DAY_US
+from pinrec.core.contracts import DAY_US, SEQUENCE_RUNS_SCHEMA, SEQUENCES_SCHEMA, cutoff_us, parse_ds
 
 DAYS, CHECKPOINTS, RUNS = "sequence_days", "sequence_checkpoints", "sequence_runs"
 
