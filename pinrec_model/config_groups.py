@@ -24,7 +24,7 @@ TRAINING_GROUP = "training"
 
 # The rule (pinrec_model/defaults.py, Rules.why) that explains a setting the rules derive.
 WHY_KEY = {"max_positions": "max_len", "epochs": "training", "patience": "training",
-           "max_seconds": "training", "warmup_steps": "training", "batch_size": "training",
+           "max_seconds": "training", "warmup_steps": "training", "batch_size": "architecture",
            **{k: "architecture" for k in ("d_model", "emb_dim", "id_dim", "d_ff", "item_tower", "logits",
                                           "input_proj", "head")}}
 

@@ -43,10 +43,15 @@ def test_each_documented_shape_gets_the_documented_config(name):
     assert set(r.why) == {"architecture", "max_len", "full_softmax", "dropout", "training"}  # each has a reason
 
 
-@pytest.mark.parametrize("variant,head", [("uc", "none"), ("sasrec", "none"), ("pinnerformer", "none"),
-                                          ("oc", "add"), ("mt_oc", "add")])
-def test_conditioned_variants_add_their_condition_to_the_query(variant, head):
-    assert default_rules(shape(), variant).model["head"] == head
+@pytest.mark.parametrize("variant", ["uc", "sasrec", "pinnerformer", "oc", "mt_oc"])
+def test_conditioned_variants_keep_the_code_architecture_and_batch(variant):
+    r = default_rules(shape(), variant)
+    if variant in ("oc", "mt_oc"):  # the MLP head and batch 128 their figures were measured on
+        assert not set(ARCHITECTURE) & set(r.model) and "head" not in r.model
+        assert (r.train["batch_size"], r.train["epochs"], r.train["warmup_steps"]) == (128, 20, 175)
+    else:
+        assert {k: r.model[k] for k in ARCHITECTURE} == ARCHITECTURE and r.model["head"] == "none"
+        assert r.train["batch_size"] == 256
 
 
 @pytest.mark.parametrize("steps,epochs", [(1, 400), (5, 400), (6, 334), (88, 23), (100, 20), (10_000, 20)])
@@ -61,7 +66,8 @@ def test_every_variant_builds_under_the_rules():
 
     for v in ("uc", "oc", "mt_oc", "pinnerformer", "sasrec"):
         cfg = model_config(_args("--variant", v), PINTEREST_ACTIONS, default_rules(shape(), v))
-        assert cfg.item_tower == ("id" if v == "sasrec" else "id_mlp") and cfg.d_model == 128, v
+        expected = {"sasrec": "id", "oc": "hashed_mlp", "mt_oc": "hashed_mlp"}.get(v, "id_mlp")
+        assert cfg.item_tower == expected and cfg.d_model == (64 if v in ("oc", "mt_oc") else 128), v
 
 
 def _docs_rows() -> dict[str, list[str]]:
@@ -117,7 +123,7 @@ def test_explicit_flags_and_set_win_over_the_rules():
     a = _args("--epochs", "3", "--set", "dropout=0.1", "--no-full-softmax")
     cfg, tc = model_config(a, PINTEREST_ACTIONS, rules), train_config(a, rules)
     assert (cfg.dropout, cfg.full_softmax, cfg.max_len) == (0.1, False, 50)  # max_len from the rules
-    assert (tc.epochs, tc.patience, tc.max_seconds, tc.warmup_steps, tc.batch_size) == (3, 23, 540.0, 88, 256)
+    assert (tc.epochs, tc.patience, tc.max_seconds, tc.warmup_steps, tc.batch_size) == (3, 20, 540.0, 175, 128)
     off = _args()
     cfg0, tc0 = model_config(off, PINTEREST_ACTIONS), train_config(off)
     assert (cfg0.dropout, cfg0.full_softmax, tc0.epochs, tc0.patience, tc0.max_seconds) == (0.1, False, 20, 5, None)
