@@ -15,7 +15,7 @@ from jobs.train_data import (Prepared, items_table_features, prepare, read_train
 from pinrec.core.cli_args import add_lake_arg
 
 VARIANT_CHOICES = ("uc", "oc", "mt_oc", "sasrec", "pinnerformer")
-EPOCH_CAP_HELP = "learning-rate schedule (>= 20 epochs and 2,000 steps, patience a tenth of it)"
+EPOCH_CAP_HELP = "learning-rate schedule: >= 20 epochs and 2,000 steps, run to its end"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
